@@ -1,0 +1,36 @@
+# Two commands on a fresh machine:  make run  (install + the workflow)  and  make test.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(abspath $(VENV))/bin
+# Rules call `python scripts/...`: the venv's python must come first on PATH.
+export PATH := $(BIN):$(PATH)
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install run demo test ui lint clean
+
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(INSTALLED)
+
+run: install  ## the whole workflow on the default config (downloads CIFAR-10 once)
+	snakemake --cores 4
+
+demo: install  ## offline: synthetic data, small sizes
+	snakemake --cores 4 --configfile config/demo.yaml
+
+test: install  ## the whole test suite
+	pytest
+
+ui: install  ## browse every run's params and metrics (MLflow's default store: ./mlflow.db)
+	mlflow ui
+
+lint: install
+	ruff check scripts tests bench
+	snakefmt --check Snakefile rules
+	snakemake --lint
+
+clean:  ## remove outputs (keeps the venv and downloaded archives)
+	rm -rf results/data results/train results/export results/image results/eval logs benchmarks .snakemake

@@ -1,0 +1,21 @@
+# CIFAR-10 on Snakemake: prepare the dataset -> train -> export ONNX -> serving image -> evaluate
+# the served model -> register. Config: config/config.yaml (schema: config/schema.yaml).
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_targets(),

@@ -1,0 +1,112 @@
+"""Benchmark: prepare_dataset on a full-size (60,000-image) CIFAR-10 archive in the genuine format.
+
+    python bench/prepare_dataset.py [--jpeg-archive ../shared/data/cifar10-train-jpeg.tar.gz]
+
+Times the rule's own command (process start, imports, MD5, unpickling, split, stats, writing and
+hashing the arrays) on a generated archive, three runs, and prints the median. With
+--jpeg-archive it also times the folder source on real JPEGs (train/<class>/*.jpg, the last 1,000
+per class set aside as test/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "scripts")]
+
+from cifar_archive import make_archive  # noqa: E402
+
+
+def run_prepare(settings: dict, outdir: Path, archive: Path | None, threads: int) -> float:
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "prepare_dataset.py"),
+        "--settings",
+        json.dumps(settings),
+        "--dataset-id",
+        "bench",
+        "--outdir",
+        str(outdir),
+        "--threads",
+        str(threads),
+    ]
+    cmd += [str(archive)] if archive else []
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def split_jpeg_archive(archive: Path, root: Path, test_per_class: int = 1000) -> None:
+    """train/<class>/<n>.jpg -> root/train/<class>/ and root/test/<class>/ (last files of each class)."""
+    with tarfile.open(archive) as tar:
+        tar.extractall(root / "all", filter="data")
+    source = next(p for p in (root / "all").rglob("train") if p.is_dir())
+    for class_dir in sorted(p for p in source.iterdir() if p.is_dir()):
+        files = sorted(class_dir.iterdir())
+        for split, chunk in (("train", files[:-test_per_class]), ("test", files[-test_per_class:])):
+            target = root / split / class_dir.name
+            target.mkdir(parents=True, exist_ok=True)
+            for path in chunk:
+                os.replace(path, target / path.name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--jpeg-archive", type=Path, help="the real CIFAR-10 training JPEGs (tar.gz)")
+    args = parser.parse_args()
+    print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        start = time.perf_counter()
+        md5, *_ = make_archive(tmp / "cifar-10-python.tar.gz", per_batch=10_000)
+        size = (tmp / "cifar-10-python.tar.gz").stat().st_size
+        print(
+            f"generated a genuine-format archive: 60,000 images, {size / 2**20:.0f} MiB "
+            f"in {time.perf_counter() - start:.1f} s"
+        )
+        settings = {"source": "cifar10", "md5": md5, "val_fraction": 0.1, "seed": 0}
+        times = [
+            run_prepare(settings, tmp / f"out{i}", tmp / "cifar-10-python.tar.gz", args.threads)
+            for i in range(args.runs)
+        ]
+        print(
+            f"cifar10 archive -> arrays (60,000 images): median {statistics.median(times):.2f} s "
+            f"over {args.runs} runs {[round(t, 2) for t in times]}; target <= 10 s"
+        )
+        if args.jpeg_archive:
+            split_jpeg_archive(args.jpeg_archive, tmp / "jpeg")
+            settings = {
+                "source": "folder",
+                "path": str(tmp / "jpeg"),
+                "resize": False,
+                "val_fraction": 0.1,
+                "seed": 0,
+            }
+            times = [
+                run_prepare(settings, tmp / f"jpeg_out{i}", None, args.threads) for i in range(args.runs)
+            ]
+            meta = json.loads((tmp / "jpeg_out0" / "meta.json").read_text())
+            print(
+                f"folder of real JPEGs -> arrays ({sum(meta['sizes'].values()):,} images, "
+                f"{args.threads} processes): median {statistics.median(times):.2f} s "
+                f"{[round(t, 2) for t in times]}; sizes {meta['sizes']}"
+                f"; mean {meta['mean']} std {meta['std']}"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Shared fixtures: the library on sys.path, a copy of the workflow to run snakemake in, image trees."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "tests")]
+
+WORKFLOW_PARTS = ["Snakefile", "config", "rules", "scripts", "envs", "profiles", "report", "containers"]
+
+
+@pytest.fixture
+def workflow(tmp_path: Path) -> Path:
+    """A fresh copy of the workflow, as a user would have it checked out, to run snakemake in."""
+    target = tmp_path / "wf"
+    target.mkdir()
+    for part in WORKFLOW_PARTS:
+        src = ROOT / part
+        if src.is_dir():
+            shutil.copytree(src, target / part, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy2(src, target / part)
+    return target
+
+
+def snakemake(
+    workdir: Path, *args: str, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """Run the real snakemake CLI in `workdir` with the venv's tools first on PATH."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+        )
+    return proc
+
+
+def write_yaml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def make_image_tree(
+    root: Path, fmt: str, classes=("cat", "dog", "frog"), per_class=(6, 3), size=32, seed=0
+) -> dict:
+    """train/<class>/*.fmt and test/<class>/*.fmt with class-dependent colours; returns pixels by path."""
+    rng = np.random.default_rng(seed)
+    pixels = {}
+    for split, n in zip(("train", "test"), per_class, strict=True):
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                array = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+                array[..., c % 3] = 200 + c
+                path = folder / f"{i:04d}.{fmt}"
+                Image.fromarray(array).save(path, quality=95) if fmt == "jpg" else Image.fromarray(
+                    array
+                ).save(path)
+                pixels[path] = np.asarray(Image.open(path).convert("RGB"))
+    return pixels
