@@ -1,5 +1,6 @@
 # Config lookups and paths shared by the rules. No logic beyond wiring: the library decides.
 import json
+import re
 import sys
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
@@ -8,8 +9,10 @@ from cifarflow.config import (
     cifar10_archive,
     dataset_id,
     prepare_settings,
+    recipe,
     validate_config,
 )
+from cifarflow.dataset import SPLITS, array_files
 from cifarflow.errors import PipelineError
 
 try:
@@ -20,10 +23,13 @@ except PipelineError as err:
 DATASET = config["dataset"]
 DATASET_ID = dataset_id(DATASET)
 DATA_DIR = f"results/data/{DATASET_ID}"
+EXPERIMENTS = sorted(config["experiments"])
+EXPORT = config["export"]
 
 
 wildcard_constraints:
-    dataset=DATASET_ID,
+    dataset=re.escape(DATASET_ID),
+    experiment="|".join(re.escape(name) for name in EXPERIMENTS),
 
 
 def dataset_settings(wildcards):
@@ -37,5 +43,33 @@ def prepare_dataset_input(wildcards):
     return {}
 
 
+def dataset_files(wildcards):
+    """The prepared dataset a training or export job reads (every array and meta.json)."""
+    files = {"meta": f"{DATA_DIR}/meta.json"}
+    for split in SPLITS:
+        images, labels = array_files(split)
+        files[f"{split}_images"] = f"{DATA_DIR}/{images}"
+        files[f"{split}_labels"] = f"{DATA_DIR}/{labels}"
+    return files
+
+
+def recipe_json(wildcards):
+    """The experiment's resolved recipe; only a change to it retrains."""
+    return json.dumps(recipe(config, wildcards.experiment), sort_keys=True)
+
+
+def export_settings(wildcards):
+    """What export_onnx reads; quantisation settings are not among them, so they never re-export."""
+    return json.dumps(
+        {"opset": EXPORT["opset"], "parity": EXPORT["parity"]}, sort_keys=True
+    )
+
+
 def final_targets():
-    return [f"{DATA_DIR}/meta.json"]
+    targets = [f"{DATA_DIR}/meta.json"]
+    targets += expand("results/export/{experiment}/model.onnx", experiment=EXPERIMENTS)
+    if EXPORT["quantize"] == "int8":
+        targets += expand(
+            "results/quantize/{experiment}/model.int8.onnx", experiment=EXPERIMENTS
+        )
+    return targets

@@ -18,11 +18,9 @@ sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "tests")]
 WORKFLOW_PARTS = ["Snakefile", "config", "rules", "scripts", "envs", "profiles", "report", "containers"]
 
 
-@pytest.fixture
-def workflow(tmp_path: Path) -> Path:
+def copy_workflow(target: Path) -> Path:
     """A fresh copy of the workflow, as a user would have it checked out, to run snakemake in."""
-    target = tmp_path / "wf"
-    target.mkdir()
+    target.mkdir(parents=True)
     for part in WORKFLOW_PARTS:
         src = ROOT / part
         if src.is_dir():
@@ -30,6 +28,26 @@ def workflow(tmp_path: Path) -> Path:
         elif src.exists():
             shutil.copy2(src, target / part)
     return target
+
+
+@pytest.fixture
+def workflow(tmp_path: Path) -> Path:
+    return copy_workflow(tmp_path / "wf")
+
+
+def jobs_run(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rule -> number of jobs, from the 'Job stats' table snakemake prints (empty if none ran)."""
+    lines = (proc.stdout + proc.stderr).splitlines()
+    counts: dict[str, int] = {}
+    for i, line in enumerate(lines):
+        if line.startswith("Job stats:"):
+            for row in lines[i + 3 :]:
+                parts = row.split()
+                if len(parts) != 2 or not parts[1].isdigit() or parts[0] == "total":
+                    break
+                counts[parts[0]] = int(parts[1])
+            break
+    return counts
 
 
 def snakemake(

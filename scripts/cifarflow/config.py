@@ -94,3 +94,16 @@ def dataset_id(dataset: dict) -> str:
     """`<source>-<10 hex>`: changes when the source or split settings change, and only then."""
     blob = json.dumps(dataset_identity(dataset), sort_keys=True).encode()
     return f"{dataset['source']}-{hashlib.sha256(blob).hexdigest()[:10]}"
+
+
+def recipe(config: dict, experiment: str) -> dict:
+    """The resolved training recipe of one experiment: `train` with the experiment's overrides."""
+    if experiment not in config["experiments"]:
+        known = ", ".join(sorted(config["experiments"]))
+        raise PipelineError(f"unknown experiment {experiment!r}; config `experiments` has: {known}")
+    return {**config["train"], **config["experiments"][experiment]}
+
+
+def recipe_hash(recipe: dict) -> str:
+    """sha256 of the recipe's canonical JSON: what a checkpoint and an ONNX graph were made with."""
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()

@@ -1,6 +1,6 @@
 """Benchmark: prepare_dataset on a full-size (60,000-image) CIFAR-10 archive in the genuine format.
 
-    python bench/prepare_dataset.py [--jpeg-archive ../shared/data/cifar10-train-jpeg.tar.gz]
+    python bench/prepare_speed.py [--jpeg-archive ../shared/data/cifar10-train-jpeg.tar.gz]
 
 Times the rule's own command (process start, imports, MD5, unpickling, split, stats, writing and
 hashing the arrays) on a generated archive, three runs, and prints the median. With

@@ -1,0 +1,121 @@
+"""Benchmark: train_model on real CIFAR-10 images, wall time and test accuracy.
+
+    python bench/train_cifar10.py [--set epochs=12 --set widths=[48,128,256] ...]
+
+Uses ../shared/data/cifar10-train-jpeg.tar.gz (the real 50,000 training images): the first 4,000
+per class become train (10% of them held out as val), the last 1,000 per class the test split.
+Prepares that once (cached under --cache), then times the rule's own command
+(`python scripts/train_model.py ...`, process start to exit) with the default recipe from
+config/config.yaml, overridden by any --set key=value (YAML values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "bench")]
+
+from cifarflow.config import validate_config  # noqa: E402
+from prepare_speed import split_jpeg_archive  # noqa: E402
+
+
+def prepare(archive: Path, cache: Path) -> Path:
+    data = cache / "data"
+    if not (data / "meta.json").exists():
+        if not (cache / "jpeg" / "test").exists():
+            split_jpeg_archive(archive, cache / "jpeg")
+        settings = {
+            "source": "folder",
+            "path": str(cache / "jpeg"),
+            "resize": False,
+            "val_fraction": 0.1,
+            "seed": 0,
+        }
+        subprocess.run(
+            [
+                sys.executable,
+                ROOT / "scripts" / "prepare_dataset.py",
+                "--settings",
+                json.dumps(settings),
+                "--dataset-id",
+                "bench-cifar10-jpeg",
+                "--outdir",
+                data,
+                "--threads",
+                "2",
+            ],
+            check=True,
+        )
+    return data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--archive", type=Path, default=ROOT.parent / "shared" / "data" / "cifar10-train-jpeg.tar.gz"
+    )
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/cifarflow-bench"))
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a train key"
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--name", default="default")
+    args = parser.parse_args()
+    data = prepare(args.archive, args.cache)
+    config = validate_config(
+        yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), ROOT / "config" / "schema.yaml"
+    )
+    recipe = dict(config["train"])
+    for item in args.set:
+        key, _, value = item.partition("=")
+        recipe[key] = yaml.safe_load(value)
+    validate_config({"train": recipe}, ROOT / "config" / "schema.yaml")
+    outdir = args.cache / "runs" / args.name
+    (outdir / "resume.pt").unlink(missing_ok=True)
+    start = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable,
+            ROOT / "scripts" / "train_model.py",
+            "--data",
+            data,
+            "--recipe",
+            json.dumps(recipe),
+            "--outdir",
+            outdir,
+            "--threads",
+            str(args.threads),
+            "--log",
+            outdir / "train.log",
+        ],
+        check=True,
+    )
+    wall = time.perf_counter() - start
+    metrics = json.loads((outdir / "metrics.json").read_text())
+    print(
+        json.dumps(
+            {
+                "recipe": recipe,
+                "wall_seconds": round(wall, 1),
+                "train_seconds": metrics["train_seconds"],
+                "test_accuracy": metrics["test_accuracy"],
+                "val_accuracy": metrics["val_accuracy"],
+                "images_per_second": metrics["images_per_second"],
+                "parameters": metrics["parameters"],
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+rule export_onnx:
+    input:
+        unpack(dataset_files),
+        checkpoint=rules.train_model.output.checkpoint,
+    output:
+        onnx="results/export/{experiment}/model.onnx",
+        metrics="results/export/{experiment}/metrics.json",
+    log:
+        "logs/export_onnx/{experiment}.log",
+    benchmark:
+        "benchmarks/export_onnx/{experiment}.tsv"
+    conda:
+        "../envs/export.yaml"
+    threads: 2
+    params:
+        settings=export_settings,
+        data=DATA_DIR,
+    shell:
+        "python scripts/export_onnx.py --checkpoint {input.checkpoint:q} --data {params.data:q}"
+        " --settings {params.settings:q} --onnx {output.onnx:q} --metrics {output.metrics:q}"
+        " --threads {threads} --log {log:q}"
+
+
+rule quantize_onnx:
+    input:
+        unpack(dataset_files),
+        onnx=rules.export_onnx.output.onnx,
+    output:
+        onnx="results/quantize/{experiment}/model.int8.onnx",
+        metrics="results/quantize/{experiment}/metrics.json",
+    log:
+        "logs/quantize_onnx/{experiment}.log",
+    benchmark:
+        "benchmarks/quantize_onnx/{experiment}.tsv"
+    conda:
+        "../envs/export.yaml"
+    threads: 2
+    params:
+        calibration_images=EXPORT["calibration_images"],
+        data=DATA_DIR,
+    shell:
+        "python scripts/quantize_onnx.py --onnx {input.onnx:q} --data {params.data:q} --out {output.onnx:q}"
+        " --metrics {output.metrics:q} --calibration-images {params.calibration_images}"
+        " --threads {threads} --log {log:q}"

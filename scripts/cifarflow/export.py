@@ -1,0 +1,247 @@
+"""ONNX export with the preprocessing inside the graph, a parity gate against PyTorch on the
+whole test split, ONNX Runtime speed figures, and optional int8 static quantisation.
+
+The graph takes what any image decoder gives: uint8 [N, 32, 32, 3] RGB. Scaling to 0..1, the
+dataset's normalisation and flip TTA all happen inside, so no client can get them wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from .dataset import load_split
+from .errors import PipelineError
+from .runtime import atomic_path
+from .training import load_checkpoint
+
+log = logging.getLogger("cifarflow")
+for _noisy in ("onnxscript", "onnx_ir"):  # the exporter's optimiser logs every folded constant
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
+
+INPUT, OUTPUTS = "image", ("logits", "probabilities")
+BATCH = 256
+
+
+class ServingModel(nn.Module):
+    """uint8 NHWC RGB images -> (logits, probabilities), float32 [N, classes]."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = image.permute(0, 3, 1, 2).float() / 255.0
+        logits = self.classifier(x)
+        return logits, torch.softmax(logits, dim=1)
+
+
+def session(path: str | Path, threads: int = 0) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def predict(run, images: np.ndarray, batch: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, probabilities) of `run(batch_uint8) -> (logits, probs)` over all images."""
+    outs = [run(np.ascontiguousarray(images[i : i + batch])) for i in range(0, len(images), batch)]
+    return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+
+
+def ort_runner(sess: ort.InferenceSession):
+    return lambda x: sess.run(list(OUTPUTS), {INPUT: x})
+
+
+def torch_runner(model: nn.Module):
+    @torch.no_grad()
+    def run(x: np.ndarray):
+        logits, probs = model(torch.from_numpy(np.array(x)))  # a writable copy
+        return logits.numpy(), probs.numpy()
+
+    return run
+
+
+def speed(sess: ort.InferenceSession, images: np.ndarray) -> dict[str, float]:
+    """Latency at batch 1 (p50, p99 over 200 calls) and throughput at batch 256, in ONNX Runtime."""
+    run = ort_runner(sess)
+    one = images[:1]
+    for _ in range(20):
+        run(one)
+    latencies = []
+    for i in range(200):
+        x = images[i % len(images) : i % len(images) + 1]
+        start = time.perf_counter()
+        run(x if len(x) else one)
+        latencies.append(time.perf_counter() - start)
+    batch = np.ascontiguousarray(np.resize(images, (BATCH, *images.shape[1:])))
+    run(batch)
+    start, calls = time.perf_counter(), 0
+    while calls < 5 or time.perf_counter() - start < 2.0:
+        run(batch)
+        calls += 1
+    return {
+        "latency_ms_p50": round(float(np.percentile(latencies, 50)) * 1e3, 3),
+        "latency_ms_p99": round(float(np.percentile(latencies, 99)) * 1e3, 3),
+        "throughput_images_per_second": round(calls * BATCH / (time.perf_counter() - start), 1),
+    }
+
+
+def _metadata(checkpoint: dict) -> dict[str, str]:
+    recipe = checkpoint["recipe"]
+    return {
+        "class_names": json.dumps(checkpoint["class_names"]),
+        "normalization": json.dumps({"mean": checkpoint["mean"], "std": checkpoint["std"], "scale": 1 / 255}),
+        "input_format": "uint8 [N,32,32,3] RGB (NHWC); scaling, normalisation and TTA are in the graph",
+        "model_type": recipe["model"],
+        "tta": json.dumps(recipe["tta"]),
+        "dataset_id": checkpoint["dataset_id"],
+        "recipe_sha256": checkpoint["recipe_sha256"],
+        "recipe": json.dumps(recipe, sort_keys=True),
+    }
+
+
+def to_onnx(model: nn.Module, checkpoint: dict, path: Path, opset: int) -> None:
+    """Export the serving wrapper (dynamic batch), attach metadata, run onnx.checker's full check."""
+    wrapper = ServingModel(model).eval()
+    example = torch.zeros(2, 32, 32, 3, dtype=torch.uint8)
+    program = torch.onnx.export(
+        wrapper,
+        (example,),
+        input_names=[INPUT],
+        output_names=list(OUTPUTS),
+        opset_version=opset,
+        dynamo=True,
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},),
+        verbose=False,
+    )
+    proto = program.model_proto
+    for key, value in _metadata(checkpoint).items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, path)
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def parity(torch_out, ort_out, labels: np.ndarray, limits: dict) -> dict[str, float]:
+    (t_logits, t_probs), (o_logits, o_probs) = torch_out, ort_out
+    t_pred, o_pred = t_logits.argmax(1), o_logits.argmax(1)
+    figures = {
+        "argmax_agreement": float((t_pred == o_pred).mean()),
+        "max_probability_diff": float(np.abs(t_probs - o_probs).max()),
+        "max_logit_diff": float(np.abs(t_logits - o_logits).max()),
+        "torch_test_accuracy": float((t_pred == labels).mean()),
+        "onnx_test_accuracy": float((o_pred == labels).mean()),
+    }
+    figures["accuracy_diff"] = abs(figures["torch_test_accuracy"] - figures["onnx_test_accuracy"])
+    failures = []
+    if figures["argmax_agreement"] < limits["min_argmax_agreement"]:
+        failures.append(
+            f"argmax agreement {figures['argmax_agreement']:.5f} < {limits['min_argmax_agreement']}"
+        )
+    if figures["max_probability_diff"] > limits["max_probability_diff"]:
+        failures.append(
+            f"max |probability diff| {figures['max_probability_diff']:.3g} > {limits['max_probability_diff']}"
+        )
+    if figures["accuracy_diff"] > limits["max_accuracy_diff"]:
+        failures.append(
+            f"accuracy differs by {figures['accuracy_diff'] * 100:.3f} points"
+            f" > {limits['max_accuracy_diff'] * 100:.3f}"
+        )
+    if failures:
+        raise PipelineError(
+            f"ONNX parity gate failed on {len(labels)} test images: {'; '.join(failures)}. "
+            "The exported graph does not reproduce the PyTorch model; nothing was written."
+        )
+    return {k: round(v, 7) for k, v in figures.items()}
+
+
+def export(checkpoint_path: Path, data_dir: Path, out_path: Path, settings: dict, threads: int = 0) -> dict:
+    """Export, gate on parity over the whole test split, measure; the .onnx appears only if it passed."""
+    if threads:
+        torch.set_num_threads(threads)
+    model, checkpoint = load_checkpoint(checkpoint_path)
+    test = load_split(data_dir, "test")
+    images, labels = np.asarray(test.images), np.asarray(test.labels)
+    with atomic_path(out_path) as tmp:
+        to_onnx(model, checkpoint, tmp, settings["opset"])
+        sess = session(tmp, threads)
+        log.info(
+            "exported %s (opset %d, %s bytes); checking parity on %d test images",
+            out_path.name,
+            settings["opset"],
+            f"{tmp.stat().st_size:,}",
+            len(labels),
+        )
+        figures = parity(
+            predict(torch_runner(ServingModel(model)), images),
+            predict(ort_runner(sess), images),
+            labels,
+            settings["parity"],
+        )
+        log.info("parity: %s", figures)
+        figures |= speed(sess, images)
+        figures["model_bytes"] = tmp.stat().st_size
+    return figures
+
+
+def quantize(
+    onnx_path: Path, data_dir: Path, out_path: Path, calibration_images: int, threads: int = 0
+) -> dict:
+    """Static int8 quantisation (QDQ, per-channel weights), calibrated on training images."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Calibration(CalibrationDataReader):
+        """uint8 training images, in batches of 64."""
+
+        def __init__(self, images: np.ndarray):
+            self.batches = iter([np.ascontiguousarray(images[i : i + 64]) for i in range(0, len(images), 64)])
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {INPUT: batch}
+
+    train = np.asarray(load_split(data_dir, "train").images)
+    rng = np.random.default_rng(0)
+    calibration = train[np.sort(rng.choice(len(train), min(calibration_images, len(train)), replace=False))]
+    test = load_split(data_dir, "test")
+    images, labels = np.asarray(test.images), np.asarray(test.labels)
+    with atomic_path(out_path) as tmp, tempfile.TemporaryDirectory(dir=out_path.parent) as scratch:
+        prep = Path(scratch) / "prep.onnx"  # shape-inferred and optimised, as quantize_static advises
+        quant_pre_process(str(onnx_path), str(prep), skip_symbolic_shape=True)
+        quantize_static(
+            str(prep),
+            str(tmp),
+            Calibration(calibration),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
+        fp32, int8 = session(onnx_path, threads), session(tmp, threads)
+        fp32_acc = float((predict(ort_runner(fp32), images)[0].argmax(1) == labels).mean())
+        int8_acc = float((predict(ort_runner(int8), images)[0].argmax(1) == labels).mean())
+        fp32_speed, int8_speed = speed(fp32, images), speed(int8, images)
+        size = tmp.stat().st_size
+    return {
+        "fp32_test_accuracy": round(fp32_acc, 5),
+        "int8_test_accuracy": round(int8_acc, 5),
+        "accuracy_drop": round(fp32_acc - int8_acc, 5),
+        "fp32_throughput_images_per_second": fp32_speed["throughput_images_per_second"],
+        "int8_throughput_images_per_second": int8_speed["throughput_images_per_second"],
+        "speedup": round(
+            int8_speed["throughput_images_per_second"] / fp32_speed["throughput_images_per_second"], 3
+        ),
+        "int8_latency_ms_p50": int8_speed["latency_ms_p50"],
+        "model_bytes": size,
+        "calibration_images": len(calibration),
+    }

@@ -1,0 +1,96 @@
+"""ONNX export: the graph's interface, its metadata, the parity gate, speed figures, int8."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from cifarflow.config import validate_config
+from cifarflow.errors import PipelineError
+from cifarflow.export import export, quantize
+from cifarflow.models import MODELS
+from cifarflow.training import train
+from conftest import ROOT
+from test_training import base_recipe, tiny_data  # noqa: F401  (fixture)
+
+SETTINGS = validate_config({}, ROOT / "config" / "schema.yaml")["export"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_trains_a_few_steps_and_exports_with_parity(name, tiny_data, tmp_path):  # noqa: F811
+    recipe = base_recipe(model=name, epochs=1, batch_size=100, lr=0.05)
+    metrics = train(tiny_data, recipe, tmp_path, threads=2)
+    assert len(metrics["history"]) == 1
+    figures = export(tmp_path / "model.pt", tiny_data, tmp_path / "model.onnx", SETTINGS, threads=2)
+    assert figures["argmax_agreement"] >= 0.9995 and figures["max_probability_diff"] <= 1e-4
+    assert figures["onnx_test_accuracy"] == pytest.approx(figures["torch_test_accuracy"], abs=5e-4)
+    assert figures["model_bytes"] == (tmp_path / "model.onnx").stat().st_size
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_data, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("export")
+    train(tiny_data, base_recipe(epochs=3), out, threads=2)
+    figures = export(out / "model.pt", tiny_data, out / "model.onnx", SETTINGS, threads=2)
+    return out, figures
+
+
+def test_graph_takes_uint8_images_and_carries_its_metadata(exported):
+    out, _ = exported
+    model = onnx.load(out / "model.onnx")
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 18
+    (image,) = model.graph.input
+    assert image.name == "image" and image.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = image.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [32, 32, 3]  # dynamic batch, NHWC
+    assert [o.name for o in model.graph.output] == ["logits", "probabilities"]
+    meta = {p.key: p.value for p in model.metadata_props}
+    checkpoint = torch.load(out / "model.pt", weights_only=True)
+    assert json.loads(meta["class_names"]) == checkpoint["class_names"]
+    assert json.loads(meta["normalization"])["mean"] == checkpoint["mean"]
+    assert meta["model_type"] == "fast" and meta["dataset_id"] == "synthetic-tiny"
+    assert meta["recipe_sha256"] == checkpoint["recipe_sha256"]
+    onnx.checker.check_model(model, full_check=True)
+
+
+def test_any_batch_size_runs_and_probabilities_sum_to_one(exported, tiny_data):  # noqa: F811
+    out, _ = exported
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    images = np.load(tiny_data / "test_images.npy")
+    for n in (1, 7, 33):
+        logits, probs = sess.run(None, {"image": images[:n]})
+        assert logits.shape == probs.shape == (n, 10) and logits.dtype == np.float32
+        np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_speed_figures_are_measured(exported):
+    _, figures = exported
+    assert 0 < figures["latency_ms_p50"] <= figures["latency_ms_p99"]
+    assert figures["throughput_images_per_second"] > 0
+
+
+def test_parity_gate_fails_and_says_by_how_much(exported, tiny_data, tmp_path):  # noqa: F811
+    out, _ = exported
+    strict = {
+        **SETTINGS,
+        "parity": {**SETTINGS["parity"], "max_probability_diff": 0.0, "min_argmax_agreement": 1.01},
+    }
+    with pytest.raises(
+        PipelineError, match=r"parity gate failed on 100 test images: argmax agreement 1\.00000 < 1\.01"
+    ):
+        export(out / "model.pt", tiny_data, tmp_path / "model.onnx", strict, threads=2)
+    assert not (tmp_path / "model.onnx").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_int8_quantisation_reports_accuracy_and_speed(exported, tiny_data, tmp_path):  # noqa: F811
+    out, _ = exported
+    figures = quantize(out / "model.onnx", tiny_data, tmp_path / "model.int8.onnx", 64, threads=2)
+    model = onnx.load(tmp_path / "model.int8.onnx")
+    assert any(node.op_type == "QuantizeLinear" for node in model.graph.node)  # QDQ format
+    assert figures["calibration_images"] == 64 and figures["speedup"] > 0
+    assert figures["accuracy_drop"] == pytest.approx(
+        figures["fp32_test_accuracy"] - figures["int8_test_accuracy"]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx"]
