@@ -76,6 +76,8 @@ def main() -> None:
         yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), ROOT / "config" / "schema.yaml"
     )
     recipe = dict(config["train"])
+    if args.configfile:
+        recipe |= yaml.safe_load(args.configfile.read_text()).get("train", {})
     for item in args.set:
         key, _, value = item.partition("=")
         recipe[key] = yaml.safe_load(value)
