@@ -65,6 +65,7 @@ def main() -> None:
         "--archive", type=Path, default=ROOT.parent / "shared" / "data" / "cifar10-train-jpeg.tar.gz"
     )
     parser.add_argument("--cache", type=Path, default=Path("/tmp/cifarflow-bench"))
+    parser.add_argument("--configfile", type=Path, help="a config overlay whose train keys apply")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a train key"
     )

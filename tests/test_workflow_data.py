@@ -6,10 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cifar_archive import make_archive
-from conftest import make_image_tree, snakemake, write_yaml
+from conftest import jobs_run, make_image_tree, snakemake, write_yaml
 from test_cifar10 import http_server  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.workflow
+DATA = ("--until", "prepare_dataset")  # the data stage only: tiny test datasets can't feed a training recipe
 
 
 def prepared(workdir: Path) -> dict[str, dict]:
@@ -23,7 +24,7 @@ def data_files(workdir: Path) -> list[Path]:
 
 
 def test_demo_prepares_synthetic_data_and_a_rerun_does_nothing(workflow):
-    snakemake(workflow, "--configfile", "config/demo.yaml")
+    snakemake(workflow, "--configfile", "config/demo.yaml", *DATA)
     ((dataset_id, meta),) = prepared(workflow).items()
     assert dataset_id.startswith("synthetic-") and meta["dataset_id"] == dataset_id
     assert meta["sizes"] == {"train": 4500, "val": 500, "test": 1000}
@@ -38,22 +39,21 @@ def test_demo_prepares_synthetic_data_and_a_rerun_does_nothing(workflow):
         benchmark.splitlines()[0].startswith("s\th:m:s\tmax_rss") and "params" in benchmark
     )  # benchmark-extended
 
-    again = snakemake(workflow, "--configfile", "config/demo.yaml")
-    assert "Nothing to be done" in again.stdout + again.stderr
+    assert jobs_run(snakemake(workflow, "--configfile", "config/demo.yaml", *DATA)) == {}
 
 
 def test_same_settings_same_bytes_new_split_settings_new_id(workflow, tmp_path):
-    snakemake(workflow, "--configfile", "config/demo.yaml")
+    snakemake(workflow, "--configfile", "config/demo.yaml", *DATA)
     first = prepared(workflow)
     other = tmp_path / "other"
     other.mkdir()
     for part in ("Snakefile", "config", "rules", "scripts", "profiles", "envs", "report"):
         (other / part).symlink_to(workflow / part)
-    snakemake(other, "--configfile", "config/demo.yaml")
+    snakemake(other, "--configfile", "config/demo.yaml", *DATA)
     assert prepared(other) == first  # every array's sha256 included
 
     write_yaml(workflow / "val.yaml", "dataset:\n  val_fraction: 0.2\n")
-    snakemake(workflow, "--configfile", "config/demo.yaml", "val.yaml")
+    snakemake(workflow, "--configfile", "config/demo.yaml", "val.yaml", *DATA)
     ids = prepared(workflow)
     assert len(ids) == 2 and {m["sizes"]["val"] for m in ids.values()} == {500, 1000}
 
@@ -65,7 +65,7 @@ def test_cifar10_archive_placed_by_hand(workflow, tmp_path):
     write_yaml(
         workflow / "c.yaml", f"dataset:\n  source: cifar10\n  path: {cache}\n  cifar10:\n    md5: {md5}\n"
     )
-    snakemake(workflow, "--configfile", "c.yaml")
+    snakemake(workflow, "--configfile", "c.yaml", *DATA)
     assert not (workflow / "logs" / "download_cifar10").exists()  # used as placed, not downloaded
     ((dataset_id, meta),) = prepared(workflow).items()
     assert meta["source_checksum"] == f"md5:{md5}" and meta["sizes"] == {"train": 180, "val": 20, "test": 40}
@@ -84,10 +84,10 @@ def test_cifar10_download_through_the_workflow_happens_once(workflow, tmp_path, 
         f"  cifar10:\n    url: {base}/cifar-10-python.tar.gz\n    md5: {md5}\n"
     )
     write_yaml(workflow / "c.yaml", config)
-    snakemake(workflow, "--configfile", "c.yaml")
+    snakemake(workflow, "--configfile", "c.yaml", *DATA)
     assert requests == ["/cifar-10-python.tar.gz"]
     assert (workflow / "cache" / "cifar-10-python.tar.gz").exists() and len(prepared(workflow)) == 1
-    snakemake(workflow, "--configfile", "c.yaml", "--forcerun", "prepare_dataset")
+    snakemake(workflow, "--configfile", "c.yaml", "--forcerun", "prepare_dataset", *DATA)
     assert requests == ["/cifar-10-python.tar.gz"]  # the cached archive was reused
 
 
@@ -103,7 +103,7 @@ def test_cifar10_without_network_explains_what_to_do(workflow):
 def test_folder_source(workflow, tmp_path, fmt):
     make_image_tree(tmp_path / "imgs", fmt, per_class=(10, 4))
     write_yaml(workflow / "f.yaml", f"dataset:\n  source: folder\n  path: {tmp_path / 'imgs'}\n")
-    snakemake(workflow, "--configfile", "f.yaml")
+    snakemake(workflow, "--configfile", "f.yaml", *DATA)
     ((dataset_id, meta),) = prepared(workflow).items()
     assert dataset_id.startswith("folder-") and meta["class_names"] == ["cat", "dog", "frog"]
     assert meta["sizes"] == {"train": 27, "val": 3, "test": 12}

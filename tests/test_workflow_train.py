@@ -12,10 +12,16 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import copy_workflow, jobs_run, snakemake, write_yaml
+from test_mlflow_hook import metric_steps, runs_of, sqlite_uri
 from test_training import without_timings
 
 pytestmark = pytest.mark.workflow
 DEMO = ("--configfile", "config/demo.yaml")
+
+
+def demo_dataset(workdir: Path) -> str:
+    (meta,) = (workdir / "results" / "data").glob("*/meta.json")
+    return meta.parent.name
 
 
 def metrics(workdir: Path, stage: str, experiment: str = "default") -> dict:
@@ -45,6 +51,17 @@ def test_demo_trains_the_synthetic_set_well_and_exports_with_parity(demo):
     assert "epoch 4/4: train loss" in log and "img/s" in log
     export = metrics(demo, "export")
     assert export["argmax_agreement"] >= 0.9995 and export["onnx_test_accuracy"] == train["test_accuracy"]
+    # the MLflow hook: one child per job, training's history as per-epoch step metrics
+    runs = runs_of(sqlite_uri(demo))
+    assert runs.names() == sorted(
+        [
+            "prepare_dataset/dataset=" + demo_dataset(demo),
+            "train_model/experiment=default",
+            "export_onnx/experiment=default",
+        ]
+    )
+    steps = metric_steps(sqlite_uri(demo), runs.named("train_model/experiment=default"), "train_loss")
+    assert [step for step, _ in steps] == [1, 2, 3, 4]
     assert jobs_run(snakemake(demo, *DEMO)) == {}  # a rerun has nothing to do
 
 
@@ -114,6 +131,7 @@ def test_two_experiments_train_in_parallel(tmp_path):
         spans.append((lines[0][:8], lines[-1][:8]))  # HH:MM:SS of the first and last line
     (a_start, a_end), (b_start, b_end) = spans
     assert a_start <= b_end and b_start <= a_end, spans  # the two trainings overlapped in time
-    assert (
-        metrics(workdir, "train", "wide")["parameters"] > metrics(workdir, "train", "default")["parameters"]
-    )
+    assert [len(metrics(workdir, "train", name)["history"]) for name in ("default", "short")] == [4, 2]
+    assert "database is locked" not in run.stdout + run.stderr
+    children = runs_of(sqlite_uri(workdir)).names()
+    assert {"train_model/experiment=default", "train_model/experiment=short"} <= set(children)

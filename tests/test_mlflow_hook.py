@@ -1,0 +1,662 @@
+"""The MLflow hook (scripts/snakemake_logger_plugin_mlflow) against real MLflow stores.
+
+Real `snakemake` runs log to a SQLite store in the test's working directory (the default the
+profile gives), to a real `mlflow server` on loopback read back through its REST API, and to
+stores that cannot be used. The helpers at the top (`runs_of`, `Runs`, `artifacts_of`,
+`metric_steps`, `DATA_STAGE`) are meant to be reused by other tests (e.g. training's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from conftest import make_image_tree, snakemake, write_yaml
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from snakemake_interface_logger_plugins.common import LogEvent
+from snakemake_logger_plugin_mlflow import LogHandler, LogHandlerSettings
+from snakemake_logger_plugin_mlflow.content import (
+    file_digest,
+    flatten,
+    metrics_from_json,
+    parse_benchmark,
+    run_name,
+    safe_key,
+)
+
+BIN = Path(sys.executable).parent
+# The data stage of the offline demo only: these tests must not depend on later stages.
+DATA_STAGE = ("--configfile", "config/demo.yaml", "--until", "prepare_dataset")
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+
+def sqlite_uri(workdir: Path) -> str:
+    """The store a plain `snakemake` run in `workdir` logs to (no MLFLOW_TRACKING_URI set)."""
+    return f"sqlite:///{workdir / 'mlflow.db'}"
+
+
+@dataclass
+class Runs:
+    """The runs of a store: invocations (parents) and jobs (children, tagged mlflow.parentRunId)."""
+
+    parents: list[Run]
+    children: list[Run]
+
+    @property
+    def parent(self) -> Run:
+        assert len(self.parents) == 1, [r.info.run_name for r in self.parents]
+        return self.parents[0]
+
+    def children_of(self, parent: Run) -> list[Run]:
+        return [r for r in self.children if r.data.tags["mlflow.parentRunId"] == parent.info.run_id]
+
+    def named(self, name: str) -> Run:
+        (run,) = [r for r in self.children if r.info.run_name == name]
+        return run
+
+    def names(self) -> list[str]:
+        return sorted(r.info.run_name for r in self.children)
+
+
+def runs_of(tracking_uri: str, experiment: str | None = None) -> Runs:
+    """All runs of one experiment (default: every experiment) of a store, oldest first."""
+    client = MlflowClient(tracking_uri)
+    if experiment is None:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    else:
+        found = client.get_experiment_by_name(experiment)
+        ids = [found.experiment_id] if found else []
+    runs = client.search_runs(ids, max_results=10_000, order_by=["attributes.start_time ASC"]) if ids else []
+    return Runs(
+        parents=[r for r in runs if "mlflow.parentRunId" not in r.data.tags],
+        children=[r for r in runs if "mlflow.parentRunId" in r.data.tags],
+    )
+
+
+def artifacts_of(tracking_uri: str, run: Run, path: str | None = None) -> set[str]:
+    """Every artifact path of a run (recursively)."""
+    client, found = MlflowClient(tracking_uri), set()
+    for info in client.list_artifacts(run.info.run_id, path):
+        found |= artifacts_of(tracking_uri, run, info.path) if info.is_dir else {info.path}
+    return found
+
+
+def metric_steps(tracking_uri: str, run: Run, key: str) -> list[tuple[int, float]]:
+    """A metric's history as (step, value), by step."""
+    history = MlflowClient(tracking_uri).get_metric_history(run.info.run_id, key)
+    return sorted((m.step, m.value) for m in history)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def dataset_dir(workdir: Path) -> Path:
+    (meta,) = (workdir / "results" / "data").glob("*/meta.json")
+    return meta.parent
+
+
+# ---- a real workflow run ---------------------------------------------------------------------
+
+
+@pytest.mark.workflow
+def test_demo_run_logs_one_parent_and_a_child_per_job(workflow):
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run(["git", "init", "-q"], cwd=workflow, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=workflow, check=True)
+    subprocess.run([*git, "commit", "-qm", "workflow"], cwd=workflow, check=True)
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=workflow, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    with open(workflow / "Snakefile", "a") as snakefile:
+        snakefile.write("# a local edit: the run is from a dirty tree\n")
+
+    snakemake(workflow, *DATA_STAGE)
+    uri = sqlite_uri(workflow)
+    runs = runs_of(uri)
+    parent = runs.parent
+    assert parent.info.status == "FINISHED"
+    experiment = MlflowClient(uri).get_experiment(parent.info.experiment_id)
+    assert experiment.name == "cifar10"  # config's mlflow.experiment
+    tags = parent.data.tags
+    assert "--until prepare_dataset" in tags["snakemake.command"]
+    assert tags["snakemake.version"].startswith("9.") and tags["host"] == os.uname().nodename
+    assert tags["git.commit"] == commit and tags["git.dirty"] == "true"
+    config = json.loads(
+        Path(MlflowClient(uri).download_artifacts(parent.info.run_id, "config.json")).read_text()
+    )
+    assert (
+        tags["snakemake.config_md5"] == hashlib.md5(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    )
+    assert parent.data.params["config.dataset.source"] == "synthetic"
+    assert parent.data.metrics["jobs_finished"] == 1 and parent.data.metrics["jobs_failed"] == 0
+
+    # One child per job that ran; every rule has a log, so the logs written are the jobs run.
+    data = dataset_dir(workflow)
+    logs = sorted(str(p.relative_to(workflow)) for p in (workflow / "logs").rglob("*.log"))
+    assert runs.names() == [f"prepare_dataset/dataset={data.name}"] and len(logs) == 1
+    assert runs.children_of(parent) == runs.children
+    child = runs.named(f"prepare_dataset/dataset={data.name}")
+    assert child.info.status == "FINISHED"
+    assert child.data.tags["snakemake.rule"] == "prepare_dataset"
+    assert json.loads(child.data.tags["snakemake.wildcards"]) == {"dataset": data.name}
+    params = child.data.params
+    assert params["wildcards.dataset"] == data.name and params["threads"] == "2"
+    assert params["params.settings.source"] == "synthetic"  # a JSON param, flattened
+    assert params["params.settings.synthetic.train_per_class"] == "500"
+    assert params["params.outdir"] == f"results/data/{data.name}"
+    metrics = child.data.metrics
+    assert metrics["benchmark.runtime_s"] > 0 and metrics["benchmark.max_rss_mb"] > 0
+    assert "benchmark.cpu_time_s" in metrics
+    written = json.loads((data / "metrics.json").read_text())
+    assert metrics["train_images"] == written["train_images"] == 4500
+    assert metrics["images_per_second"] == written["images_per_second"]
+    for name in ("meta.json", "train_images.npy", "metrics.json"):
+        relative = f"results/data/{data.name}/{name}"
+        assert child.data.tags[f"output:{relative}"] == sha256(workflow / relative)
+    assert artifacts_of(uri, child) == {
+        logs[0],
+        f"results/data/{data.name}/metrics.json",
+        f"benchmarks/prepare_dataset/{data.name}.tsv",
+    }
+    logged_log = MlflowClient(uri).download_artifacts(child.info.run_id, logs[0])
+    assert Path(logged_log).read_text() == (workflow / logs[0]).read_text()
+
+    again = snakemake(workflow, *DATA_STAGE)
+    assert "Finished jobid" not in again.stdout + again.stderr
+    after = runs_of(uri)
+    assert len(after.children) == 1 and len(after.parents) == 1  # nothing ran, nothing logged
+
+
+@pytest.mark.workflow
+def test_failing_job_gives_failed_child_and_failed_parent(workflow, tmp_path):
+    make_image_tree(tmp_path / "imgs", "png")
+    (tmp_path / "imgs" / "test" / "cat" / "0001.png").write_bytes(b"not a png")
+    write_yaml(workflow / "bad.yaml", f"dataset:\n  source: folder\n  path: {tmp_path / 'imgs'}\n")
+    run = snakemake(workflow, "--configfile", "bad.yaml", "--until", "prepare_dataset", check=False)
+    assert run.returncode != 0
+    uri = sqlite_uri(workflow)
+    runs = runs_of(uri)
+    assert runs.parent.info.status == "FAILED"
+    assert "did not complete successfully" in runs.parent.data.tags["snakemake.error"]
+    (child,) = runs.children
+    assert child.info.run_name.startswith("prepare_dataset/dataset=folder-")
+    assert child.info.status == "FAILED"
+    assert child.data.params["params.settings.source"] == "folder"  # params although no benchmark
+    (log,) = artifacts_of(uri, child)
+    assert log.startswith("logs/prepare_dataset/")
+    logged = Path(MlflowClient(uri).download_artifacts(child.info.run_id, log)).read_text()
+    assert "test/cat/0001.png cannot be read as an image" in logged
+
+
+@pytest.mark.workflow
+def test_dry_run_and_lint_log_nothing(workflow):
+    snakemake(workflow, *DATA_STAGE, "-n")
+    snakemake(workflow, "--configfile", "config/demo.yaml", "--lint")
+    assert not (workflow / "mlflow.db").exists() and not (workflow / "mlruns").exists()
+
+
+# ---- a tracking server over HTTP -------------------------------------------------------------
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on a free loopback port; killed (its whole process group) at the end."""
+    port = free_port()
+    with open(tmp_path / "server.log", "w") as log:
+        proc = subprocess.Popen(
+            [
+                BIN / "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{tmp_path / 'server.db'}",
+                "--artifacts-destination",
+                str(tmp_path / "server-artifacts"),
+            ],
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+            start_new_session=True,  # its own process group: uvicorn's worker goes with it
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "mlflow server did not start in 90 s"
+            time.sleep(0.25)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        deadline = time.monotonic() + 15
+        while True:  # no process of its group is left (uvicorn's worker included)
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            if time.monotonic() > deadline:
+                os.killpg(proc.pid, signal.SIGKILL)
+                pytest.fail("processes of the mlflow server outlived it")
+            time.sleep(0.1)
+
+
+def rest(url: str, endpoint: str, body: dict | None = None, **query) -> dict:
+    """One MLflow REST call (POST with a JSON body, else GET with query parameters)."""
+    address = f"{url}/api/2.0/mlflow/{endpoint}"
+    if query:
+        address += "?" + urllib.parse.urlencode(query)
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(address, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.workflow
+def test_logs_to_a_tracking_server_over_http(workflow, mlflow_server):
+    snakemake(
+        workflow,
+        *DATA_STAGE,
+        "--logger-mlflow-tracking-uri",
+        mlflow_server,
+        "--logger-mlflow-experiment",
+        "http",
+    )
+    assert not (workflow / "mlflow.db").exists()  # everything went to the server
+
+    experiment = rest(mlflow_server, "experiments/get-by-name", experiment_name="http")["experiment"]
+    runs = rest(mlflow_server, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
+    tags = [{t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in runs]
+    parents = [(run, t) for run, t in zip(runs, tags, strict=True) if "mlflow.parentRunId" not in t]
+    children = [(run, t) for run, t in zip(runs, tags, strict=True) if "mlflow.parentRunId" in t]
+    assert len(parents) == 1 and len(children) == 1
+    (parent, _), (child, child_tags) = parents[0], children[0]
+    assert parent["info"]["status"] == "FINISHED" and child["info"]["status"] == "FINISHED"
+    assert child_tags["mlflow.parentRunId"] == parent["info"]["run_id"]
+    data = dataset_dir(workflow)
+    assert child["info"]["run_name"] == f"prepare_dataset/dataset={data.name}"
+    params = {p["key"]: p["value"] for p in child["data"]["params"]}
+    assert params["params.settings.source"] == "synthetic"
+    run_id = child["info"]["run_id"]
+    history = rest(mlflow_server, "metrics/get-history", run_id=run_id, metric_key="train_images")
+    assert [m["value"] for m in history["metrics"]] == [4500]
+    listed = rest(mlflow_server, "artifacts/list", run_id=run_id, path="logs/prepare_dataset")
+    assert [f["path"] for f in listed["files"]] == [f"logs/prepare_dataset/{data.name}.log"]
+    query = urllib.parse.urlencode({"run_uuid": run_id, "path": f"logs/prepare_dataset/{data.name}.log"})
+    with urllib.request.urlopen(f"{mlflow_server}/get-artifact?{query}", timeout=30) as response:
+        assert (
+            response.read().decode()
+            == (workflow / "logs" / "prepare_dataset" / f"{data.name}.log").read_text()
+        )
+
+
+# ---- a store that cannot be used -------------------------------------------------------------
+
+
+@pytest.mark.workflow
+def test_unreachable_store_warns_once_and_strict_fails(workflow):
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    run = snakemake(workflow, *DATA_STAGE, "--logger-mlflow-tracking-uri", closed)
+    output = run.stdout + run.stderr
+    assert output.count("MLflow tracking is off for this run") == 1
+    assert f"the tracking store {closed} cannot be used (cannot connect: Connection refused)" in output
+    assert "Not logged: this invocation's parent run and its 1 job(s)" in output
+    assert (dataset_dir(workflow) / "meta.json").exists()  # the workflow finished its work
+    assert not (workflow / "mlflow.db").exists()
+
+    strict = snakemake(
+        workflow,
+        *DATA_STAGE,
+        "--forcerun",
+        "prepare_dataset",
+        "--logger-mlflow-tracking-uri",
+        closed,
+        "--logger-mlflow-strict",
+        check=False,
+    )
+    assert strict.returncode == 1
+    assert f"Error: MLflow tracking store {closed} cannot be used" in strict.stderr
+    assert "stops before running any job" in strict.stderr
+    assert "Finished jobid" not in strict.stderr + strict.stdout and "Traceback" not in strict.stderr
+
+
+# ---- parallel jobs, plots, directories, containers, retries: a purpose-built workflow --------
+
+PARALLEL_SNAKEFILE = r"""
+rule all:
+    input:
+        expand("out/{i}/metrics.json", i=range(8)),
+        "out/tree",
+        "out/flaky.txt",
+        "out/boxed.txt",
+        "out/consumed.txt",
+
+
+rule consume:
+    input:
+        temp_file="out/made.tmp",
+        metrics="out/0/metrics.json",
+    output:
+        "out/consumed.txt",
+    log:
+        "logs/consume.log",
+    shell:
+        "cat {input} > {output}; echo consumed > {log}"
+
+
+rule make_temp:
+    output:
+        temp("out/made.tmp"),
+    log:
+        "logs/make_temp.log",
+    shell:
+        "echo temporary > {output}; echo made > {log}"
+
+
+rule step:
+    output:
+        metrics="out/{i}/metrics.json",
+        plot="out/{i}/curve.png",
+    log:
+        "logs/step/{i}.log",
+    benchmark:
+        "benchmarks/step/{i}.tsv"
+    params:
+        lr=lambda wildcards: 0.1 * (int(wildcards.i) + 1),
+        recipe={"optimizer": {"name": "sgd", "momentum": 0.9}, "widths": [8, 16]},
+    resources:
+        mem_mb=100,
+    shell:
+        "sleep 0.5; echo step {wildcards.i} > {log};"
+        " printf '\\211PNG fake' > {output.plot};"
+        " echo '{{\"score\": {wildcards.i}, \"history\": [{{\"epoch\": 1, \"loss\": 2.0}},"
+        " {{\"epoch\": 2, \"loss\": 1.5}}]}}' > {output.metrics}"
+
+
+rule tree:
+    output:
+        directory("out/tree"),
+    log:
+        "logs/tree.log",
+    shell:
+        "mkdir -p {output}; echo x > {output}/a.txt; echo tree > {log}"
+
+
+rule flaky:
+    output:
+        "out/flaky.txt",
+    log:
+        "logs/flaky.log",
+    retries: 1
+    shell:
+        "if [ -e flaky.marker ]; then echo ok > {output}; echo second > {log};"
+        " else touch flaky.marker; echo first attempt fails > {log}; exit 1; fi"
+
+
+rule boxed:
+    output:
+        "out/boxed.txt",
+    log:
+        "logs/boxed.log",
+    container:
+        "docker://example.org/stand-in:1.0"
+    shell:
+        "echo boxed > {output}; echo boxed > {log}"
+"""
+
+# Stands in for apptainer (not installable here): "pulls" an empty image file and runs the
+# command on the host. Enough for Snakemake to run a rule "in" a container; no isolation.
+FAKE_APPTAINER = """#!/bin/sh
+case "$1" in --version) echo "apptainer version 1.3.4"; exit 0;; pull) touch "$3"; exit 0;; esac
+while [ $# -gt 1 ]; do [ "$1" = "-c" ] && exec bash -c "$2"; shift; done
+exit 1
+"""
+
+
+@pytest.mark.workflow
+def test_parallel_jobs_plots_directories_containers_and_retries(tmp_path):
+    work = tmp_path / "par"
+    work.mkdir()
+    (work / "Snakefile").write_text(PARALLEL_SNAKEFILE)
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "apptainer").write_text(FAKE_APPTAINER)
+    (fake / "apptainer").chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}")
+    run = subprocess.run(
+        [
+            BIN / "snakemake",
+            "--cores",
+            "4",
+            "--logger",
+            "mlflow",
+            "--benchmark-extended",
+            "--sdm",
+            "apptainer",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-6000:]
+    assert "database is locked" not in run.stderr and "MLflow tracking" not in run.stderr
+    uri = sqlite_uri(work)
+    runs = runs_of(uri)
+    assert runs.parent.info.status == "FINISHED"  # the retried job succeeded in the end
+    expected = [f"step/i={i}" for i in range(8)] + ["boxed", "consume", "flaky", "flaky", "make_temp", "tree"]
+    assert runs.names() == sorted(expected)  # `all` (no output, no log) is no job run
+    starts = sorted(
+        (r.info.start_time, r.info.end_time) for r in runs.children if r.info.run_name[:4] == "step"
+    )
+    assert any(b[0] < a[1] for a, b in zip(starts, starts[1:], strict=False))  # they did run in parallel
+    for i in range(8):
+        step = runs.named(f"step/i={i}")
+        assert step.info.status == "FINISHED"
+        assert step.data.params["params.lr"] == str(0.1 * (i + 1))
+        assert step.data.params["params.recipe.optimizer.momentum"] == "0.9"
+        assert step.data.params["params.recipe.widths"] == "[8, 16]"
+        assert step.data.params["resources.mem_mb"] == "100"
+        assert step.data.metrics["score"] == i and step.data.metrics["loss"] == 1.5
+        assert metric_steps(uri, step, "loss") == [(1, 2.0), (2, 1.5)]
+        assert {f"out/{i}/curve.png", f"out/{i}/metrics.json", f"logs/step/{i}.log"} <= artifacts_of(
+            uri, step
+        )
+    assert runs.named("tree").data.tags["output:out/tree"] == "not hashed: directory"
+    consumed = runs.named("consume").data.tags  # lineage: what it read is what the producers wrote
+    assert (
+        consumed["input:out/0/metrics.json"] == runs.named("step/i=0").data.tags["output:out/0/metrics.json"]
+    )
+    assert consumed["input:out/made.tmp"] == hashlib.sha256(b"temporary\n").hexdigest()
+    assert runs.named("make_temp").data.tags["output:out/made.tmp"] == consumed["input:out/made.tmp"]
+    assert not (work / "out" / "made.tmp").exists()  # a temp() file, hashed before Snakemake removed it
+    attempts = sorted(
+        (r.info.status, r.data.tags.get("snakemake.error", ""))
+        for r in runs.children
+        if r.info.run_name == "flaky"
+    )
+    assert [status for status, _ in attempts] == ["FAILED", "FINISHED"]
+    boxed = runs.named("boxed")
+    assert boxed.data.tags["container.image"] == "docker://example.org/stand-in:1.0"
+    assert "container.image" not in runs.named("tree").data.tags
+    assert not any(key.startswith("params") for key in runs.named("boxed").data.params)  # it has none
+
+
+# ---- unit level: the plugin's pieces, and its events against a real store --------------------
+
+
+def test_metrics_json_history_becomes_step_metrics():
+    data = {
+        "test_accuracy": 0.8,
+        "val_accuracy": 0.65,  # the final value of a history series: put at the series' last step
+        "nested": {"a": 1, "flag": True},
+        "history": [
+            {"epoch": 1, "train_loss": 2.0, "val_accuracy": 0.3},
+            {"epoch": 2, "train_loss": 1.0, "val_accuracy": 0.6},
+            {"train_loss": 0.5, "note": "text"},  # no epoch: its index is the step
+        ],
+    }
+    assert metrics_from_json(data) == [
+        ("test_accuracy", 0.8, 0),
+        ("nested.a", 1.0, 0),
+        ("train_loss", 2.0, 1),
+        ("val_accuracy", 0.3, 1),
+        ("train_loss", 1.0, 2),
+        ("val_accuracy", 0.6, 2),
+        ("train_loss", 0.5, 2),
+        ("val_accuracy", 0.65, 2),
+    ]
+
+
+def test_flatten_safe_keys_run_names_and_digests(tmp_path):
+    assert flatten({"settings": '{"a": {"b": 1}, "c": [1, 2]}', "n": None, "l": [{"x": 1}]}, "params") == {
+        "params.settings.a.b": "1",
+        "params.settings.c": "[1, 2]",
+        "params.n": "None",
+        "params.l.0.x": "1",
+    }
+    assert safe_key("a<b>/../c") == "a_b__.._c" and safe_key("ok/key") == "ok/key"
+    assert 240 < len(safe_key("k" * 400)) <= 250
+    assert run_name("train", {"experiment": "a", "dataset": "d"}) == "train/experiment=a,dataset=d"
+    assert run_name("all", {}) == "all"
+    (tmp_path / "f").write_bytes(b"abc")
+    assert file_digest(tmp_path / "f") == hashlib.sha256(b"abc").hexdigest()
+    assert file_digest(tmp_path) == "not hashed: directory"
+    assert file_digest(tmp_path / "missing") == "not hashed: missing"
+    assert file_digest(tmp_path / "f", limit=2) == "not hashed: 0.0 GiB > 0 GiB limit"
+
+
+def test_parse_extended_benchmark(tmp_path):
+    bench = tmp_path / "b.tsv"
+    bench.write_text(
+        "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\tjobid\t"
+        "rule_name\twildcards\tparams\tthreads\tcpu_usage\tresources\tinput_size_mb\n"
+        "1.50\t0:00:01\t65.33\t185.27\t45.27\t51.14\tNA\t0.00\t0.00\t0.50\t1\tprep\t{'d': 'x'}\t"
+        "{'settings': '{\"seed\": 0}', 'n': 3}\t2\t0.00\t{'tmpdir': '/tmp', '_cores': 2}\t{}\n"
+    )
+    parsed = parse_benchmark(bench)
+    assert parsed["rows"][0]["benchmark.runtime_s"] == 1.5 and "benchmark.io_in_mb" not in parsed["rows"][0]
+    assert (
+        parsed["rows"][0]["benchmark.max_rss_mb"] == 65.33
+        and parsed["rows"][0]["benchmark.cpu_time_s"] == 0.5
+    )
+    assert parsed["params"] == {"settings": '{"seed": 0}', "n": 3}
+    assert parsed["wildcards"] == {"d": "x"} and parsed["threads"] == 2
+
+
+def _event(event: LogEvent, level: int = logging.INFO, **fields) -> logging.LogRecord:
+    record = logging.LogRecord("snakemake.logging", level, __file__, 0, str(event), None, None)
+    record.__dict__.update(event=event, **fields)
+    return record
+
+
+def test_events_to_a_real_store_without_snakemake(tmp_path, monkeypatch):
+    """The handler fed Snakemake's events by hand: history steps, params from the benchmark."""
+    monkeypatch.chdir(tmp_path)
+    out = Path("results/x")
+    out.mkdir(parents=True)
+    history = [{"epoch": e, "val_accuracy": 0.1 * e, "train_loss": 3.0 - e} for e in range(1, 4)]
+    (out / "metrics.json").write_text(
+        json.dumps({"test_accuracy": 0.42, "val_accuracy": 0.35, "history": history})
+    )
+    Path("train.log").write_text("epoch 1\nepoch 2\nepoch 3\n")
+    Path("bench.tsv").write_text("s\tmax_rss\tcpu_time\tparams\n2.00\t10.00\t1.00\t{'lr': 0.1}\n")
+    uri = f"sqlite:///{tmp_path / 'unit.db'}"
+    handler = LogHandler(
+        SimpleNamespace(dryrun=False), LogHandlerSettings(tracking_uri=uri, experiment="unit")
+    )
+    job = dict(
+        rule_name="train_model",
+        jobid=3,
+        input=[],
+        output=[str(out / "metrics.json")],
+        log=["train.log"],
+        benchmark="bench.tsv",
+        wildcards={"experiment": "base"},
+        resources={"_cores": 1, "mem_mb": 10},
+        threads=1,
+        shellcmd="python train.py",
+    )
+    events = [
+        _event(LogEvent.WORKFLOW_STARTED, cmd="snakemake", config_md5="0" * 32, datetime="now"),
+        _event(LogEvent.RUN_INFO, stats={"train_model": 1, "total": 1}),
+        _event(LogEvent.JOB_INFO, **job),
+        _event(LogEvent.JOB_FINISHED, job_id=3),
+    ]
+    try:
+        for record in events:
+            handler.hook.capture(record)
+            handler.emit(record)
+    finally:
+        handler.close()
+    runs = runs_of(uri, "unit")
+    assert runs.parent.info.status == "FINISHED"
+    child = runs.named("train_model/experiment=base")
+    steps = metric_steps(uri, child, "val_accuracy")
+    assert [step for step, _ in steps] == [1, 2, 3, 3]
+    assert [value for _, value in steps] == pytest.approx([0.1, 0.2, 0.3, 0.35])
+    assert child.data.metrics["val_accuracy"] == 0.35  # the top-level (final) value is the latest
+    assert metric_steps(uri, child, "train_loss") == [(1, 2.0), (2, 1.0), (3, 0.0)]
+    assert child.data.metrics["test_accuracy"] == 0.42 and child.data.metrics["benchmark.runtime_s"] == 2.0
+    assert child.data.params == {
+        "wildcards.experiment": "base",
+        "threads": "1",
+        "resources.mem_mb": "10",
+        "params.lr": "0.1",
+    }
+    assert artifacts_of(uri, child) == {"train.log", "results/x/metrics.json", "bench.tsv"}
+
+
+def test_strict_starts_no_further_job_once_logging_failed():
+    from snakemake_logger_plugin_mlflow.hook import MlflowHook, TrackingStoreError
+
+    started = _event(LogEvent.JOB_STARTED, jobs=[2])
+    for strict in (False, True):
+        hook = MlflowHook(LogHandlerSettings(strict=strict), logging.getLogger("test"), dryrun=False)
+        assert hook.capture(started)  # nothing failed yet: the job starts
+        hook.broken = "logging a finished job: cannot connect: Connection refused"
+        if strict:
+            with pytest.raises(TrackingStoreError, match="no further jobs are started"):
+                hook.capture(started)
+        else:
+            assert hook.capture(started)
