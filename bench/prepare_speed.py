@@ -46,6 +46,11 @@ def run_prepare(settings: dict, outdir: Path, archive: Path | None, threads: int
     return time.perf_counter() - start
 
 
+def folder_settings(path: Path) -> dict:
+    """prepare_dataset's settings for a folder source, as the workflow would pass them."""
+    return {"source": "folder", "path": str(path), "resize": False, "val_fraction": 0.1, "seed": 0}
+
+
 def split_jpeg_archive(archive: Path, root: Path, test_per_class: int = 1000) -> None:
     """train/<class>/<n>.jpg -> root/train/<class>/ and root/test/<class>/ (last files of each class)."""
     with tarfile.open(archive) as tar:
@@ -89,13 +94,7 @@ def main() -> None:
         )
         if args.jpeg_archive:
             split_jpeg_archive(args.jpeg_archive, tmp / "jpeg")
-            settings = {
-                "source": "folder",
-                "path": str(tmp / "jpeg"),
-                "resize": False,
-                "val_fraction": 0.1,
-                "seed": 0,
-            }
+            settings = folder_settings(tmp / "jpeg")
             times = [
                 run_prepare(settings, tmp / f"jpeg_out{i}", None, args.threads) for i in range(args.runs)
             ]

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "bench")]
 
 from cifarflow.config import validate_config  # noqa: E402
-from prepare_speed import split_jpeg_archive  # noqa: E402
+from prepare_speed import folder_settings, run_prepare, split_jpeg_archive  # noqa: E402
 
 
 def prepare(archive: Path, cache: Path) -> Path:
@@ -32,28 +32,7 @@ def prepare(archive: Path, cache: Path) -> Path:
     if not (data / "meta.json").exists():
         if not (cache / "jpeg" / "test").exists():
             split_jpeg_archive(archive, cache / "jpeg")
-        settings = {
-            "source": "folder",
-            "path": str(cache / "jpeg"),
-            "resize": False,
-            "val_fraction": 0.1,
-            "seed": 0,
-        }
-        subprocess.run(
-            [
-                sys.executable,
-                ROOT / "scripts" / "prepare_dataset.py",
-                "--settings",
-                json.dumps(settings),
-                "--dataset-id",
-                "bench-cifar10-jpeg",
-                "--outdir",
-                data,
-                "--threads",
-                "2",
-            ],
-            check=True,
-        )
+        run_prepare(folder_settings(cache / "jpeg"), data, None, threads=2)
     return data
 
 
