@@ -96,6 +96,11 @@ def make_optimizer(model: nn.Module, recipe: dict) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=recipe["lr"], momentum=recipe["momentum"], nesterov=recipe["nesterov"])
 
 
+def _autocast(device: torch.device):
+    """bf16 autocast on CUDA; nothing on CPU, where bf16 was measured 2.6x slower than fp32."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device
@@ -103,9 +108,7 @@ def evaluate(
     """(mean cross-entropy, accuracy) of `model` in eval mode (TTA included when the model has it)."""
     model.eval()
     total_loss, correct = 0.0, 0
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    )
+    autocast = _autocast(device)
     for start in range(0, len(labels), EVAL_BATCH):
         x = to_float(images[start : start + EVAL_BATCH])
         y = labels[start : start + EVAL_BATCH]
@@ -145,9 +148,13 @@ class TrainState:
     seconds: float = 0.0  # training seconds so far (excluding evaluation)
 
 
-def _seeded(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+def _seed_epoch(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    """Seed everything random in `epoch` from (seed, epoch): the global RNG (dropout) and the
+    returned generator (shuffling, augmentation). This is what makes a resumed run exact."""
+    epoch_seed = seed * 100_003 + epoch
+    torch.manual_seed(epoch_seed)
     generator = torch.Generator(device=device)
-    generator.manual_seed(seed * 100_003 + epoch)
+    generator.manual_seed(epoch_seed)
     return generator
 
 
@@ -208,15 +215,12 @@ def train(data_dir: Path, recipe: dict, outdir: Path, threads: int = 0) -> dict:
     writer = SummaryWriter(log_dir=str(outdir / "tensorboard"))
     for row in state.history:  # a resumed run's events start where the interrupted one stopped
         _write_epoch(writer, row)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    )
+    autocast = _autocast(device)
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"])
     evaluated = ema.module if ema is not None else model
 
     for epoch in range(state.epoch, recipe["epochs"]):
-        generator = _seeded(recipe["seed"], epoch, device)
-        torch.manual_seed(recipe["seed"] * 100_003 + epoch)  # dropout
+        generator = _seed_epoch(recipe["seed"], epoch, device)
         model.train()
         order = torch.randperm(n_train, device=device, generator=generator)
         losses = torch.zeros(steps_per_epoch, device=device)
