@@ -14,6 +14,8 @@ from cifarflow.config import (
 )
 from cifarflow.dataset import SPLITS, array_files
 from cifarflow.errors import PipelineError
+from snakemake.logging import logger
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 try:
     validate_config(config, Path(workflow.basedir) / "config" / "schema.yaml")
@@ -25,6 +27,20 @@ DATASET_ID = dataset_id(DATASET)
 DATA_DIR = f"results/data/{DATASET_ID}"
 EXPERIMENTS = sorted(config["experiments"])
 EXPORT = config["export"]
+# The image every rule runs in under --sdm apptainer (profiles/slurm); None = the environment the job
+# inherits (the venv). One image for CPU and GPU rules: PyPI's torch wheel is the CUDA build and runs
+# on CPUs too, and `--nv` (apptainer-args) brings in the host's driver on GPU nodes.
+PIPELINE_IMAGE = config["container"]["image"] or None
+
+if (
+    DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
+    and PIPELINE_IMAGE is None
+):
+    logger.warning(
+        "software-deployment-method apptainer is on, but config container.image is empty: every "
+        "rule runs in the environment its job inherits (the venv on PATH), not in a container. "
+        "Set container.image (README, 'Running on a Slurm cluster') to run the rules in the image."
+    )
 
 
 wildcard_constraints:
@@ -63,6 +79,22 @@ def export_settings(wildcards):
     return json.dumps(
         {"opset": EXPORT["opset"], "parity": EXPORT["parity"]}, sort_keys=True
     )
+
+
+def by_attempt(amount):
+    """A resource (mem_mb, runtime) that grows with each try: a job killed for memory or time gets
+    twice as much on its first retry (profiles/slurm sets retries), three times on the second.
+    """
+
+    def scaled(wildcards, attempt):
+        return amount * attempt
+
+    return scaled
+
+
+def train_gpus(wildcards):
+    """GPUs a training job asks for: one when its recipe trains on CUDA (training uses one device)."""
+    return 1 if recipe(config, wildcards.experiment)["device"] == "cuda" else 0
 
 
 def final_targets():
