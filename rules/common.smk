@@ -1,6 +1,7 @@
 # Config lookups and paths shared by the rules. No logic beyond wiring: the library decides.
 import json
 import re
+import shlex
 import sys
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
@@ -104,4 +105,88 @@ def final_targets():
         targets += expand(
             "results/quantize/{experiment}/model.int8.onnx", experiment=EXPERIMENTS
         )
+    targets += report_targets()  # rules/report.smk
     return targets
+
+
+# The report (rules/report.smk): its targets and its rules' inputs and arguments.
+# The serving stage (rules/serve.smk) produces results/image, results/evaluate and results/register;
+# until it is part of the workflow, the report covers the data, training and export.
+SERVING = (Path(workflow.basedir) / "rules" / "serve.smk").exists()
+SERVED_FILES = {
+    "evaluate": "results/evaluate/{experiment}/metrics.json",
+    "manifest": "results/image/{experiment}/manifest.json",
+    "registration": "results/register/{experiment}/registration.json",
+}
+COMPARISON_FILES = ["comparison.html", "comparison.png", "recipes.html"]
+
+
+def report_targets():
+    """Every report item of this config, each named (appended to final_targets): --report needs
+    them all, and a job whose other outputs exist is not rerun for one that is missing.
+    """
+    per_experiment = [
+        "results/report/train/{experiment}/curves.png",
+        "results/report/train/{experiment}/history.html",
+        "results/report/export/{experiment}/export.html",
+    ]
+    if SERVING:
+        per_experiment += [
+            "results/report/serve/{experiment}/manifest.html",
+            "results/report/evaluate/{experiment}/per_class.html",
+            "results/report/evaluate/{experiment}/confidently_wrong.png",
+        ]
+    return [
+        f"results/report/data/{DATASET_ID}/samples.png",
+        f"results/report/data/{DATASET_ID}/class_counts.html",
+        *expand(per_experiment, experiment=EXPERIMENTS),
+        *expand("results/report/compare/{file}", file=COMPARISON_FILES),
+    ]
+
+
+def export_table_inputs(wildcards):
+    files = {"metrics": f"results/export/{wildcards.experiment}/metrics.json"}
+    if EXPORT["quantize"] == "int8":
+        files["quantize"] = f"results/quantize/{wildcards.experiment}/metrics.json"
+    return files
+
+
+def quantize_arg(wildcards, input):
+    if "quantize" not in input.keys():
+        return ""
+    return f"--quantize {shlex.quote(input.quantize)}"
+
+
+def test_split_files(wildcards):
+    """What plot_evaluation reads of the dataset: class names and the test images."""
+    return {
+        "meta": f"{DATA_DIR}/meta.json",
+        "test_images": f"{DATA_DIR}/test_images.npy",
+        "test_labels": f"{DATA_DIR}/test_labels.npy",
+    }
+
+
+def comparison_inputs(wildcards):
+    files = {
+        "train": expand(rules.train_model.output.metrics, experiment=EXPERIMENTS),
+        "export": expand(rules.export_onnx.output.metrics, experiment=EXPERIMENTS),
+    }
+    if SERVING:
+        files |= {k: expand(v, experiment=EXPERIMENTS) for k, v in SERVED_FILES.items()}
+    return files
+
+
+def served_args(wildcards, input):
+    """--evaluate/--manifest/--registration with their files, when the serving stage ran."""
+    args = [
+        f"--{part} {' '.join(shlex.quote(f) for f in input[part])}"
+        for part in SERVED_FILES
+        if part in input.keys()
+    ]
+    return " ".join(args)
+
+
+def recipes_json(wildcards):
+    """Every experiment's resolved recipe (compare_experiments shows them side by side)."""
+    recipes = {name: recipe(config, name) for name in EXPERIMENTS}
+    return json.dumps(recipes, sort_keys=True)

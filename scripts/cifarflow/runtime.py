@@ -89,6 +89,12 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file (HTML, RST) atomically: the old file or the whole new one, never a part."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def write_metrics(path: str | os.PathLike, metrics: dict[str, Any]) -> None:
     """Write a rule's metrics.json: flat name -> finite number, plus an optional `history` list.
 

@@ -1,0 +1,177 @@
+"""The report's figures, drawn with matplotlib (Agg): sample grids, training curves, the most
+confidently wrong test images, and the experiment comparison. Functions take data, return figures."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on compute nodes or in containers
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from .runtime import atomic_path  # noqa: E402
+
+DPI = 100
+# No "Software" entry (it carries the matplotlib version): the same data gives the same bytes.
+PNG_METADATA = {"Software": None}
+TRAIN, VAL = "#1f77b4", "#ff7f0e"
+
+
+def save_png(fig: Figure, path: str | os.PathLike) -> None:
+    """Write `fig` as a PNG atomically (no partial file on failure) and release it."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=DPI, metadata=PNG_METADATA, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+
+
+def sample_indices(labels: np.ndarray, num_classes: int, per_class: int, seed: int = 0) -> list[np.ndarray]:
+    """For each class, up to `per_class` indices of its images, drawn with `seed` (sorted)."""
+    rng = np.random.default_rng(seed)
+    picks = []
+    for cls in range(num_classes):
+        members = np.flatnonzero(labels == cls)
+        chosen = rng.choice(members, size=min(per_class, len(members)), replace=False)
+        picks.append(np.sort(chosen))
+    return picks
+
+
+def sample_grid(
+    images: np.ndarray, labels: np.ndarray, class_names: list[str], per_class: int = 10, seed: int = 0
+) -> Figure:
+    """One row per class, `per_class` random images of it, drawn as one mosaic (pixels unsmoothed)."""
+    picks = sample_indices(np.asarray(labels), len(class_names), per_class, seed)
+    height, width = images.shape[1:3]
+    gap = 2
+    mosaic = np.full(
+        (len(class_names) * (height + gap) - gap, per_class * (width + gap) - gap, 3), 255, dtype=np.uint8
+    )
+    for row, indices in enumerate(picks):
+        for col, index in enumerate(indices):
+            y, x = row * (height + gap), col * (width + gap)
+            mosaic[y : y + height, x : x + width] = images[index]
+    fig, ax = plt.subplots(figsize=(per_class * 0.55 + 1.4, len(class_names) * 0.55 + 0.5))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_yticks([r * (height + gap) + height / 2 for r in range(len(class_names))], class_names)
+    ax.set_xticks([])
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(f"{per_class} random training images per class", fontsize=10)
+    return fig
+
+
+def training_curves(history: pd.DataFrame, title: str = "") -> Figure:
+    """Loss and accuracy per epoch, train vs val (history.csv's columns)."""
+    missing = {"epoch", "train_loss", "val_loss", "train_accuracy", "val_accuracy"} - set(history.columns)
+    if missing:
+        raise ValueError(f"training history lacks columns {sorted(missing)}")
+    fig, (loss, acc) = plt.subplots(1, 2, figsize=(9, 3.4))
+    epochs = history["epoch"]
+    marker = "o" if len(history) <= 30 else None
+    for ax, metric, label in ((loss, "loss", "loss"), (acc, "accuracy", "accuracy")):
+        ax.plot(epochs, history[f"train_{metric}"], color=TRAIN, marker=marker, label="train")
+        ax.plot(epochs, history[f"val_{metric}"], color=VAL, marker=marker, label="val")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    acc.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    acc.legend(loc="lower right")
+    final = history.iloc[-1]
+    fig.suptitle(
+        f"{title}: val accuracy {final['val_accuracy']:.1%} after {int(final['epoch'])} epochs".lstrip(": "),
+        fontsize=11,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def most_confidently_wrong(predictions: pd.DataFrame, limit: int) -> pd.DataFrame:
+    """The `limit` misclassified rows with the highest probability on the predicted class,
+    most confident first (ties by test index); adds a `confidence` column."""
+    wrong = predictions[predictions["predicted"] != predictions["label"]].copy()
+    wrong["confidence"] = [
+        float(probs[pred]) for probs, pred in zip(wrong["probabilities"], wrong["predicted"], strict=True)
+    ]
+    return wrong.sort_values(["confidence", "index"], ascending=[False, True]).head(limit)
+
+
+def confidently_wrong_grid(
+    images: np.ndarray,
+    wrong: pd.DataFrame,
+    class_names: list[str],
+    misclassified: int,
+    total: int,
+    columns: int = 6,
+) -> Figure:
+    """The rows of `most_confidently_wrong`, each image titled with its test index, true class and
+    predicted class with its probability."""
+    if wrong.empty:
+        fig, ax = plt.subplots(figsize=(5, 1.2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"no misclassified images among {total:,} test images", ha="center", va="center")
+        return fig
+    rows = math.ceil(len(wrong) / columns)
+    height = rows * 2.1 + 0.5
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, height), squeeze=False)
+    # Fixed spacing (three title lines per image); tight/constrained layouts misplace them.
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.95 / height, hspace=0.55, wspace=0.08)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, row in zip(axes.flat, wrong.itertuples(index=False), strict=False):
+        ax.imshow(images[int(row.index)], interpolation="nearest")
+        ax.set_title(
+            f"test #{int(row.index)}\ntrue: {class_names[int(row.label)]}\n"
+            f"pred: {class_names[int(row.predicted)]} {row.confidence:.0%}",
+            fontsize=8,
+        )
+    fig.suptitle(
+        f"The {len(wrong)} most confidently wrong of {misclassified:,} misclassified test images"
+        f" ({misclassified / total:.1%} of {total:,})",
+        fontsize=10,
+        y=1 - 0.1 / height,
+        va="top",
+    )
+    return fig
+
+
+# Comparison panels: (column of the comparison table, panel title, value format)
+COMPARISON_PANELS = (
+    ("test_accuracy", "test accuracy", "{:.1%}"),
+    ("train_seconds", "training time (s)", "{:,.1f}"),
+    ("train_images_per_second", "training images/s", "{:,.0f}"),
+    ("model_megabytes", "ONNX model size (MB)", "{:.2f}"),
+    ("served_images_per_second", "served throughput (images/s)", "{:,.0f}"),
+)
+
+
+def comparison_chart(table: pd.DataFrame) -> Figure:
+    """One bar panel per figure of `tables.comparison_frame`, one bar per experiment."""
+    fig, axes = plt.subplots(1, len(COMPARISON_PANELS), figsize=(3.1 * len(COMPARISON_PANELS), 3.2))
+    names = list(table.index)
+    colors = plt.get_cmap("tab10").colors
+    for ax, (column, title, fmt) in zip(axes, COMPARISON_PANELS, strict=True):
+        ax.set_title(title, fontsize=10)
+        values = pd.to_numeric(table[column], errors="coerce") if column in table else pd.Series(dtype=float)
+        if values.isna().all():
+            ax.text(0.5, 0.5, "not measured\nin this run", ha="center", va="center", color="grey")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
+        bars = ax.bar(names, values.fillna(0), color=[colors[i % len(colors)] for i in range(len(names))])
+        ax.bar_label(bars, labels=["n/a" if np.isnan(v) else fmt.format(v) for v in values], fontsize=8)
+        ax.margins(y=0.15)
+        ax.tick_params(axis="x", labelrotation=30 if len(names) > 3 else 0, labelsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        if column == "test_accuracy":
+            ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,418 @@
+"""The report's tables: self-contained HTML pages (the Snakemake report shows HTML, while CSV and
+JSON only become download links), the experiment comparison, and the headline RST of workflow.rst."""
+
+from __future__ import annotations
+
+import html
+import math
+import statistics
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+from .errors import PipelineError
+
+CSS = """
+body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 12px; color: #222; }
+h1 { font-size: 16px; margin: 0 0 6px; }
+p.note { color: #555; margin: 0 0 10px; max-width: 60em; }
+table { border-collapse: collapse; }
+th, td { padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }
+th { background: #f3f5f7; }
+td:first-child, th:first-child { text-align: left; }
+tr.total td, tr.best td { font-weight: 600; }
+td.fail { color: #b00020; font-weight: 600; }
+td.pass { color: #137333; }
+tr.weak td { color: #b00020; }
+"""
+
+
+def html_page(title: str, body: str, note: str = "") -> str:
+    """A complete HTML document with inline CSS (the report embeds it as is, offline)."""
+    note_html = f'<p class="note">{html.escape(note)}</p>\n' if note else ""
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        f"<h1>{html.escape(title)}</h1>\n{note_html}{body}\n</body>\n</html>\n"
+    )
+
+
+def html_table(
+    frame: pd.DataFrame, row_classes: Mapping[int, str] | None = None, cell_classes: Mapping | None = None
+) -> str:
+    """`frame` (already formatted as text) as an HTML table; every value is escaped.
+    `row_classes`: row position -> CSS class; `cell_classes`: (row position, column) -> CSS class."""
+    row_classes, cell_classes = row_classes or {}, cell_classes or {}
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    rows = []
+    for i, values in enumerate(frame.itertuples(index=False)):
+        cells = []
+        for column, value in zip(frame.columns, values, strict=True):
+            css = cell_classes.get((i, column))
+            attr = f' class="{css}"' if css else ""
+            cells.append(f"<td{attr}>{html.escape(_text(value))}</td>")
+        attr = f' class="{row_classes[i]}"' if i in row_classes else ""
+        rows.append(f"<tr{attr}>{''.join(cells)}</tr>")
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>"
+
+
+def _text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return str(value)
+
+
+def pct(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value * 100:.{digits}f}%"
+
+
+def num(value: float | None, digits: int = 0) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:,.{digits}f}"
+
+
+# -- Data ------------------------------------------------------------------------------------------
+
+
+def class_counts(meta: dict) -> pd.DataFrame:
+    """Images per class and split (meta.json's counts), with a total column and a total row."""
+    counts = pd.DataFrame(meta["counts"]).reindex(meta["class_names"])
+    counts = counts[[split for split in ("train", "val", "test") if split in counts]]
+    counts["all splits"] = counts.sum(axis=1)
+    counts.loc["total"] = counts.sum()
+    counts.index.name = "class"
+    return counts.astype(int).reset_index()
+
+
+def class_counts_html(meta: dict) -> str:
+    frame = class_counts(meta)
+    shown = frame.astype(object)
+    shown.iloc[:, 1:] = frame.iloc[:, 1:].map(num)
+    body = html_table(shown, {len(frame) - 1: "total"})
+    note = (
+        f"Dataset {meta['dataset_id']} (source: {meta['source']}), {len(meta['class_names'])} classes. "
+        "val is held out from train for model selection; test is never used to choose anything."
+    )
+    return html_page("Images per class and split", body, note)
+
+
+# -- Training --------------------------------------------------------------------------------------
+
+HISTORY_COLUMNS = {
+    "epoch": ("epoch", "{:.0f}"),
+    "train_loss": ("train loss", "{:.4f}"),
+    "train_accuracy": ("train accuracy", "pct"),
+    "val_loss": ("val loss", "{:.4f}"),
+    "val_accuracy": ("val accuracy", "pct"),
+    "lr": ("learning rate", "{:.4g}"),
+    "seconds": ("seconds", "{:.1f}"),
+    "images_per_second": ("images/s", "{:,.0f}"),
+}
+
+
+def history_html(history: pd.DataFrame, experiment: str) -> str:
+    """history.csv as a table, one row per epoch; the best val accuracy's row in bold."""
+    shown = [c for c in HISTORY_COLUMNS if c in history]
+    frame = pd.DataFrame(
+        {
+            HISTORY_COLUMNS[c][0]: [
+                pct(v) if HISTORY_COLUMNS[c][1] == "pct" else HISTORY_COLUMNS[c][1].format(v)
+                for v in history[c]
+            ]
+            for c in shown
+        }
+    )
+    best = int(history["val_accuracy"].to_numpy().argmax())
+    note = (
+        "Train figures are measured during the epoch, on augmented images; val figures at its end "
+        "(on the averaged weights that get exported when EMA is on). Bold: best val accuracy."
+    )
+    return html_page(f"Training history: {experiment}", html_table(frame, {best: "best"}), note)
+
+
+# -- Export ----------------------------------------------------------------------------------------
+
+
+def export_html(export: dict, parity_limits: dict, experiment: str, quantize: dict | None = None) -> str:
+    """export_onnx's metrics.json as a table: the parity gate (figure, limit, pass) and speed/size."""
+    passes = {
+        "argmax_agreement": export["argmax_agreement"] >= parity_limits["min_argmax_agreement"],
+        "max_probability_diff": export["max_probability_diff"] <= parity_limits["max_probability_diff"],
+        "accuracy_diff": export["accuracy_diff"] <= parity_limits["max_accuracy_diff"],
+    }
+    e, limits = export, parity_limits
+    # (group, figure, value, gate, metric whose gate decides pass/FAIL)
+    rows = [
+        ("parity", "argmax agreement, ONNX Runtime vs PyTorch", pct(e["argmax_agreement"], 3),
+         f">= {pct(limits['min_argmax_agreement'], 3)}", "argmax_agreement"),
+        ("parity", "max |probability difference|", f"{e['max_probability_diff']:.2e}",
+         f"<= {limits['max_probability_diff']:.0e}", "max_probability_diff"),
+        ("parity", "max |logit difference|", f"{e['max_logit_diff']:.2e}", "", None),
+        ("parity", "test accuracy, PyTorch", pct(e["torch_test_accuracy"]), "", None),
+        ("parity", "test accuracy, ONNX Runtime", pct(e["onnx_test_accuracy"]), "", None),
+        ("parity", "accuracy difference", f"{e['accuracy_diff'] * 100:.3f} points",
+         f"<= {limits['max_accuracy_diff'] * 100:.3f} points", "accuracy_diff"),
+        ("speed", "latency, batch 1, p50", f"{e['latency_ms_p50']:.2f} ms", "", None),
+        ("speed", "latency, batch 1, p99", f"{e['latency_ms_p99']:.2f} ms", "", None),
+        ("speed", "throughput, batch 256", f"{num(e['throughput_images_per_second'])} images/s", "", None),
+        ("size", "model.onnx", f"{e['model_bytes'] / 1e6:.2f} MB", "", None),
+    ]
+    if quantize:
+        q = quantize
+        rows += [
+            ("int8", "test accuracy, int8", pct(q["int8_test_accuracy"]), "", None),
+            ("int8", "accuracy drop vs fp32", f"{q['accuracy_drop'] * 100:.2f} points", "", None),
+            ("int8", "throughput, batch 256, int8",
+             f"{num(q['int8_throughput_images_per_second'])} images/s", "", None),
+            ("int8", "speed-up over fp32", f"{q['speedup']:.2f}x", "", None),
+            ("int8", "model.int8.onnx", f"{q['model_bytes'] / 1e6:.2f} MB", "", None),
+        ]
+    frame = pd.DataFrame(
+        [(group, name, value, gate, ("pass" if passes[key] else "FAIL") if key else "")
+         for group, name, value, gate, key in rows],
+        columns=["", "figure", "value", "gate", "result"],
+    )
+    cells = {(i, "result"): "pass" if r == "pass" else "fail" for i, r in enumerate(frame["result"]) if r}
+    note = (
+        "Parity over the whole test split: the exported graph (uint8 images in, preprocessing and TTA "
+        "inside) against the PyTorch model. Speed: ONNX Runtime in-process on this machine's CPU threads."
+    )
+    return html_page(f"ONNX export: {experiment}", html_table(frame, cell_classes=cells), note)
+
+
+# -- Serving ---------------------------------------------------------------------------------------
+
+MANIFEST_FIELDS = (
+    ("engine", "engine"),
+    ("image", "image reference"),
+    ("image_id", "image id / digest"),
+    ("image_size_bytes", "image size"),
+    ("build_seconds", "build time"),
+    ("model_name", "served model name"),
+    ("model_sha256", "model.onnx sha256"),
+    ("dataset_id", "dataset id"),
+    ("experiment", "experiment"),
+)
+
+
+def manifest_html(manifest: dict, experiment: str) -> str:
+    """build_serving_image's manifest.json as a field/value table (unknown extra fields last)."""
+    missing = [key for key, _ in MANIFEST_FIELDS if key not in manifest]
+    if missing:
+        raise PipelineError(f"serving manifest lacks {missing}; rerun build_serving_image")
+
+    def show(key: str, value: Any) -> str:
+        if key == "image_size_bytes":
+            return "n/a (the engine does not report it)" if value is None else f"{value / 1e6:,.1f} MB"
+        if key == "build_seconds":
+            return f"{value:.1f} s"
+        return _text(value)
+
+    rows = [(label, show(key, manifest[key])) for key, label in MANIFEST_FIELDS]
+    known = {key for key, _ in MANIFEST_FIELDS}
+    rows += [(key, _text(manifest[key])) for key in sorted(manifest) if key not in known]
+    frame = pd.DataFrame(rows, columns=["field", "value"])
+    note = "What build_serving_image produced: the image that evaluate_served_model started and measured."
+    return html_page(f"Serving image: {experiment}", html_table(frame), note)
+
+
+# -- Evaluation ------------------------------------------------------------------------------------
+
+
+def per_class_frame(metrics: dict, class_names: list[str], support: Mapping[int, int]) -> pd.DataFrame:
+    """Precision, recall, F1 and test images per class from evaluate's metrics.json, plus the macro
+    average; numbers, not text."""
+    missing = [
+        f"{kind}_{name}" for name in class_names for kind in ("precision", "recall")
+        if f"{kind}_{name}" not in metrics
+    ]
+    if missing:
+        raise PipelineError(
+            f"evaluation metrics lack {missing[:4]}{' ...' if len(missing) > 4 else ''}: "
+            "they do not match this dataset's classes; rerun evaluate_served_model"
+        )
+    rows = []
+    for cls, name in enumerate(class_names):
+        p, r = metrics[f"precision_{name}"], metrics[f"recall_{name}"]
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
+        rows.append((name, p, r, f1, int(support.get(cls, 0))))
+    frame = pd.DataFrame(rows, columns=["class", "precision", "recall", "F1", "test images"])
+    macro = ("macro average", frame["precision"].mean(), frame["recall"].mean(), frame["F1"].mean(),
+             int(frame["test images"].sum()))
+    frame.loc[len(frame)] = macro
+    return frame
+
+
+def per_class_html(metrics: dict, class_names: list[str], support: Mapping[int, int], experiment: str) -> str:
+    frame = per_class_frame(metrics, class_names, support)
+    weakest = int(frame["F1"].iloc[:-1].to_numpy().argmin())
+    shown = frame.assign(
+        precision=frame["precision"].map(pct),
+        recall=frame["recall"].map(pct),
+        F1=frame["F1"].map(pct),
+        **{"test images": frame["test images"].map(num)},
+    )
+    note = (
+        f"The served model on the test split: accuracy {pct(metrics['accuracy'])}, macro F1 "
+        f"{pct(metrics['macro_f1'])}. Red: the weakest class by F1, {frame['class'][weakest]}."
+    )
+    rows = {len(frame) - 1: "total", weakest: "weak"}
+    return html_page(f"Per-class precision and recall: {experiment}", html_table(shown, rows), note)
+
+
+# -- Comparison ------------------------------------------------------------------------------------
+
+
+def comparison_frame(experiments: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per experiment (index), numbers only. Each value of `experiments` holds `recipe`,
+    `train` and `export` (metrics.json), and, once served, `evaluate`, `manifest`, `registration`."""
+    rows = {}
+    for name, parts in experiments.items():
+        train, export = parts["train"], parts["export"]
+        evaluate, registration = parts.get("evaluate") or {}, parts.get("registration") or {}
+        manifest = parts.get("manifest") or {}
+        rows[name] = {
+            "model": parts["recipe"]["model"],
+            "epochs": train["epochs"],
+            "parameters": train["parameters"],
+            "val_accuracy": train["val_accuracy"],
+            "test_accuracy": train["test_accuracy"],
+            "served_accuracy": evaluate.get("accuracy", math.nan),
+            "macro_f1": evaluate.get("macro_f1", math.nan),
+            "train_seconds": train["train_seconds"],
+            "train_images_per_second": train["images_per_second"],
+            "argmax_agreement": export["argmax_agreement"],
+            "model_megabytes": export["model_bytes"] / 1e6,
+            "onnx_images_per_second": export["throughput_images_per_second"],
+            "served_images_per_second": evaluate.get("throughput_images_per_second", math.nan),
+            "latency_ms_p95": evaluate.get("latency_ms_p95", math.nan),
+            "mismatches": evaluate.get("mismatches", math.nan),
+            "engine": manifest.get("engine"),
+            "registered_version": registration.get("version", math.nan),
+            "champion": bool(registration.get("champion", False)) if registration else None,
+        }
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.name = "experiment"
+    return frame
+
+
+def champion(experiments: Mapping[str, Mapping[str, Any]]) -> tuple[str | None, dict | None]:
+    """(experiment, registration) holding the champion alias after this run's registrations: the
+    champion version named by the latest registration; (None, None) when nothing was registered."""
+    registered = {n: p["registration"] for n, p in experiments.items() if p.get("registration")}
+    if not registered:
+        return None, None
+    latest = max(registered.values(), key=lambda r: r["version"])
+    for name, registration in registered.items():
+        if registration["version"] == latest["champion_version"]:
+            return name, registration
+    return None, latest  # the champion is a version from an earlier run
+
+
+# (column, header, formatter) of the comparison as shown
+COMPARISON_COLUMNS = (
+    ("model", "model", str),
+    ("epochs", "epochs", num),
+    ("parameters", "parameters", num),
+    ("val_accuracy", "val accuracy", pct),
+    ("test_accuracy", "test accuracy", pct),
+    ("served_accuracy", "served accuracy", pct),
+    ("macro_f1", "served macro F1", pct),
+    ("train_seconds", "train time (s)", lambda v: num(v, 1)),
+    ("train_images_per_second", "train images/s", num),
+    ("argmax_agreement", "ONNX parity", lambda v: pct(v, 2)),
+    ("model_megabytes", "ONNX size (MB)", lambda v: num(v, 2)),
+    ("onnx_images_per_second", "ONNX images/s", num),
+    ("served_images_per_second", "served images/s", num),
+    ("latency_ms_p95", "served p95 latency (ms)", lambda v: num(v, 1)),
+    ("mismatches", "served != offline", num),
+    ("engine", "engine", _text),
+    ("registered_version", "registered version", num),
+)
+
+
+def comparison_html(frame: pd.DataFrame, champion_name: str | None) -> str:
+    shown = pd.DataFrame(
+        {header: [fmt(v) for v in frame[column]] for column, header, fmt in COMPARISON_COLUMNS}
+    )
+    shown.insert(0, "experiment", [f"{n} (champion)" if n == champion_name else n for n in frame.index])
+    rows = {list(frame.index).index(champion_name): "best"} if champion_name in frame.index else {}
+    stats = comparison_metrics(frame)
+    note = (
+        f"{len(frame)} experiments on the same dataset and test split; test accuracy "
+        f"{pct(stats['test_accuracy_mean'])} ± {stats['test_accuracy_std'] * 100:.2f} points (mean ± std). "
+        "Test accuracy is the trained model's; served figures come from the model running in its "
+        "serving image, measured over the network. Bold: the registered champion. n/a: not measured."
+    )
+    return html_page("Experiments side by side", html_table(shown, rows), note)
+
+
+def comparison_metrics(frame: pd.DataFrame) -> dict[str, float]:
+    """Accuracy across experiments as mean and std (metrics.json of compare_experiments)."""
+    accuracy = frame["test_accuracy"].astype(float)
+    return {
+        "experiments": len(frame),
+        "test_accuracy_mean": round(float(accuracy.mean()), 5),
+        "test_accuracy_std": round(statistics.stdev(accuracy) if len(accuracy) > 1 else 0.0, 5),
+        "test_accuracy_best": round(float(accuracy.max()), 5),
+    }
+
+
+def _served_matches(mismatches: float) -> str:
+    if math.isnan(mismatches):
+        return "n/a"
+    return "yes" if mismatches == 0 else f"no: {mismatches:,.0f} differ"
+
+
+def summary_rst(frame: pd.DataFrame, champion_name: str | None, registration: dict | None) -> str:
+    """The headline results that report/workflow.rst includes, in RST: one short row per experiment
+    and the registered model. Kept short: the report shows it in a narrow column and clips the top
+    of a description taller than the window."""
+    columns = [
+        ("test_accuracy", "test accuracy", pct),
+        ("train_seconds", "train time (s)", lambda v: num(v, 1)),
+        ("argmax_agreement", "ONNX = PyTorch", lambda v: pct(v, 2)),
+        ("mismatches", "served = offline", _served_matches),
+        ("served_images_per_second", "served images/s", num),
+        ("latency_ms_p95", "p95 latency (ms)", lambda v: num(v, 1)),
+    ]
+    lines = [".. list-table::", "   :header-rows: 1", "", "   * - experiment"]
+    lines += [f"     - {header}" for _, header, _ in columns]
+    for name, row in frame.iterrows():
+        mark = " (**champion**)" if name == champion_name else ""
+        lines.append(f"   * - ``{name}``{mark}")
+        lines += [f"     - {_rst(fmt(row[column]))}" for column, _, fmt in columns]
+    lines.append("")
+    if registration is None:
+        lines.append("**Registered**: nothing in this run (no serving stage).")
+    elif champion_name is None:
+        lines.append(
+            f"**Registered**: ``{registration['name']}``; its ``champion`` alias stays on version "
+            f"{registration['champion_version']}, from an earlier run."
+        )
+    else:
+        lines.append(
+            f"**Registered**: ``{registration['name']}`` version {registration['version']}, from "
+            f"``{champion_name}`` (served accuracy {pct(registration['accuracy'])}), holds the "
+            "``champion`` alias."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def recipes_html(recipes: Mapping[str, Mapping[str, Any]]) -> str:
+    """The resolved recipe of every experiment side by side; rows that differ in bold."""
+    names = list(recipes)
+    keys = sorted({key for recipe in recipes.values() for key in recipe})
+    frame = pd.DataFrame(
+        [(key, *(_text(recipes[n].get(key)) for n in names)) for key in keys], columns=["key", *names]
+    )
+    differ = {i: "best" for i, key in enumerate(keys) if len({repr(recipes[n].get(key)) for n in names}) > 1}
+    note = "The `train` config merged with each experiment's overrides. Bold: keys the experiments differ in."
+    return html_page("Recipes side by side", html_table(frame, differ), note)
+
+
+def _rst(text: str) -> str:
+    """Plain text in an RST table cell: escape the characters RST would read as markup."""
+    for char in ("\\", "*", "`", "|", "_"):
+        text = text.replace(char, "\\" + char)
+    return text

@@ -1,0 +1,58 @@
+"""Rule compare_experiments: every experiment side by side (HTML table, bar chart, recipes), the
+headline results that report/workflow.rst includes (RST), and accuracy mean/std across experiments."""
+
+import argparse
+import json
+from pathlib import Path
+
+from cifarflow.errors import PipelineError
+from cifarflow.plots import comparison_chart, save_png
+from cifarflow.runtime import log, run_cli, write_metrics, write_text
+from cifarflow.tables import (
+    champion,
+    comparison_frame,
+    comparison_html,
+    comparison_metrics,
+    recipes_html,
+    summary_rst,
+)
+
+PER_EXPERIMENT = ("train", "export", "evaluate", "manifest", "registration")
+
+
+def main(args: argparse.Namespace) -> None:
+    recipes = json.loads(args.recipes)
+    experiments = {name: {"recipe": recipes[name]} for name in args.experiments}
+    for part in PER_EXPERIMENT:
+        files = getattr(args, part)
+        if files is None:
+            continue  # not part of this run (e.g. no serving stage)
+        if len(files) != len(args.experiments):
+            raise PipelineError(f"--{part} has {len(files)} files for {len(args.experiments)} experiments")
+        for name, path in zip(args.experiments, files, strict=True):
+            experiments[name][part] = json.loads(Path(path).read_text())
+    frame = comparison_frame(experiments)
+    champion_name, registration = champion(experiments)
+    write_text(args.table, comparison_html(frame, champion_name))
+    save_png(comparison_chart(frame), args.chart)
+    write_text(args.recipes_table, recipes_html(recipes))
+    write_text(args.summary, summary_rst(frame, champion_name, registration))
+    write_metrics(args.metrics, comparison_metrics(frame))
+    log.info("%d experiments, champion: %s; wrote %s", len(frame), champion_name, args.table)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--experiments", nargs="+", required=True, help="experiment names, in file order")
+    parser.add_argument("--recipes", required=True, help="experiment -> resolved recipe, JSON")
+    parser.add_argument("--train", nargs="+", required=True, help="results/train/<experiment>/metrics.json")
+    parser.add_argument("--export", nargs="+", required=True, help="results/export/<experiment>/metrics.json")
+    parser.add_argument("--evaluate", nargs="+", help="results/evaluate/<experiment>/metrics.json")
+    parser.add_argument("--manifest", nargs="+", help="results/image/<experiment>/manifest.json")
+    parser.add_argument("--registration", nargs="+", help="results/register/<experiment>/registration.json")
+    parser.add_argument("--table", required=True, help="where to write the comparison (HTML)")
+    parser.add_argument("--chart", required=True, help="where to write the bar chart (PNG)")
+    parser.add_argument("--recipes-table", required=True, help="where to write the recipes (HTML)")
+    parser.add_argument("--summary", required=True, help="where to write the headline results (RST)")
+    parser.add_argument("--metrics", required=True, help="where to write metrics.json")
+    run_cli(main, parser)
