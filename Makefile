@@ -33,4 +33,4 @@ lint: install
 	snakemake --lint
 
 clean:  ## remove outputs (keeps the venv and downloaded archives)
-	rm -rf results/data results/train results/export results/quantize logs benchmarks .snakemake
+	rm -rf results/data results/train results/export results/quantize results/report logs benchmarks .snakemake

@@ -100,7 +100,7 @@ def test_history_table_has_a_row_per_epoch_and_bolds_the_best_val_accuracy():
     rows = Cells(page).rows
     assert rows[0][:5] == ["epoch", "train loss", "train accuracy", "val loss", "val accuracy"]
     assert rows[2][:5] == ["2", "1.0000", "60.00%", "0.8000", "80.00%"]
-    assert '<tr class="best"><td>2</td>' in page
+    assert '<tr class="best"><td class="text">2</td>' in page
 
 
 EXPORT = {
@@ -152,7 +152,7 @@ def test_per_class_table_computes_f1_and_the_macro_average_and_names_missing_cla
     assert frame["test images"].tolist() == [10, 12, 0, 22]
     assert frame.iloc[-1]["class"] == "macro average" and frame.iloc[-1]["recall"] == pytest.approx(0.5)
     page = tables.per_class_html(metrics, CLASSES, {0: 10, 1: 12}, "fast")
-    assert '<tr class="weak"><td>frog</td>' in page
+    assert '<tr class="weak"><td class="text">frog</td>' in page
     with pytest.raises(PipelineError, match=r"lack \['precision_bird', 'recall_bird'\]"):
         tables.per_class_frame(metrics, [*CLASSES, "bird"], {})
 
@@ -177,8 +177,11 @@ def test_comparison_lines_experiments_up_and_summary_is_valid_rst():
     assert frame.loc["short", "epochs"] == 4 and frame.loc["default", "model_megabytes"] == 2.5
     assert frame.loc["default", "served_images_per_second"] == 1800.0
     name, reg = tables.champion(runs)
-    rows = Cells(tables.comparison_html(frame, name)).rows
-    assert rows[1][0] == "default (champion)" and rows[2][0] == "short"
+    page = tables.comparison_html(frame, name)
+    rows = {row[0]: row[1:] for row in Cells(page).rows}
+    assert rows["figure"] == ["default (champion)", "short"]
+    assert rows["test accuracy"] == ["95.00%", "85.00%"] and rows["served images/s"] == ["1,800", "1,800"]
+    assert page.count('<td class="champion">') == len(tables.COMPARISON_COLUMNS)
     assert tables.comparison_metrics(frame) == {
         "experiments": 2, "test_accuracy_mean": 0.9, "test_accuracy_std": pytest.approx(0.07071, abs=1e-5),
         "test_accuracy_best": 0.95,
@@ -198,4 +201,4 @@ def test_comparison_without_the_serving_stage_says_what_was_not_measured():
 def test_recipes_side_by_side_bold_the_keys_that_differ():
     page = tables.recipes_html({"a": {"lr": 0.1, "seed": 0}, "b": {"lr": 0.1, "seed": 1}})
     assert Cells(page).rows == [["key", "a", "b"], ["lr", "0.1", "0.1"], ["seed", "0", "1"]]
-    assert '<tr class="best"><td>seed</td>' in page and '<tr><td>lr</td>' in page
+    assert '<tr class="best"><td class="text">seed</td>' in page and '<tr><td class="text">lr</td>' in page

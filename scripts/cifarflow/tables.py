@@ -20,11 +20,12 @@ p.note { color: #555; margin: 0 0 10px; max-width: 60em; }
 table { border-collapse: collapse; }
 th, td { padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }
 th { background: #f3f5f7; }
-td:first-child, th:first-child { text-align: left; }
+td.text, th.text { text-align: left; }
 tr.total td, tr.best td { font-weight: 600; }
 td.fail { color: #b00020; font-weight: 600; }
 td.pass { color: #137333; }
 tr.weak td { color: #b00020; }
+td.champion { font-weight: 600; }
 """
 
 
@@ -39,21 +40,31 @@ def html_page(title: str, body: str, note: str = "") -> str:
 
 
 def html_table(
-    frame: pd.DataFrame, row_classes: Mapping[int, str] | None = None, cell_classes: Mapping | None = None
+    frame: pd.DataFrame,
+    row_classes: Mapping[int, str] | None = None,
+    cell_classes: Mapping | None = None,
+    text_columns: int = 1,
 ) -> str:
     """`frame` (already formatted as text) as an HTML table; every value is escaped.
-    `row_classes`: row position -> CSS class; `cell_classes`: (row position, column) -> CSS class."""
+    `row_classes`: row position -> CSS class; `cell_classes`: (row position, column) -> CSS class;
+    the first `text_columns` columns are left-aligned, the rest (numbers) right-aligned."""
     row_classes, cell_classes = row_classes or {}, cell_classes or {}
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    left = set(frame.columns[:text_columns])
+
+    def attr(*classes: str | None) -> str:
+        css = " ".join(c for c in classes if c)
+        return f' class="{css}"' if css else ""
+
+    head = "".join(
+        f"<th{attr('text' if c in left else None)}>{html.escape(str(c))}</th>" for c in frame.columns
+    )
     rows = []
     for i, values in enumerate(frame.itertuples(index=False)):
         cells = []
         for column, value in zip(frame.columns, values, strict=True):
-            css = cell_classes.get((i, column))
-            attr = f' class="{css}"' if css else ""
-            cells.append(f"<td{attr}>{html.escape(_text(value))}</td>")
-        attr = f' class="{row_classes[i]}"' if i in row_classes else ""
-        rows.append(f"<tr{attr}>{''.join(cells)}</tr>")
+            css = attr(cell_classes.get((i, column)), "text" if column in left else None)
+            cells.append(f"<td{css}>{html.escape(_text(value))}</td>")
+        rows.append(f"<tr{attr(row_classes.get(i))}>{''.join(cells)}</tr>")
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>"
 
 
@@ -177,7 +188,8 @@ def export_html(export: dict, parity_limits: dict, experiment: str, quantize: di
         "Parity over the whole test split: the exported graph (uint8 images in, preprocessing and TTA "
         "inside) against the PyTorch model. Speed: ONNX Runtime in-process on this machine's CPU threads."
     )
-    return html_page(f"ONNX export: {experiment}", html_table(frame, cell_classes=cells), note)
+    table = html_table(frame, cell_classes=cells, text_columns=2)
+    return html_page(f"ONNX export: {experiment}", table, note)
 
 
 # -- Serving ---------------------------------------------------------------------------------------
@@ -213,7 +225,7 @@ def manifest_html(manifest: dict, experiment: str) -> str:
     rows += [(key, _text(manifest[key])) for key in sorted(manifest) if key not in known]
     frame = pd.DataFrame(rows, columns=["field", "value"])
     note = "What build_serving_image produced: the image that evaluate_served_model started and measured."
-    return html_page(f"Serving image: {experiment}", html_table(frame), note)
+    return html_page(f"Serving image: {experiment}", html_table(frame, text_columns=2), note)
 
 
 # -- Evaluation ------------------------------------------------------------------------------------
@@ -332,11 +344,17 @@ COMPARISON_COLUMNS = (
 
 
 def comparison_html(frame: pd.DataFrame, champion_name: str | None) -> str:
+    """One column per experiment (they line up side by side however many figures there are), one
+    row per figure; the champion's column in bold."""
+    headers = [f"{n} (champion)" if n == champion_name else str(n) for n in frame.index]
     shown = pd.DataFrame(
-        {header: [fmt(v) for v in frame[column]] for column, header, fmt in COMPARISON_COLUMNS}
+        [[label, *(fmt(v) for v in frame[column])] for column, label, fmt in COMPARISON_COLUMNS],
+        columns=["figure", *headers],
     )
-    shown.insert(0, "experiment", [f"{n} (champion)" if n == champion_name else n for n in frame.index])
-    rows = {list(frame.index).index(champion_name): "best"} if champion_name in frame.index else {}
+    cells = {}
+    if champion_name in frame.index:
+        column = headers[list(frame.index).index(champion_name)]
+        cells = {(i, column): "champion" for i in range(len(shown))}
     stats = comparison_metrics(frame)
     note = (
         f"{len(frame)} experiments on the same dataset and test split; test accuracy "
@@ -344,7 +362,7 @@ def comparison_html(frame: pd.DataFrame, champion_name: str | None) -> str:
         "Test accuracy is the trained model's; served figures come from the model running in its "
         "serving image, measured over the network. Bold: the registered champion. n/a: not measured."
     )
-    return html_page("Experiments side by side", html_table(shown, rows), note)
+    return html_page("Experiments side by side", html_table(shown, cell_classes=cells), note)
 
 
 def comparison_metrics(frame: pd.DataFrame) -> dict[str, float]:
@@ -408,7 +426,7 @@ def recipes_html(recipes: Mapping[str, Mapping[str, Any]]) -> str:
     )
     differ = {i: "best" for i, key in enumerate(keys) if len({repr(recipes[n].get(key)) for n in names}) > 1}
     note = "The `train` config merged with each experiment's overrides. Bold: keys the experiments differ in."
-    return html_page("Recipes side by side", html_table(frame, differ), note)
+    return html_page("Recipes side by side", html_table(frame, differ, text_columns=len(frame.columns)), note)
 
 
 def _rst(text: str) -> str:
