@@ -14,6 +14,7 @@ from cifarflow.config import (
     validate_config,
 )
 from cifarflow.dataset import SPLITS, array_files
+from cifarflow.engines import serving_sources
 from cifarflow.errors import PipelineError
 from snakemake.logging import logger
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
@@ -98,6 +99,24 @@ def train_gpus(wildcards):
     return 1 if recipe(config, wildcards.experiment)["device"] == "cuda" else 0
 
 
+def serving_settings(wildcards):
+    """What the image is built from; a change rebuilds it (as do the model and the serving code)."""
+    keys = ("engine", "model_name", "image", "base_image", "build_options")
+    return json.dumps({key: config["serving"][key] for key in keys}, sort_keys=True)
+
+
+def evaluation_settings(wildcards):
+    return json.dumps(
+        {"serving": config["serving"], "evaluate": config["evaluate"]}, sort_keys=True
+    )
+
+
+def registry_settings(wildcards):
+    return json.dumps(
+        {"register": config["register"], "mlflow": config["mlflow"]}, sort_keys=True
+    )
+
+
 def final_targets():
     targets = [f"{DATA_DIR}/meta.json"]
     targets += expand("results/export/{experiment}/model.onnx", experiment=EXPERIMENTS)
@@ -105,6 +124,9 @@ def final_targets():
         targets += expand(
             "results/quantize/{experiment}/model.int8.onnx", experiment=EXPERIMENTS
         )
+    targets += expand(
+        "results/register/{experiment}/registration.json", experiment=EXPERIMENTS
+    )
     targets += report_targets()  # rules/report.smk
     return targets
 

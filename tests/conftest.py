@@ -94,3 +94,30 @@ def make_image_tree(
                 ).save(path)
                 pixels[path] = np.asarray(Image.open(path).convert("RGB"))
     return pixels
+
+
+LOCAL_BASE = "localhost/cifarflow-base:bookworm"
+
+
+@pytest.fixture(scope="session")
+def podman() -> dict:
+    """Podman with the local base image (built once per machine); config overrides for the serving image.
+
+    Skipped only outside CI on a machine without a working Podman; in CI a missing Podman fails.
+    """
+    reason = None
+    if shutil.which("podman") is None:
+        reason = "podman is not installed (apt-get install -y podman runc debootstrap; see .ci/run)"
+    elif subprocess.run(["podman", "info"], capture_output=True).returncode != 0:
+        reason = "`podman info` fails (containers.conf: see ENVIRONMENT.md and .ci/run)"
+    if reason:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(reason)
+    build = subprocess.run(
+        [str(ROOT / "containers" / "base" / "make-local-base.sh"), LOCAL_BASE], capture_output=True, text=True
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    return {
+        "base_image": LOCAL_BASE,
+        # pip inside the build reaches PyPI only with the host's CA bundle (ENVIRONMENT.md)
+        "build_options": ["-v", "/etc/ssl/certs:/etc/ssl/certs:ro"],
+    }

@@ -8,7 +8,6 @@ Layout of results/data/<dataset-id>/:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PipelineError
+from .runtime import sha256_file
 
 SPLITS = ("train", "val", "test")
 
@@ -69,14 +69,6 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     return means, stds
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _counts(labels: np.ndarray, class_names: list[str]) -> dict[str, int]:
     counts = np.bincount(labels, minlength=len(class_names))
     return {name: int(n) for name, n in zip(class_names, counts, strict=True)}
@@ -104,8 +96,8 @@ def write_dataset(raw: RawDataset, outdir: Path, *, dataset_id: str, settings: d
             files[name] = {
                 "images": images_file,
                 "labels": labels_file,
-                "images_sha256": _sha256(staging / images_file),
-                "labels_sha256": _sha256(staging / labels_file),
+                "images_sha256": sha256_file(staging / images_file),
+                "labels_sha256": sha256_file(staging / labels_file),
             }
         meta = {
             "dataset_id": dataset_id,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -83,6 +85,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write JSON atomically, with sorted keys so that reruns produce identical files."""
     with atomic_path(path) as tmp:
@@ -115,6 +125,8 @@ def run_cli(main: Callable[[argparse.Namespace], None], parser: argparse.Argumen
     parser.add_argument("--log", help="the rule's log file (also logged to stderr)")
     args = parser.parse_args()
     setup_logging(args.log)
+    # Snakemake stops jobs with SIGTERM: unwind like Ctrl-C, so cleanups run (servers, partial files).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     start = time.perf_counter()
     try:
         main(args)

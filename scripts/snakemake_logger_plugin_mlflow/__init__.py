@@ -24,8 +24,8 @@ class LogHandlerSettings(LogHandlerSettingsBase):
     tracking_uri: Optional[str] = field(  # noqa: UP045 - Snakemake parses Optional[...], not X | None
         default=None,
         metadata={
-            "help": "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db "
-            "in the working directory).",
+            "help": "MLflow tracking URI (default: config key mlflow.tracking_uri if set, else "
+            "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory).",
         },
     )
     experiment: Optional[str] = field(  # noqa: UP045

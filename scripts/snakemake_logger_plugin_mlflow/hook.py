@@ -230,7 +230,11 @@ class MlflowHook:
     # ---- opening the store --------------------------------------------------------------------
 
     def _tracking_uri(self) -> str:
-        uri = self.settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        """--logger-mlflow-tracking-uri, else config mlflow.tracking_uri (register_model's store too),
+        else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."""
+        section = (self.state.config or {}).get("mlflow")
+        configured = section.get("tracking_uri") if isinstance(section, dict) else None
+        uri = self.settings.tracking_uri or configured or os.environ.get("MLFLOW_TRACKING_URI")
         return uri or f"sqlite:///{os.path.abspath('mlflow.db')}"
 
     def _experiment_name(self) -> str:

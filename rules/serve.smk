@@ -1,0 +1,91 @@
+# Serving: the exported model in an image, evaluated as served over the network, then registered.
+# build_serving_image and evaluate_served_model drive a container engine themselves (serving.engine),
+# so they have no container: of their own and run where that engine is: on the host.
+
+
+# Runs where Snakemake runs (localrule): that machine's engine builds and keeps the image.
+rule build_serving_image:
+    input:
+        model=rules.export_onnx.output.onnx,
+        code=serving_sources(),
+    output:
+        manifest="results/image/{experiment}/manifest.json",
+        metrics="results/image/{experiment}/metrics.json",
+    log:
+        "logs/build_serving_image/{experiment}.log",
+    benchmark:
+        "benchmarks/build_serving_image/{experiment}.tsv"
+    localrule: True
+    conda:
+        "../envs/serve.yaml"
+    threads: 1
+    params:
+        settings=serving_settings,
+    shell:
+        "python scripts/build_serving_image.py --model {input.model:q}"
+        " --experiment {wildcards.experiment} --settings {params.settings:q}"
+        " --manifest {output.manifest:q} --metrics {output.metrics:q} --log {log:q}"
+
+
+# Starts the image on free loopback ports, sends the test split, always stops it; fails below the gate.
+rule evaluate_served_model:
+    input:
+        unpack(dataset_files),
+        manifest=rules.build_serving_image.output.manifest,
+        model=rules.export_onnx.output.onnx,
+    output:
+        metrics="results/evaluate/{experiment}/metrics.json",
+        predictions="results/evaluate/{experiment}/predictions.parquet",
+        confusion=report(
+            "results/evaluate/{experiment}/confusion_matrix.png",
+            caption="../report/confusion_matrix.rst",
+            category="Evaluation",
+            labels={"experiment": "{experiment}", "figure": "confusion matrix"},
+        ),
+        latency=report(
+            "results/evaluate/{experiment}/latency_histogram.png",
+            caption="../report/latency_histogram.rst",
+            category="Serving",
+            labels={"experiment": "{experiment}", "figure": "latency histogram"},
+        ),
+    log:
+        rule="logs/evaluate_served_model/{experiment}.log",
+        server="logs/evaluate_served_model/{experiment}.server.log",
+    benchmark:
+        "benchmarks/evaluate_served_model/{experiment}.tsv"
+    conda:
+        "../envs/serve.yaml"
+    threads: 2
+    params:
+        settings=evaluation_settings,
+        data=DATA_DIR,
+        outdir=subpath(output.metrics, parent=True),
+    shell:
+        "python scripts/evaluate_served_model.py --manifest {input.manifest:q}"
+        " --model {input.model:q} --data {params.data:q} --experiment {wildcards.experiment}"
+        " --settings {params.settings:q} --outdir {params.outdir:q}"
+        " --server-log {log.server:q} --log {log.rule:q}"
+
+
+# Only after the gate (its input is the evaluation). Runs where Snakemake runs, beside the MLflow store.
+rule register_model:
+    input:
+        model=rules.export_onnx.output.onnx,
+        manifest=rules.build_serving_image.output.manifest,
+        evaluation=rules.evaluate_served_model.output.metrics,
+    output:
+        "results/register/{experiment}/registration.json",
+    log:
+        "logs/register_model/{experiment}.log",
+    benchmark:
+        "benchmarks/register_model/{experiment}.tsv"
+    localrule: True
+    conda:
+        "../envs/serve.yaml"
+    threads: 1
+    params:
+        settings=registry_settings,
+    shell:
+        "python scripts/register_model.py --model {input.model:q} --manifest {input.manifest:q}"
+        " --evaluation {input.evaluation:q} --settings {params.settings:q} --output {output:q}"
+        " --log {log:q}"

@@ -1,0 +1,129 @@
+"""The MLflow Model Registry step: register a model that passed the gate; move `champion` only on merit."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("cifarflow")
+
+
+def tracking_uri(configured: str) -> str:
+    """config mlflow.tracking_uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here (as the hook)."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{os.path.abspath('mlflow.db')}"
+
+
+def signature(classes: int):
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 32, 32, 3), "image")]),
+        outputs=Schema(
+            [
+                TensorSpec(np.dtype(np.float32), (-1, classes), "logits"),
+                TensorSpec(np.dtype(np.float32), (-1, classes), "probabilities"),
+            ]
+        ),
+    )
+
+
+@contextmanager
+def exclusive(lock_file: Path):
+    """One registration at a time on this machine, so two experiments never both take the alias."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def register(
+    model_path: Path,
+    name: str,
+    alias: str,
+    tags: dict[str, str],
+    accuracy: float,
+    classes: int,
+    uri: str,
+    lock_file: Path,
+) -> dict:
+    """Register (or find, by model sha256) the version; move `alias` when it beats the champion."""
+    import mlflow
+    import onnx
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    tags = {**tags, "accuracy": f"{accuracy:.6f}"}
+    with exclusive(lock_file):
+        existing = [
+            v
+            for v in client.search_model_versions(f"name = '{name}'")
+            if v.tags.get("model_sha256") == tags["model_sha256"]
+        ]
+        if existing:
+            version = str(existing[0].version)
+            log.info(
+                "model %s version %s already holds this model (sha256 %s)",
+                name,
+                version,
+                tags["model_sha256"][:12],
+            )
+        else:
+            info = mlflow.onnx.log_model(
+                onnx.load(str(model_path)),
+                name="model",
+                signature=signature(classes),
+                registered_model_name=name,
+            )
+            version = str(info.registered_model_version)
+            log.info("registered %s version %s (%s)", name, version, info.model_uri)
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
+        try:
+            champion = client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            champion = None
+        if champion is None:
+            moved, reason = True, f"no '{alias}' yet"
+        elif str(champion.version) == version:
+            moved, reason = True, f"version {version} already is '{alias}'"
+        elif champion.tags.get("dataset_id") != tags["dataset_id"]:
+            moved, reason = (
+                False,
+                (
+                    f"'{alias}' is version {champion.version}, evaluated on dataset "
+                    f"{champion.tags.get('dataset_id')}, "
+                    f"not {tags['dataset_id']}: not comparable, so it stays (move it by hand if you mean to)"
+                ),
+            )
+        else:
+            best = float(champion.tags.get("accuracy", "nan"))
+            moved = accuracy > best or np.isnan(best)
+            reason = (
+                f"accuracy {accuracy:.4f} {'beats' if moved else 'does not beat'} version "
+                f"{champion.version}'s {best:.4f} on the same dataset"
+            )
+        if moved:
+            client.set_registered_model_alias(name, alias, version)
+        log.info("'%s' %s: %s", alias, f"-> version {version}" if moved else "unchanged", reason)
+        current = client.get_model_version_by_alias(name, alias)
+    return {
+        "name": name,
+        "version": int(version),
+        "champion": moved,
+        "champion_version": int(current.version),
+        "champion_reason": reason,
+        "accuracy": accuracy,
+        "dataset_id": tags["dataset_id"],
+        "image": tags["image"],
+        "tracking_uri": uri,
+        "model_uri": f"models:/{name}/{version}",
+    }

@@ -1,0 +1,56 @@
+"""register_model against a real MLflow store (the alias moves only on merit); choosing a serving engine."""
+
+import pytest
+from cifarflow.registry import register, tracking_uri
+from mlflow import MlflowClient
+from test_serving import model, tiny_data  # noqa: F401  (fixtures)
+
+
+def tags(sha: str, dataset: str = "synthetic-tiny") -> dict:
+    return {"model_sha256": sha, "dataset_id": dataset, "image": f"cifarflow-serving:x-{sha}"}
+
+
+def test_champion_moves_only_to_a_better_model_on_the_same_dataset(model, tmp_path):  # noqa: F811
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def reg(sha, accuracy, dataset="synthetic-tiny"):
+        return register(model, "clf", "champion", tags(sha, dataset), accuracy, 10, uri, tmp_path / "lock")
+
+    first = reg("a" * 64, 0.90)
+    assert (first["version"], first["champion"], first["champion_version"]) == (1, True, 1)
+    worse = reg("b" * 64, 0.80)
+    assert (worse["version"], worse["champion"], worse["champion_version"]) == (2, False, 1)
+    assert "does not beat version 1's 0.9000" in worse["champion_reason"]
+    better = reg("c" * 64, 0.95)
+    assert (better["version"], better["champion"], better["champion_version"]) == (3, True, 3)
+    other_data = reg("d" * 64, 0.99, dataset="cifar10-0123456789")
+    assert (other_data["champion"], other_data["champion_version"]) == (False, 3)
+    assert "not comparable" in other_data["champion_reason"]
+    again = reg("c" * 64, 0.95)  # the same model again (a rerun): its version, not a new one
+    assert (again["version"], again["champion"]) == (3, True)
+    client = MlflowClient(tracking_uri=uri)
+    assert str(client.get_model_version_by_alias("clf", "champion").version) == "3"
+    assert len(client.search_model_versions("name = 'clf'")) == 4
+    assert client.get_model_version("clf", "2").tags["accuracy"] == "0.800000"
+
+
+def test_tracking_uri_follows_config_then_environment_then_the_working_directory(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri("") == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking_uri("") == "http://127.0.0.1:5000"
+    assert tracking_uri("sqlite:///elsewhere.db") == "sqlite:///elsewhere.db"
+
+
+@pytest.mark.parametrize("engine", ["docker", "apptainer"])
+def test_choose_names_the_missing_engine_and_the_fix(engine, monkeypatch, tmp_path):
+    from cifarflow.engines import choose
+    from cifarflow.errors import PipelineError
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no engine binaries at all
+    with pytest.raises(
+        PipelineError, match=rf"serving.engine is '{engine}'.*`{engine}` is not on PATH.*process"
+    ):
+        choose(engine)
+    assert choose("auto") == "process"

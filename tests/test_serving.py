@@ -1,0 +1,305 @@
+"""The model server as a real process on loopback: the protocol through an independent client
+(tritonclient: REST JSON, REST binary, gRPC), the human image path, bad requests, load, shutdown."""
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import onnxruntime as ort
+import psutil
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from cifarflow.dataset import load_meta, load_split
+from cifarflow.engines import free_port
+from cifarflow.export import export
+from cifarflow.training import train
+from conftest import ROOT
+from PIL import Image
+from test_export import SETTINGS
+from test_training import base_recipe, tiny_data  # noqa: F401  (fixture)
+from tritonclient.utils import InferenceServerException
+
+NAME = "tiny"
+MAX_MB = 1
+
+
+@pytest.fixture(scope="module")
+def model(tiny_data, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("model")
+    train(tiny_data, base_recipe(epochs=1), out, threads=2)
+    export(out / "model.pt", tiny_data, out / "model.onnx", SETTINGS, threads=2)
+    return out / "model.onnx"
+
+
+def start_server(model, *extra: str) -> tuple[subprocess.Popen, int, int]:
+    """scripts/serve.py on free ports; its output goes to a file (a pipe nobody reads would block it)."""
+    http_port, grpc_port = free_port(), free_port()
+    log = model.parent / f"server-{http_port}.log"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "serve.py"),
+            "--model",
+            str(model),
+            "--name",
+            NAME,
+            "--port",
+            str(http_port),
+            "--grpc-port",
+            str(grpc_port),
+            "--threads",
+            "1",
+            *extra,
+        ],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=1):
+                return proc, http_port, grpc_port
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("server not ready in 60 s")
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    proc, http_port, grpc_port = start_server(model, "--max-request-mb", str(MAX_MB))
+    yield proc, http_port, grpc_port
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
+def test_images(tiny_data):  # noqa: F811
+    split = load_split(tiny_data, "test", mmap=False)
+    return split.images[:16], split.labels[:16]
+
+
+def offline(model, images):
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return session.run(["probabilities"], {"image": images})[0]
+
+
+def request(port: int, path: str, body: bytes | None = None, headers=None) -> tuple[int, dict]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_health_and_metadata_over_rest_and_grpc(server, tiny_data):  # noqa: F811
+    _, http_port, grpc_port = server
+    rest = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+    assert rest.is_server_live() and rest.is_server_ready() and rest.is_model_ready(NAME)
+    meta = rest.get_model_metadata(NAME)
+    assert meta["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, 32, 32, 3]}]
+    assert [(o["name"], o["datatype"], o["shape"]) for o in meta["outputs"]] == [
+        ("logits", "FP32", [-1, 10]),
+        ("probabilities", "FP32", [-1, 10]),
+    ]
+    assert meta["class_names"] == load_meta(tiny_data)["class_names"]
+    assert meta["parameters"]["dataset_id"] == "synthetic-tiny"
+    grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    assert grpc.is_server_ready()
+    gmeta = grpc.get_model_metadata(NAME, as_json=True)
+    assert gmeta["inputs"][0]["datatype"] == "UINT8" and gmeta["inputs"][0]["shape"] == [
+        "-1",
+        "32",
+        "32",
+        "3",
+    ]
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["rest-json", "rest-binary"])
+def test_tritonclient_rest_infers_what_offline_onnx_runtime_computes(server, model, test_images, binary):
+    _, http_port, _ = server
+    images, _ = test_images
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+    tensor = httpclient.InferInput("image", list(images.shape), "UINT8")
+    tensor.set_data_from_numpy(images, binary_data=binary)
+    wanted = [httpclient.InferRequestedOutput("probabilities", binary_data=binary)]
+    result = client.infer(NAME, [tensor], outputs=wanted)
+    np.testing.assert_allclose(result.as_numpy("probabilities"), offline(model, images), atol=1e-6)
+
+
+def test_tritonclient_grpc_infers_what_offline_onnx_runtime_computes(server, model, test_images):
+    _, _, grpc_port = server
+    images, _ = test_images
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    tensor = grpcclient.InferInput("image", list(images.shape), "UINT8")
+    tensor.set_data_from_numpy(images)
+    result = client.infer(NAME, [tensor])
+    np.testing.assert_array_equal(result.as_numpy("probabilities"), offline(model, images))
+    assert result.as_numpy("logits").shape == (len(images), 10)
+
+
+def _json_infer(datatype="UINT8", shape=(1, 32, 32, 3), data=None) -> bytes:
+    data = [0] * int(np.prod(shape)) if data is None else data
+    return json.dumps(
+        {"inputs": [{"name": "image", "datatype": datatype, "shape": list(shape), "data": data}]}
+    ).encode()
+
+
+JSON = {"Content-Type": "application/json"}
+BAD_REQUESTS = {
+    "wrong dtype": (_json_infer("FP32"), JSON, 400, "must be UINT8"),
+    "wrong shape": (_json_infer(shape=(1, 28, 28, 1)), JSON, 400, "must have shape [N, 32, 32, 3]"),
+    "data does not match shape": (_json_infer(data=[1, 2, 3]), JSON, 400, "does not match shape"),
+    "pixel out of range": (_json_infer(data=[300] * 3072), JSON, 400, "does not match shape"),
+    "malformed json": (b'{"inputs": [{"name": "im', JSON, 422, "JSON decode error"),
+    "binary framing: JSON length cuts the header": (
+        _json_infer(),
+        {"Inference-Header-Content-Length": "20"},
+        400,
+        "Unrecognized request format",
+    ),
+    "binary framing: too few bytes for the shape": (
+        b'{"inputs":[{"name":"image","datatype":"UINT8","shape":[1,32,32,3],"parameters":{"binary_data_size":3072}}]}'
+        + bytes(100),
+        {"Inference-Header-Content-Length": "107"},
+        400,
+        "malformed inference request",
+    ),
+    "body over the size limit": (bytes(MAX_MB * 2**20 + 1), {}, 413, "over the server's limit"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
+def test_bad_requests_get_a_4xx_with_a_message_and_the_server_keeps_serving(server, case):
+    _, http_port, _ = server
+    body, headers, status, message = BAD_REQUESTS[case]
+    code, answer = request(http_port, f"/v2/models/{NAME}/infer", body, headers)
+    assert code == status, answer
+    assert message in json.dumps(answer), answer
+    assert request(http_port, "/v2/health/ready") == (200, {"ready": True})
+
+
+def test_grpc_bad_request_is_invalid_argument(server):
+    _, _, grpc_port = server
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    tensor = grpcclient.InferInput("image", [2, 16, 16, 3], "UINT8")
+    tensor.set_data_from_numpy(np.zeros((2, 16, 16, 3), np.uint8))
+    with pytest.raises(InferenceServerException, match="must have shape") as err:
+        client.infer(NAME, [tensor])
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
+def _png(size, colour=(200, 30, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_person_posts_an_image_file_and_gets_the_top_classes(server, model, tiny_data):  # noqa: F811
+    _, http_port, _ = server
+    classes = load_meta(tiny_data)["class_names"]
+    code, answer = request(
+        http_port, f"/v2/models/{NAME}/classify?top_k=3", _png((32, 32)), {"Content-Type": "image/png"}
+    )
+    assert code == 200 and answer["resized"] is False and len(answer["predictions"]) == 3
+    expected = offline(model, np.full((1, 32, 32, 3), (200, 30, 30), np.uint8))[0]
+    top = answer["predictions"][0]
+    assert top["class"] == classes[int(expected.argmax())]
+    assert top["probability"] == pytest.approx(float(expected.max()), abs=1e-6)
+    probabilities = [p["probability"] for p in answer["predictions"]]
+    assert probabilities == sorted(probabilities, reverse=True)
+
+    boundary = "cifarflowboundary"
+    form = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="cat.jpg"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + _png((64, 48))
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    code, answer = request(
+        http_port,
+        f"/v2/models/{NAME}/classify",
+        form,
+        {"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert code == 200 and answer["resized"] is True and answer["original_size"] == [64, 48]
+    assert "resized from 64x48 to 32x32" in answer["note"]
+
+
+def test_a_file_that_is_not_an_image_gets_415_and_the_server_keeps_serving(server):
+    _, http_port, _ = server
+    code, answer = request(http_port, f"/v2/models/{NAME}/classify", b"%PDF-1.4 not an image")
+    assert code == 415 and "not an image" in answer["detail"]
+    code, answer = request(http_port, "/v2/models/nope/classify", _png((32, 32)))
+    assert code == 404 and "nope" in answer["error"]
+    assert request(http_port, "/v2/health/ready") == (200, {"ready": True})
+
+
+def test_load_many_concurrent_clients_no_errors_bounded_memory(server, test_images):
+    """A bounded version of the benchmark (bench/serve_load.py runs 32 clients for 20 s)."""
+    proc, _, grpc_port = server
+    images, _ = test_images
+    rss_before = psutil.Process(proc.pid).memory_info().rss
+
+    def client_loop(seed: int) -> tuple[int, int]:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        done = errors = 0
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            batch = images[seed % 4 : seed % 4 + 4]
+            tensor = grpcclient.InferInput("image", list(batch.shape), "UINT8")
+            tensor.set_data_from_numpy(batch)
+            try:
+                client.infer(NAME, [tensor])
+                done += 1
+            except InferenceServerException:
+                errors += 1
+        client.close()
+        return done, errors
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(client_loop, range(16)))
+    assert sum(e for _, e in results) == 0
+    assert all(done > 0 for done, _ in results)
+    growth = psutil.Process(proc.pid).memory_info().rss - rss_before
+    assert growth < 200 * 2**20, f"server RSS grew by {growth / 2**20:.0f} MiB under load"
+
+
+def test_sigterm_stops_the_server_and_frees_both_ports(model):
+    proc, http_port, grpc_port = start_server(model)
+    stop(proc)
+    assert proc.returncode is not None
+    assert port_free(http_port) and port_free(grpc_port)
+
+
+def test_a_missing_model_is_a_clear_cli_error(tmp_path):
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "serve.py"), "--model", str(tmp_path / "no.onnx")],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2 and "is not a file" in run.stderr

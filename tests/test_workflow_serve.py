@@ -1,0 +1,299 @@
+"""The serving stage through real snakemake: the demo model built into a Podman image, evaluated as
+served over the network, gated and registered; rebuild rules; failures leave nothing running."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import copy_workflow, jobs_run, snakemake
+from mlflow import MlflowClient
+from PIL import Image
+
+pytestmark = pytest.mark.workflow
+EXP = "default"
+REGISTRATION = f"results/register/{EXP}/registration.json"
+
+
+def overlay(wf, name: str, settings: dict) -> str:
+    """A config overlay file (--config would pass nested numbers as strings)."""
+    (wf / name).write_text(yaml.safe_dump(settings))
+    return name
+
+
+def read_json(path):
+    return json.loads(path.read_text())
+
+
+def no_eval_containers() -> list[str]:
+    names = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True)
+    return [n for n in names.stdout.split() if n.startswith("cifarflow-eval-")]
+
+
+def ports_in(server_log: str) -> list[int]:
+    import re
+
+    return [int(p) for p in re.findall(r"(?:HTTP|gRPC) :(\d+)", server_log)]
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, podman):
+    wf = copy_workflow(tmp_path_factory.mktemp("serve") / "wf")
+    (wf / "local.yaml").write_text(yaml.safe_dump({"serving": podman}))
+    proc = snakemake(wf, REGISTRATION, "--configfile", "config/demo.yaml", "local.yaml")
+    return wf, proc
+
+
+def test_the_demo_model_is_built_into_a_podman_image_with_its_provenance(served):
+    wf, proc = served
+    manifest = read_json(wf / f"results/image/{EXP}/manifest.json")
+    assert manifest["engine"] == "podman" and manifest["engine_requested"] == "auto"
+    assert "auto took podman" in (wf / f"logs/build_serving_image/{EXP}.log").read_text()
+    assert manifest["model_name"] == "cifar10" and manifest["build_seconds"] > 0
+    from cifarflow.runtime import sha256_file
+
+    assert manifest["model_sha256"] == sha256_file(wf / f"results/export/{EXP}/model.onnx")
+    assert manifest["image"].endswith(f":{EXP}-{manifest['model_sha256'][:12]}")
+    inspect = json.loads(
+        subprocess.run(
+            ["podman", "image", "inspect", manifest["image"]], capture_output=True, text=True, check=True
+        ).stdout
+    )[0]
+    labels = inspect["Config"]["Labels"]
+    assert labels["io.cifarflow.model.sha256"] == manifest["model_sha256"]
+    assert labels["io.cifarflow.dataset.id"] == manifest["dataset_id"]
+    assert "org.opencontainers.image.revision" in labels
+    assert inspect["Config"]["User"] not in ("", "0", "root")
+    assert inspect["Id"].startswith(manifest["image_id"].removeprefix("sha256:"))
+    assert manifest["image_size_bytes"] == inspect["Size"]
+    history = subprocess.run(
+        ["podman", "image", "inspect", "--format", "{{json .Config.Healthcheck}}", manifest["image"]],
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "health/ready" in history
+    python = subprocess.run(
+        [
+            "podman",
+            "run",
+            "--rm",
+            "--entrypoint",
+            "/opt/venv/bin/python",
+            manifest["image"],
+            "-c",
+            "import importlib.util as u; print(u.find_spec('torch') is None)",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert python.stdout.strip() == "True", python.stderr  # serving dependencies only
+
+
+def test_the_served_model_matches_offline_onnx_runtime_and_its_figures_are_complete(served):
+    wf, _ = served
+    metrics = read_json(wf / f"results/evaluate/{EXP}/metrics.json")
+    assert metrics["mismatches"] == 0 and metrics["max_probability_diff"] <= 1e-5
+    assert metrics["accuracy"] >= 0.9  # config/demo.yaml's gate
+    meta = read_json(next((wf / "results/data").glob("*/meta.json")))
+    for name in meta["class_names"]:
+        assert 0 <= metrics[f"precision_{name}"] <= 1 and 0 <= metrics[f"recall_{name}"] <= 1
+    for key in (
+        "macro_f1",
+        "latency_ms_p50",
+        "latency_ms_p95",
+        "latency_ms_p99",
+        "throughput_images_per_second",
+        "inprocess_images_per_second",
+        "throughput_ratio",
+    ):
+        assert metrics[key] > 0, key
+    assert metrics["latency_ms_p50"] <= metrics["latency_ms_p95"] <= metrics["latency_ms_p99"]
+    table = pd.read_parquet(wf / f"results/evaluate/{EXP}/predictions.parquet")
+    assert list(table.columns) == ["index", "label", "predicted", "probabilities"]
+    probabilities = np.stack(table["probabilities"].to_numpy())
+    assert len(table) == metrics["images"] == probabilities.shape[0] and probabilities.shape[1] == 10
+    assert (probabilities.argmax(1) == table["predicted"]).all()
+    assert (table["predicted"] == table["label"]).mean() == pytest.approx(metrics["accuracy"])
+    labels = np.load(next((wf / "results/data").glob("*/test_labels.npy")))
+    assert (table["label"].to_numpy() == labels).all()
+    for png in ("confusion_matrix.png", "latency_histogram.png"):
+        with Image.open(wf / f"results/evaluate/{EXP}/{png}") as image:
+            assert image.format == "PNG" and min(image.size) > 300
+
+
+def test_the_server_was_stopped_and_its_ports_freed(served):
+    wf, _ = served
+    server_log = (wf / f"logs/evaluate_served_model/{EXP}.server.log").read_text()
+    ports = ports_in(server_log)
+    assert len(ports) == 2 and all(port_free(p) for p in ports)
+    assert no_eval_containers() == []
+
+
+def test_the_model_is_registered_with_signature_tags_and_the_champion_alias(served):
+    wf, _ = served
+    record = read_json(wf / REGISTRATION)
+    assert record["champion"] is True and record["version"] == record["champion_version"] == 1
+    mlflow.set_tracking_uri(f"sqlite:///{wf / 'mlflow.db'}")
+    client = MlflowClient()
+    version = client.get_model_version_by_alias(record["name"], "champion")
+    manifest = read_json(wf / f"results/image/{EXP}/manifest.json")
+    assert str(version.version) == "1"
+    assert version.tags["image"] == manifest["image"]
+    assert version.tags["dataset_id"] == manifest["dataset_id"]
+    assert float(version.tags["accuracy"]) == pytest.approx(
+        read_json(wf / f"results/evaluate/{EXP}/metrics.json")["accuracy"]
+    )
+    info = mlflow.models.get_model_info(f"models:/{record['name']}/1")
+    inputs = info.signature.inputs.inputs[0]
+    assert inputs.name == "image" and inputs.type == np.dtype(np.uint8) and inputs.shape == (-1, 32, 32, 3)
+    assert "onnx" in info.flavors
+    # and the hook logged the evaluation as a child run of the invocation
+    runs = mlflow.search_runs(
+        experiment_names=["cifar10"], filter_string="tags.`snakemake.rule` = 'evaluate_served_model'"
+    )
+    assert len(runs) == 1 and runs["metrics.accuracy"][0] == pytest.approx(record["accuracy"])
+
+
+def test_nothing_reruns_and_only_a_serving_change_rebuilds_the_image(served):
+    wf, _ = served
+    base = [REGISTRATION, "--configfile", "config/demo.yaml", "local.yaml"]
+    assert jobs_run(snakemake(wf, "-n", *base)) == {}
+    # an evaluation setting re-evaluates and re-registers, without rebuilding
+    changed = jobs_run(
+        snakemake(wf, "-n", *base, overlay(wf, "fewer.yaml", {"evaluate": {"latency_requests": 50}}))
+    )
+    assert changed == {"evaluate_served_model": 1, "register_model": 1}
+    # a change to the serving code rebuilds (and so re-evaluates), never retrains or re-exports
+    serving = wf / "scripts" / "cifarflow" / "serving.py"
+    serving.write_text(serving.read_text() + "\n# a change\n")
+    rebuilt = jobs_run(snakemake(wf, "-n", *base))
+    assert rebuilt == {"build_serving_image": 1, "evaluate_served_model": 1, "register_model": 1}
+
+
+def test_below_the_gate_the_rule_fails_with_the_figures_registers_nothing_and_leaves_nothing_running(served):
+    wf, _ = served
+    (wf / REGISTRATION).unlink()
+    proc = snakemake(
+        wf,
+        REGISTRATION,
+        "--configfile",
+        "config/demo.yaml",
+        "local.yaml",
+        overlay(wf, "gate.yaml", {"evaluate": {"min_accuracy": 1.0}}),
+        check=False,
+    )
+    assert proc.returncode != 0
+    log = (wf / f"logs/evaluate_served_model/{EXP}.log").read_text()
+    assert "quality gate: accuracy as served is 0.9" in log and "below evaluate.min_accuracy 1.0" in log
+    assert not (wf / REGISTRATION).exists()
+    assert not (wf / f"results/evaluate/{EXP}/metrics.json").exists()
+    assert no_eval_containers() == []
+    ports = ports_in((wf / f"logs/evaluate_served_model/{EXP}.server.log").read_text())
+    assert ports and all(port_free(p) for p in ports)
+
+
+def test_an_explicit_engine_that_is_missing_fails_with_the_fix(served):
+    wf, _ = served
+    proc = snakemake(
+        wf,
+        REGISTRATION,
+        "--forcerun",
+        "build_serving_image",
+        "--configfile",
+        "config/demo.yaml",
+        "local.yaml",
+        overlay(wf, "apptainer.yaml", {"serving": {"engine": "apptainer"}}),
+        check=False,
+    )
+    assert proc.returncode != 0
+    log = (wf / f"logs/build_serving_image/{EXP}.log").read_text()
+    assert "serving.engine is 'apptainer', but it cannot be used here" in log
+    assert "set serving.engine to auto" in log
+
+
+def test_the_process_engine_serves_the_same_code_without_a_container(served):
+    wf, _ = served
+    snakemake(
+        wf,
+        REGISTRATION,
+        "--configfile",
+        "config/demo.yaml",
+        "local.yaml",
+        overlay(wf, "process.yaml", {"serving": {"engine": "process"}}),
+    )
+    manifest = read_json(wf / f"results/image/{EXP}/manifest.json")
+    assert manifest["engine"] == "process" and manifest["image"] == f"results/export/{EXP}/model.onnx"
+    metrics = read_json(wf / f"results/evaluate/{EXP}/metrics.json")
+    assert metrics["mismatches"] == 0
+    # the same model as in the image, so the registry finds its version instead of adding one
+    assert read_json(wf / REGISTRATION)["version"] == 1
+
+
+def test_sigterm_during_evaluation_stops_the_server_and_writes_nothing(served, tmp_path):
+    wf, _ = served
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(
+        json.dumps(
+            {"engine": "process", "image": f"results/export/{EXP}/model.onnx", "model_name": "cifar10"}
+        )
+    )
+    settings = {
+        "serving": {"threads": 1, "max_request_mb": 64},
+        "evaluate": {
+            "batch_size": 64,
+            "concurrency": 1,
+            "latency_requests": 10**6,
+            "ready_timeout_s": 60,
+            "min_accuracy": 0.0,
+            "max_probability_diff": 1e-5,
+        },
+    }
+    log, server_log, out = tmp_path / "eval.log", tmp_path / "server.log", tmp_path / "out"
+    data = next((wf / "results/data").glob("*/meta.json")).parent
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "scripts/evaluate_served_model.py",
+            "--manifest",
+            str(manifest),
+            "--model",
+            f"results/export/{EXP}/model.onnx",
+            "--data",
+            str(data),
+            "--experiment",
+            EXP,
+            "--settings",
+            json.dumps(settings),
+            "--outdir",
+            str(out),
+            "--server-log",
+            str(server_log),
+            "--log",
+            str(log),
+        ],
+        cwd=wf,
+        env=dict(os.environ, PYTHONPATH=str(wf / "scripts")),
+    )
+    deadline = time.monotonic() + 90
+    while "latency:" not in (log.read_text() if log.exists() else ""):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text() if log.exists() else ""
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) != 0
+    assert "server stopped" in log.read_text()
+    ports = ports_in(server_log.read_text())
+    assert ports and all(port_free(p) for p in ports)
+    assert not out.exists() or not any(out.iterdir())
