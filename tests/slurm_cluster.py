@@ -1,0 +1,329 @@
+"""A real one-node Slurm cluster for the tests: munged, slurmctld and slurmd from Debian's packages,
+started with a private configuration (SLURM_CONF) in a temp directory and stopped by pid.
+
+Shaped like the cluster profiles/slurm describes: its partitions, a GPU of its GPU model and its node
+features, so that the profile runs unedited. The GPU is a GRES backed by /dev/null: Slurm schedules
+and accounts for it (`--gpus=a100:1` is honoured), but there is no device behind it, so jobs on it
+compute on the CPU. No accounting daemon (slurmdbd): no sacct, so the executor polls squeue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
+DAEMONS = ("munged", "slurmctld", "slurmd")
+CLIENTS = ("sbatch", "srun", "squeue", "scancel", "scontrol", "sinfo")
+SBIN = ("/usr/sbin", "/sbin")  # daemons live here, which a non-login PATH may lack
+
+
+def find_binary(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path=os.pathsep.join(SBIN))
+
+
+def install_slurm() -> None:
+    """Install Slurm from Debian when a part is missing; skip (not as root) or fail (as root)."""
+    missing = [name for name in DAEMONS + CLIENTS if not find_binary(name)]
+    if not missing:
+        return
+    command = ["apt-get", "install", "-y", *PACKAGES]
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip(
+            f"Slurm is not installed ({', '.join(missing)} missing) and this is not root with apt-get: "
+            f"run `sudo {' '.join(command)}` (CI, as root, installs it)"
+        )
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = subprocess.run(command, env=env, capture_output=True, text=True)
+    if install.returncode != 0:  # a fresh machine may have no package lists yet
+        subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True)
+        install = subprocess.run(command, env=env, capture_output=True, text=True)
+    if install.returncode != 0:
+        pytest.fail(f"`{' '.join(command)}` failed:\n{install.stdout[-3000:]}\n{install.stderr[-3000:]}")
+    still = [name for name in DAEMONS + CLIENTS if not find_binary(name)]
+    assert not still, f"installed {PACKAGES} but {still} are still missing"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def memory_mb() -> int:
+    return psutil.virtual_memory().total // 2**20
+
+
+def profile_shape(profile: Path) -> dict:
+    """Partitions, GPU model and node features that a Snakemake Slurm profile asks for."""
+    settings = yaml.safe_load((profile / "config.yaml").read_text())
+    per_rule = [settings.get("default-resources", {}), *settings.get("set-resources", {}).values()]
+    partitions = [r["slurm_partition"] for r in per_rule if "slurm_partition" in r]
+    return {
+        "partitions": list(dict.fromkeys(partitions)),  # first = the default partition
+        "gpu_models": sorted({str(r["gpu_model"]) for r in per_rule if "gpu_model" in r}),
+        "features": sorted({str(r["constraint"]) for r in per_rule if "constraint" in r}),
+    }
+
+
+@dataclass
+class SlurmCluster:
+    """A running cluster: `env` (SLURM_CONF set) is what every client command and snakemake needs."""
+
+    root: Path
+    node: str
+    cpus: int
+    env: dict[str, str]
+    daemons: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def run(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(command, env=self.env, capture_output=True, text=True, check=check, timeout=60)
+
+    def jobs(self) -> dict[str, dict[str, str]]:
+        """Every job slurmctld still knows (finished ones stay MinJobAge = 10 min): id -> fields."""
+        out = self.run("squeue", "--states=all", "--noheader", "--format=%i|%T|%j|%k|%P").stdout
+        jobs = {}
+        for line in out.splitlines():
+            job_id, state, name, comment, partition = line.split("|")
+            jobs[job_id] = {"state": state, "name": name, "comment": comment, "partition": partition}
+        return jobs
+
+    def job_details(self, job_id: str) -> dict[str, str]:
+        """`scontrol show job` as key -> value (Partition, TresPerJob, MinMemoryNode, ...)."""
+        out = self.run("scontrol", "show", "job", "--oneliner", job_id).stdout
+        return dict(item.split("=", 1) for item in out.split() if "=" in item)
+
+    def cancel_all(self, timeout: float = 60) -> None:
+        """Cancel every job and wait until none is pending, running or completing."""
+        active = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED"}
+        ids = [i for i, job in self.jobs().items() if job["state"] in active]
+        if ids:
+            self.run("scancel", *ids, check=False)
+        deadline = time.monotonic() + timeout
+        while any(job["state"] in active for job in self.jobs().values()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"jobs still active {timeout:.0f} s after scancel: {self.jobs()}")
+            time.sleep(0.5)
+
+    def node_idle(self) -> bool:
+        states = self.run("sinfo", "--noheader", "--Node", "--format=%t", check=False).stdout.split()
+        return bool(states) and set(states) == {"idle"}  # one line per partition
+
+    def daemon_logs(self, lines: int = 30) -> str:
+        parts = []
+        for log in sorted(self.root.glob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {log.name}\n" + "\n".join(tail))
+        return "\n".join(parts)
+
+
+def write_config(
+    root: Path,
+    socket_path: Path,
+    node: str,
+    cpus: int,
+    partitions: list[str],
+    gpu_models: list[str],
+    features: list[str],
+) -> Path:
+    for folder in ("state", "spool"):
+        (root / folder).mkdir()
+    gres = ",".join(f"gpu:{model}:1" for model in gpu_models)
+    node_line = f"NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={int(memory_mb() * 0.8)}"
+    node_line += f" Gres={gres}" if gres else ""
+    node_line += f" Features={','.join(features)}" if features else ""
+    lines = [
+        "ClusterName=cifarflowtest",
+        f"SlurmctldHost={node}(127.0.0.1)",
+        f"SlurmctldPort={free_port()}",
+        f"SlurmdPort={free_port()}",
+        "AuthType=auth/munge",
+        "CredType=cred/munge",
+        f"AuthInfo=socket={socket_path}",
+        "SlurmUser=root",
+        "SlurmdUser=root",
+        f"StateSaveLocation={root / 'state'}",
+        f"SlurmdSpoolDir={root / 'spool'}",
+        f"SlurmctldPidFile={root / 'slurmctld.pid'}",
+        f"SlurmdPidFile={root / 'slurmd.pid'}",
+        f"SlurmctldLogFile={root / 'slurmctld.log'}",
+        f"SlurmdLogFile={root / 'slurmd.log'}",
+        "ProctrackType=proctrack/linuxproc",
+        "TaskPlugin=task/none",
+        "SelectType=select/cons_tres",
+        "SelectTypeParameters=CR_Core_Memory",  # --mem is scheduled against RealMemory
+        "AccountingStorageType=accounting_storage/none",
+        "JobAcctGatherType=jobacct_gather/none",
+        "JobCompType=jobcomp/none",
+        "MpiDefault=none",
+        "MailProg=/bin/true",
+        "ReturnToService=2",
+        # Finished jobs stay in squeue this long: the executor's only status source without sacct.
+        "MinJobAge=600",
+        *(["GresTypes=gpu"] if gpu_models else []),
+        node_line + " State=UNKNOWN",
+        *(
+            f"PartitionName={name} Nodes={node} Default={'YES' if i == 0 else 'NO'} MaxTime=INFINITE State=UP"
+            for i, name in enumerate(partitions)
+        ),
+    ]
+    conf = root / "slurm.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    # A GPU per model with no device behind it (File=/dev/null): scheduled, never computed on.
+    (root / "gres.conf").write_text(
+        "".join(f"NodeName={node} Name=gpu Type={model} File=/dev/null\n" for model in gpu_models)
+    )
+    return conf
+
+
+def srun_keeping_conf(root: Path, conf: Path) -> Path:
+    """A folder with an `srun` that points the real one at this cluster's config.
+
+    Inside a job, snakemake-executor-plugin-slurm-jobstep (0.6.1) clears every SLURM_* variable but
+    the job's identity, SLURM_CONF included, before it calls srun. Clusters whose slurm.conf is
+    in /etc/slurm (or served configless) do not notice; this one's is in a temp folder, so its srun
+    would find no configuration. Everything else about srun is the real thing.
+    """
+    folder = root / "bin"
+    folder.mkdir()
+    wrapper = folder / "srun"
+    wrapper.write_text(f'#!/bin/sh\nSLURM_CONF={conf} exec {find_binary("srun")} "$@"\n')
+    wrapper.chmod(0o755)
+    return folder
+
+
+def stop(process: subprocess.Popen, timeout: float = 20) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+
+
+def job_steps_since(started: float) -> list[psutil.Process]:
+    """slurmstepd processes created since `started` (they detach from slurmd and drop SLURM_CONF)."""
+    found = []
+    for proc in psutil.process_iter(["name", "create_time"]):
+        if proc.info["name"] == "slurmstepd" and proc.info["create_time"] >= started - 1:
+            found.append(proc)
+    return found
+
+
+def is_ours(proc: psutil.Process, root: Path) -> bool:
+    """A job step of this cluster holds slurmd's log or a socket in its spool directory (under root)."""
+    with contextlib.suppress(psutil.Error):
+        paths = [f.path for f in proc.open_files()] + [c.laddr for c in proc.connections(kind="unix")]
+        return any(str(path).startswith(f"{root}{os.sep}") for path in paths)
+    return False
+
+
+def stop_job_steps(root: Path, started: float, timeout: float = 15) -> list[int]:
+    """Wait for the job steps started since the cluster came up to exit (they do after scancel);
+    kill those still holding this cluster's files and return the pids of any left."""
+    deadline = time.monotonic() + timeout
+    while (steps := job_steps_since(started)) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    for proc in steps:
+        if is_ours(proc, root):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+    return [proc.pid for proc in steps]
+
+
+@contextlib.contextmanager
+def slurm_cluster(
+    root: Path, partitions: list[str], gpu_models: list[str] = (), features: list[str] = ()
+) -> Iterator[SlurmCluster]:
+    """Start munged, slurmctld and slurmd; on exit cancel every job and stop exactly those daemons."""
+    install_slurm()
+    if os.geteuid() != 0:
+        pytest.skip("slurmd and slurmctld run as root here (SlurmUser=root); run the Slurm tests as root")
+    assert partitions, "a cluster needs at least one partition"
+    node = socket.gethostname().split(".")[0]
+    cpus = len(os.sched_getaffinity(0))
+    # munged insists that every directory above its socket be world-executable (pytest's are 0700).
+    socket_dir = Path(tempfile.mkdtemp(prefix="cifarflow-munge-"))
+    socket_dir.chmod(0o755)
+    conf = write_config(
+        root, socket_dir / "munge.socket", node, cpus, partitions, list(gpu_models), list(features)
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
+    env["SLURM_CONF"] = str(conf)
+    env["PATH"] = os.pathsep.join([str(srun_keeping_conf(root, conf)), env.get("PATH", ""), *SBIN])
+    cluster = SlurmCluster(root=root, node=node, cpus=cpus, env=env)
+    started = time.time()
+    key = root / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    key.chmod(0o400)
+    commands = {
+        "munged": [
+            find_binary("munged"),
+            "--foreground",
+            f"--key-file={key}",
+            f"--socket={socket_dir / 'munge.socket'}",
+            f"--pid-file={root / 'munged.pid'}",
+            f"--log-file={root / 'munged.log'}",
+            f"--seed-file={root / 'munged.seed'}",
+        ],
+        "slurmctld": [find_binary("slurmctld"), "-D"],
+        "slurmd": [find_binary("slurmd"), "-D", "-N", node],
+    }
+    try:
+        for name, command in commands.items():
+            with open(root / f"{name}.out", "w") as out:
+                cluster.daemons[name] = subprocess.Popen(
+                    command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            if name == "munged":
+                wait_for(lambda: (socket_dir / "munge.socket").exists(), "munged's socket", cluster)
+        wait_for(cluster.node_idle, "the node to be idle in sinfo", cluster)
+        yield cluster
+    finally:
+        if "slurmctld" in cluster.daemons and cluster.daemons["slurmctld"].poll() is None:
+            with contextlib.suppress(Exception):  # stopping the daemons below matters more
+                cluster.cancel_all()
+        for name in reversed(list(cluster.daemons)):
+            stop(cluster.daemons[name])
+        leftovers = stop_job_steps(root, started)
+        shutil.rmtree(socket_dir, ignore_errors=True)
+        alive = [name for name, p in cluster.daemons.items() if p.poll() is None]
+        assert not alive, f"daemons still running after SIGKILL: {alive}"
+        assert not leftovers, f"job steps (slurmstepd) outlived their cluster, killed now: {leftovers}"
+
+
+def wait_for(condition, what: str, cluster: SlurmCluster, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        dead = [name for name, p in cluster.daemons.items() if p.poll() is not None]
+        outs = "\n".join((cluster.root / f"{n}.out").read_text() for n in cluster.daemons)
+        if dead:
+            raise AssertionError(
+                f"{', '.join(dead)} exited while waiting for {what}:\n{outs}\n{cluster.daemon_logs()}"
+            )
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:.0f} s for {what}:\n{outs}\n{cluster.daemon_logs()}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def slurm_profile_cluster(tmp_path_factory) -> Iterator[SlurmCluster]:
+    """A cluster shaped like profiles/slurm (its partitions, GPU model and node features)."""
+    shape = profile_shape(ROOT / "profiles" / "slurm")
+    with slurm_cluster(tmp_path_factory.mktemp("slurm"), **shape) as cluster:
+        yield cluster

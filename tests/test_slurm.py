@@ -1,0 +1,276 @@
+"""profiles/slurm on a real Slurm cluster (tests/slurm_cluster.py starts munged, slurmctld and slurmd
+here): the offline demo submitted job by job with sbatch; a job that Slurm cancels fails the run
+with its Slurm log named; the rerun resumes without redoing finished jobs and retries a job that
+Slurm cancels; every job's placement comes from the profile; the results equal a local run's.
+
+The profile runs unedited, with the flags this cluster needs (below). Its Apptainer setting stays
+on but does nothing here: config container.image is empty (no Apptainer on Debian 12), so the jobs
+use the venv they inherit, as on a cluster where the project is installed on the shared filesystem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import pytest
+import yaml
+from conftest import ROOT, copy_workflow, jobs_run, snakemake
+from onnx import numpy_helper
+from slurm_cluster import SlurmCluster, slurm_profile_cluster  # noqa: F401  (fixture)
+from test_mlflow_hook import runs_of, sqlite_uri
+from test_training import without_timings
+
+pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
+BIN = Path(sys.executable).parent
+DEMO = ("--configfile", "config/demo.yaml")
+# When set, snakemake printed "Job 3 has been submitted with SLURM jobid 7 (log: /abs/....log)."
+SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
+
+
+def config_overrides() -> tuple[str, ...]:
+    """Serve the model as a plain subprocess where the workflow has serving rules (no container
+    engine is needed on the node for that)."""
+    schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
+    if "engine" in schema["properties"].get("serving", {}).get("properties", {}):
+        return ("--config", "serving={'engine': 'process'}")
+    return ()
+
+
+def slurm_args(cluster: SlurmCluster) -> tuple[str, ...]:
+    return (
+        "--profile",
+        "profiles/slurm",
+        "--slurm-status-command",
+        "squeue",  # no accounting daemon here, hence no sacct
+        "--slurm-no-account",  # no accounts here (plugin 2.8.0 accepts this flag but never reads it)
+        "--slurm-init-seconds-before-status-checks",
+        "2",  # the first status check after 2 s, not 40
+        "--slurm-keep-successful-logs",  # so that the test can read every job's Slurm log
+        "--max-threads",
+        str(cluster.cpus),  # the node's CPUs; prepare_dataset asks for 4
+    )
+
+
+@dataclass
+class Run:
+    """One snakemake invocation, in the background, its output in a file."""
+
+    workdir: Path
+    name: str
+    args: tuple[str, ...]
+    env: dict[str, str]
+    proc: subprocess.Popen = field(init=False)
+    started: float = field(init=False)
+    seconds: float = 0.0
+    returncode: int | None = None
+
+    def __post_init__(self) -> None:
+        self.log = self.workdir / f"snakemake-{self.name}.out"
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(
+                [BIN / "snakemake", "--cores", "2", *self.args],
+                cwd=self.workdir,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.started = time.monotonic()
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait(self, timeout: float = 300) -> Run:
+        try:
+            self.returncode = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            message = f"snakemake ({self.name}) ran over {timeout} s:\n{self.output[-6000:]}"
+            raise AssertionError(message) from None
+        self.seconds = time.monotonic() - self.started
+        return self
+
+    def jobs(self) -> dict[str, int]:
+        return jobs_run(subprocess.CompletedProcess(self.args, self.returncode, self.output, ""))
+
+    def submitted(self) -> dict[str, Path]:
+        """Slurm job id -> its Slurm log, for every job this run submitted."""
+        return {job_id: Path(log) for job_id, log in SUBMITTED.findall(self.output)}
+
+    def slurm_run_id(self) -> str:
+        (run_id,) = re.findall(r"SLURM run ID: (\S+)", self.output)
+        return run_id
+
+
+def cancel_when_running(cluster: SlurmCluster, run: Run, rule: str, ready=lambda: True) -> str:
+    """scancel the Slurm job of `rule` once it runs and `ready()` holds; returns its job id."""
+    deadline = time.monotonic() + 240
+    while True:
+        ended = run.proc.poll() is not None
+        assert not ended, f"snakemake ended before {rule} could be cancelled:\n{run.output[-6000:]}"
+        assert time.monotonic() < deadline, f"{rule} never ran: {cluster.jobs()}\n{run.output[-6000:]}"
+        running = [
+            job_id
+            for job_id, job in cluster.jobs().items()
+            if job["comment"].startswith(f"rule_{rule}_") and job["state"] == "RUNNING"
+        ]
+        if running and ready():
+            cluster.run("scancel", running[0])
+            return running[0]
+        time.sleep(0.2)
+
+
+@dataclass
+class SlurmRuns:
+    workdir: Path
+    failed: Run  # train_model cancelled by Slurm, no retries: the run fails
+    rerun: Run  # the same command with the profile's retries; export_onnx cancelled once
+    cancelled_train: str
+    cancelled_export: str
+    after_failure: dict  # what the failed run left behind, looked at before the rerun
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory) -> Path:
+    workdir = copy_workflow(tmp_path_factory.mktemp("local") / "wf")
+    start = time.monotonic()
+    snakemake(workdir, *DEMO, "--until", "export_onnx")  # the outputs compared below
+    print(f"local run: {time.monotonic() - start:.1f} s")
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def slurm_runs(slurm_profile_cluster, tmp_path_factory) -> SlurmRuns:  # noqa: F811
+    cluster = slurm_profile_cluster
+    workdir = copy_workflow(tmp_path_factory.mktemp("on-slurm") / "wf")
+    env = dict(cluster.env, PATH=f"{BIN}{os.pathsep}{cluster.env['PATH']}")
+    args = (*slurm_args(cluster), *DEMO)
+    train_log = workdir / "logs" / "train_model" / "default.log"
+
+    failed = Run(workdir, "failed", (*args, "--retries", "0", *config_overrides()), env)
+    # cancelled after its first epoch, so that the rerun also shows training resuming mid-way
+    cancelled_train = cancel_when_running(
+        cluster,
+        failed,
+        "train_model",
+        lambda: train_log.exists() and "epoch 1/4: train" in train_log.read_text(),
+    )
+    failed.wait()
+    metas = list((workdir / "results" / "data").glob("*/meta.json"))
+    after_failure = {
+        "meta_mtime": metas[0].stat().st_mtime_ns if metas else None,
+        "resume": (workdir / "results/train/default/resume.pt").exists(),
+        "checkpoint": (workdir / "results/train/default/model.pt").exists(),
+    }
+
+    rerun = Run(workdir, "rerun", (*args, *config_overrides()), env)
+    cancelled_export = cancel_when_running(cluster, rerun, "export_onnx")
+    rerun.wait()
+    print(f"on Slurm: failed run {failed.seconds:.1f} s, rerun {rerun.seconds:.1f} s")
+    print(f"Slurm jobs: {cluster.jobs()}")
+    return SlurmRuns(workdir, failed, rerun, cancelled_train, cancelled_export, after_failure)
+
+
+def test_a_job_cancelled_by_slurm_fails_the_run_and_names_its_slurm_log(slurm_runs):
+    run, job_id = slurm_runs.failed, slurm_runs.cancelled_train
+    assert run.returncode != 0, run.output[-4000:]
+    assert f"SLURM-job '{job_id}' failed, SLURM status is: 'CANCELLED'" in run.output, run.output[-4000:]
+    slurm_log = slurm_runs.workdir / ".snakemake/slurm_logs/rule_train_model/default" / f"{job_id}.log"
+    assert str(slurm_log) in run.output  # the error's "log:" line names the Slurm log, next to the rule's log
+    assert f"JOB {job_id} ON " in slurm_log.read_text() and "CANCELLED" in slurm_log.read_text()
+    assert "Error in rule train_model" in run.output
+    # finished work stays; the cancelled training left its last epoch's state, not its outputs
+    left = slurm_runs.after_failure
+    assert left["meta_mtime"] is not None and left["resume"] and not left["checkpoint"], left
+
+
+def test_the_rerun_resumes_without_redoing_finished_jobs_and_retries_a_cancelled_job(slurm_runs):
+    run = slurm_runs.rerun
+    assert run.returncode == 0, run.output[-6000:]
+    planned = run.jobs()
+    assert planned.get("train_model") == 1 and planned.get("export_onnx") == 1, planned
+    assert "prepare_dataset" not in planned, planned
+    (meta,) = (slurm_runs.workdir / "results" / "data").glob("*/meta.json")
+    assert meta.stat().st_mtime_ns == slurm_runs.after_failure["meta_mtime"]
+    assert "resuming after epoch" in (slurm_runs.workdir / "logs/train_model/default.log").read_text()
+    # export_onnx, cancelled once, was resubmitted by the profile's retries and finished
+    assert f"SLURM-job '{slurm_runs.cancelled_export}' failed, SLURM status is: 'CANCELLED'" in run.output
+    assert "Trying to restart job" in run.output
+    assert (slurm_runs.workdir / "results/export/default/model.onnx").exists()
+
+
+def test_every_job_went_through_sbatch_with_the_profiles_resources(slurm_runs, slurm_profile_cluster):  # noqa: F811
+    cluster = slurm_profile_cluster
+    jobs = cluster.jobs()
+    cancelled = {slurm_runs.cancelled_train, slurm_runs.cancelled_export}
+    by_rule: dict[str, list[str]] = {}
+    for run in (slurm_runs.failed, slurm_runs.rerun):
+        submitted = run.submitted()
+        assert submitted, run.output[-4000:]
+        for job_id, slurm_log in submitted.items():
+            job = jobs[job_id]  # slurmctld knows every id snakemake printed
+            assert job["name"] == run.slurm_run_id()  # sbatch --job-name <this run's id>
+            assert job["state"] == ("CANCELLED" if job_id in cancelled else "COMPLETED"), (job_id, job)
+            rule = re.match(r"rule_(.+?)_wildcards_", job["comment"]).group(1)
+            by_rule.setdefault(rule, []).append(job_id)
+            assert slurm_log.exists(), slurm_log  # --slurm-keep-successful-logs
+    assert {"prepare_dataset", "train_model", "export_onnx"} <= set(by_rule), by_rule
+
+    def details(rule: str, index: int = -1) -> dict[str, str]:
+        return cluster.job_details(by_rule[rule][index])
+
+    # placement and sizes from profiles/slurm and the rules' resources
+    assert details("prepare_dataset")["Partition"] == "cpu"
+    assert details("prepare_dataset")["MinMemoryNode"] == "4000M"
+    train = details("train_model")
+    assert train["Partition"] == "gpu" and "gpu:a100:1" in train["TresPerJob"], train
+    assert train["MinMemoryNode"] == "8000M" and train["TimeLimit"] == "02:00:00", train
+    assert details("export_onnx", 0)["MinMemoryNode"] == "4000M"  # the cancelled first attempt
+    assert details("export_onnx", -1)["MinMemoryNode"] == "8000M"  # the retry asks for twice as much
+    assert by_rule["export_onnx"][0] == slurm_runs.cancelled_export and len(by_rule["export_onnx"]) == 2
+
+
+def test_results_equal_a_local_run(slurm_runs, local_run):
+    on_slurm, local = slurm_runs.workdir, local_run
+    (meta,) = (local / "results" / "data").glob("*/meta.json")
+    relative = meta.relative_to(local)
+    # meta.json holds the sha256 of every array
+    assert json.loads((on_slurm / relative).read_text()) == json.loads(meta.read_text())
+
+    def metrics(workdir: Path, stage: str) -> dict:
+        return json.loads((workdir / "results" / stage / "default" / "metrics.json").read_text())
+
+    # same seed, same CPU, same threads: training is bit-identical (a resumed run included)
+    assert without_timings(metrics(on_slurm, "train")) == without_timings(metrics(local, "train"))
+    # model_bytes aside: torch.export writes each node's Python stack trace, absolute paths of the
+    # working directory included, into the ONNX file, so its size follows the directory's name.
+    unequal = {"latency_ms_p50", "latency_ms_p99", "throughput_images_per_second", "model_bytes"}
+    exported = {k: v for k, v in metrics(on_slurm, "export").items() if k not in unequal}
+    assert exported == {k: v for k, v in metrics(local, "export").items() if k not in unequal}
+    operators, weights = graph(on_slurm / "results/export/default/model.onnx")
+    assert operators and weights  # not vacuous: the demo net has tens of thousands of weights
+    assert (operators, weights) == graph(local / "results/export/default/model.onnx")
+
+
+def graph(path: Path) -> tuple[list[str], dict[str, bytes]]:
+    """An ONNX graph's operators in order and its weights, byte for byte."""
+    model = onnx.load(path)
+    weights = {i.name: numpy_helper.to_array(i).tobytes() for i in model.graph.initializer}
+    return [node.op_type for node in model.graph.node], weights
+
+
+def test_mlflow_logged_the_slurm_jobs_from_the_main_process(slurm_runs):
+    runs = runs_of(sqlite_uri(slurm_runs.workdir))
+    assert len(runs.parents) == 2  # the failed run and the rerun
+    train = [r for r in runs.children if r.info.run_name == "train_model/experiment=default"]
+    assert [r.info.status for r in train] == ["FAILED", "FINISHED"]
+    trained = json.loads((slurm_runs.workdir / "results/train/default/metrics.json").read_text())
+    assert train[-1].data.metrics["test_accuracy"] == trained["test_accuracy"]
