@@ -19,7 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,7 +193,8 @@ def free_port() -> int:
 class Server:
     http_port: int
     grpc_port: int
-    logs: callable  # () -> str, the server's output so far
+    logs: Callable[[], str]  # the server's output so far
+    pid: int | None = None  # the server's main process, as the host sees it
 
     @property
     def url(self) -> str:
@@ -268,6 +269,12 @@ def running(
                     f"its log:\n{_tail(server.logs())}"
                 )
             time.sleep(0.2)
+        server.pid = proc.pid
+        if engine in OCI:
+            inspect = subprocess.run(
+                [engine, "inspect", "--format", "{{.State.Pid}}", name], capture_output=True, text=True
+            )
+            server.pid = int(inspect.stdout.strip() or 0) or None
         log.info("server ready on HTTP %s, gRPC %s", server.url, server.grpc_url)
         yield server
     finally:
