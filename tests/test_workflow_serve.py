@@ -297,3 +297,42 @@ def test_sigterm_during_evaluation_stops_the_server_and_writes_nothing(served, t
     ports = ports_in(server_log.read_text())
     assert ports and all(port_free(p) for p in ports)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_tritonclient_speaks_rest_json_rest_binary_and_grpc_to_the_container(served, tmp_path):
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from cifarflow.engines import running
+
+    wf, _ = served
+    manifest = read_json(wf / f"results/image/{EXP}/manifest.json")
+    if manifest["engine"] != "podman":  # an earlier test switched to the process engine: rebuild
+        snakemake(wf, f"results/image/{EXP}/manifest.json", "--configfile", "config/demo.yaml", "local.yaml")
+        manifest = read_json(wf / f"results/image/{EXP}/manifest.json")
+    images = np.load(next((wf / "results/data").glob("*/test_images.npy")))[:8]
+    with running(
+        "podman",
+        manifest["image"],
+        "cifarflow-eval-tritonclient",
+        1,
+        8,
+        "cifar10",
+        60,
+        tmp_path / "server.log",
+    ) as server:
+        rest = httpclient.InferenceServerClient(server.url)
+        assert rest.get_model_metadata("cifar10")["inputs"][0]["datatype"] == "UINT8"
+        answers = []
+        for binary in (False, True):
+            tensor = httpclient.InferInput("image", list(images.shape), "UINT8")
+            tensor.set_data_from_numpy(images, binary_data=binary)
+            wanted = [httpclient.InferRequestedOutput("probabilities", binary_data=binary)]
+            answers.append(rest.infer("cifar10", [tensor], outputs=wanted).as_numpy("probabilities"))
+        grpc = grpcclient.InferenceServerClient(server.grpc_url)
+        tensor = grpcclient.InferInput("image", list(images.shape), "UINT8")
+        tensor.set_data_from_numpy(images)
+        answers.append(grpc.infer("cifar10", [tensor]).as_numpy("probabilities"))
+        ports = [server.http_port, server.grpc_port]
+    np.testing.assert_allclose(answers[0], answers[2], atol=1e-6)  # JSON carries decimal floats
+    np.testing.assert_array_equal(answers[1], answers[2])
+    assert all(port_free(p) for p in ports) and no_eval_containers() == []
