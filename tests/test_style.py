@@ -41,11 +41,13 @@ def test_conda_envs_pin_what_pyproject_pins():
     envs = sorted((ROOT / "envs").glob("*.yaml"))
     assert envs, "envs/ holds no conda environments"
     for env in envs:
-        for dep in yaml.safe_load(env.read_text())["dependencies"]:
-            if not isinstance(dep, str) or dep.startswith("python="):
-                continue
+        deps = yaml.safe_load(env.read_text())["dependencies"]
+        # a `pip:` subsection holds what conda-forge lacks, written as pyproject writes it
+        pip = [(d, "==") for entry in deps if isinstance(entry, dict) for d in entry.get("pip", [])]
+        conda = [(d, "=") for d in deps if isinstance(d, str) and not d.startswith("python=") and d != "pip"]
+        for dep, exact in conda + pip:
             name, spec = re.match(r"([A-Za-z0-9_.-]+)(.*)", dep).groups()
             name = conda_names.get(name, name).lower()
             assert name in pins, f"{env.name}: {name} is not a dependency in pyproject.toml"
-            expected = pins[name].replace("==", "=")
+            expected = pins[name].replace("==", exact)
             assert spec == expected, f"{env.name}: {name}{spec} differs from pyproject's {name}{pins[name]}"
