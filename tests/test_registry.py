@@ -1,5 +1,7 @@
 """register_model against a real MLflow store (the alias moves only on merit); choosing a serving engine."""
 
+import json
+
 import pytest
 from cifarflow.registry import register, tracking_uri
 from mlflow import MlflowClient
@@ -21,6 +23,7 @@ def test_champion_moves_only_to_a_better_model_on_the_same_dataset(model, tmp_pa
     worse = reg("b" * 64, 0.80)
     assert (worse["version"], worse["champion"], worse["champion_version"]) == (2, False, 1)
     assert "does not beat version 1's 0.9000" in worse["champion_reason"]
+    assert json.loads(json.dumps(worse)) == worse  # what register_model writes (a numpy bool was not JSON)
     better = reg("c" * 64, 0.95)
     assert (better["version"], better["champion"], better["champion_version"]) == (3, True, 3)
     other_data = reg("d" * 64, 0.99, dataset="cifar10-0123456789")

@@ -106,7 +106,7 @@ def register(
             )
         else:
             best = float(champion.tags.get("accuracy", "nan"))
-            moved = accuracy > best or np.isnan(best)
+            moved = bool(accuracy > best or np.isnan(best))  # numpy bool: not JSON
             reason = (
                 f"accuracy {accuracy:.4f} {'beats' if moved else 'does not beat'} version "
                 f"{champion.version}'s {best:.4f} on the same dataset"
