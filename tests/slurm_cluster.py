@@ -235,15 +235,16 @@ def is_ours(proc: psutil.Process, root: Path) -> bool:
 
 def stop_job_steps(root: Path, started: float, timeout: float = 15) -> list[int]:
     """Wait for the job steps started since the cluster came up to exit (they do after scancel);
-    kill those still holding this cluster's files and return the pids of any left."""
+    kill and return the pids of those still holding this cluster's files (another cluster's are
+    left alone)."""
     deadline = time.monotonic() + timeout
     while (steps := job_steps_since(started)) and time.monotonic() < deadline:
         time.sleep(0.25)
-    for proc in steps:
-        if is_ours(proc, root):
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-    return [proc.pid for proc in steps]
+    ours = [proc for proc in steps if is_ours(proc, root)]
+    for proc in ours:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    return [proc.pid for proc in ours]
 
 
 @contextlib.contextmanager

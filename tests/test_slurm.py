@@ -233,6 +233,7 @@ def test_every_job_went_through_sbatch_with_the_profiles_resources(slurm_runs, s
     train = details("train_model")
     assert train["Partition"] == "gpu" and "gpu:a100:1" in train["TresPerJob"], train
     assert train["MinMemoryNode"] == "8000M" and train["TimeLimit"] == "02:00:00", train
+    assert details("evaluate_served_model")["Features"] == "container"  # where an engine is
     assert details("export_onnx", 0)["MinMemoryNode"] == "4000M"  # the cancelled first attempt
     assert details("export_onnx", -1)["MinMemoryNode"] == "8000M"  # the retry asks for twice as much
     assert by_rule["export_onnx"][0] == slurm_runs.cancelled_export and len(by_rule["export_onnx"]) == 2
