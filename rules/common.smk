@@ -132,9 +132,6 @@ def final_targets():
 
 
 # The report (rules/report.smk): its targets and its rules' inputs and arguments.
-# The serving stage (rules/serve.smk) produces results/image, results/evaluate and results/register;
-# until it is part of the workflow, the report covers the data, training and export.
-SERVING = (Path(workflow.basedir) / "rules" / "serve.smk").exists()
 SERVED_FILES = {
     "evaluate": "results/evaluate/{experiment}/metrics.json",
     "manifest": "results/image/{experiment}/manifest.json",
@@ -151,13 +148,10 @@ def report_targets():
         "results/report/train/{experiment}/curves.png",
         "results/report/train/{experiment}/history.html",
         "results/report/export/{experiment}/export.html",
+        "results/report/serve/{experiment}/manifest.html",
+        "results/report/evaluate/{experiment}/per_class.html",
+        "results/report/evaluate/{experiment}/confidently_wrong.png",
     ]
-    if SERVING:
-        per_experiment += [
-            "results/report/serve/{experiment}/manifest.html",
-            "results/report/evaluate/{experiment}/per_class.html",
-            "results/report/evaluate/{experiment}/confidently_wrong.png",
-        ]
     return [
         f"results/report/data/{DATASET_ID}/samples.png",
         f"results/report/data/{DATASET_ID}/class_counts.html",
@@ -189,23 +183,13 @@ def test_split_files(wildcards):
 
 
 def comparison_inputs(wildcards):
+    """Every experiment's metrics of each stage, in EXPERIMENTS order (compare_experiments)."""
     files = {
-        "train": expand(rules.train_model.output.metrics, experiment=EXPERIMENTS),
-        "export": expand(rules.export_onnx.output.metrics, experiment=EXPERIMENTS),
+        "train": rules.train_model.output.metrics,
+        "export": rules.export_onnx.output.metrics,
+        **SERVED_FILES,
     }
-    if SERVING:
-        files |= {k: expand(v, experiment=EXPERIMENTS) for k, v in SERVED_FILES.items()}
-    return files
-
-
-def served_args(wildcards, input):
-    """--evaluate/--manifest/--registration with their files, when the serving stage ran."""
-    args = [
-        f"--{part} {' '.join(shlex.quote(f) for f in input[part])}"
-        for part in SERVED_FILES
-        if part in input.keys()
-    ]
-    return " ".join(args)
+    return {part: expand(path, experiment=EXPERIMENTS) for part, path in files.items()}
 
 
 def recipes_json(wildcards):

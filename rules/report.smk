@@ -192,10 +192,10 @@ rule compare_experiments:
     params:
         experiments=EXPERIMENTS,
         recipes=recipes_json,
-        served=served_args,
     shell:
         "python scripts/compare_experiments.py --experiments {params.experiments:q} --recipes {params.recipes:q}"
-        " --train {input.train:q} --export {input.export:q} {params.served}"
+        " --train {input.train:q} --export {input.export:q} --evaluate {input.evaluate:q}"
+        " --manifest {input.manifest:q} --registration {input.registration:q}"
         " --table {output.table:q} --chart {output.chart:q} --recipes-table {output.recipes:q}"
         " --summary {output.summary:q}"
         " --metrics {output.metrics:q} --log {log:q}"

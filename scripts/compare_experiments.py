@@ -25,8 +25,6 @@ def main(args: argparse.Namespace) -> None:
     experiments = {name: {"recipe": recipes[name]} for name in args.experiments}
     for part in PER_EXPERIMENT:
         files = getattr(args, part)
-        if files is None:
-            continue  # not part of this run (e.g. no serving stage)
         if len(files) != len(args.experiments):
             raise PipelineError(f"--{part} has {len(files)} files for {len(args.experiments)} experiments")
         for name, path in zip(args.experiments, files, strict=True):
@@ -45,11 +43,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--experiments", nargs="+", required=True, help="experiment names, in file order")
     parser.add_argument("--recipes", required=True, help="experiment -> resolved recipe, JSON")
-    parser.add_argument("--train", nargs="+", required=True, help="results/train/<experiment>/metrics.json")
-    parser.add_argument("--export", nargs="+", required=True, help="results/export/<experiment>/metrics.json")
-    parser.add_argument("--evaluate", nargs="+", help="results/evaluate/<experiment>/metrics.json")
-    parser.add_argument("--manifest", nargs="+", help="results/image/<experiment>/manifest.json")
-    parser.add_argument("--registration", nargs="+", help="results/register/<experiment>/registration.json")
+    for part, path in (
+        ("train", "results/train/<experiment>/metrics.json"),
+        ("export", "results/export/<experiment>/metrics.json"),
+        ("evaluate", "results/evaluate/<experiment>/metrics.json"),
+        ("manifest", "results/image/<experiment>/manifest.json"),
+        ("registration", "results/register/<experiment>/registration.json"),
+    ):
+        parser.add_argument(f"--{part}", nargs="+", required=True, help=f"{path}, one per experiment")
     parser.add_argument("--table", required=True, help="where to write the comparison (HTML)")
     parser.add_argument("--chart", required=True, help="where to write the bar chart (PNG)")
     parser.add_argument("--recipes-table", required=True, help="where to write the recipes (HTML)")

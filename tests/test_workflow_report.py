@@ -8,25 +8,20 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, copy_workflow, jobs_run, snakemake, write_yaml
+from conftest import copy_workflow, jobs_run, snakemake, write_yaml
 from PIL import Image
 from report_browser import chromium_missing, walk_report
 
 pytestmark = pytest.mark.workflow
-# Until rules/serve.smk is part of the workflow, the report has no Serving/Evaluation items and the
-# comparison no served figures (rules/report.smk, SERVING).
-SERVING = (ROOT / "rules" / "serve.smk").exists()
 EXPERIMENTS = ("default", "short")
+# The process engine runs the serving code without a container engine, like any CI machine can;
+# the 2-epoch model is let through the gate so that both experiments get registered.
 TWO = """\
 experiments:
   default: {}
   short:
     epochs: 2
     seed: 1
-"""
-# The process engine runs the serving code without a container engine, like any CI machine can;
-# the 2-epoch model is let through the gate so that both experiments get registered.
-SERVED = """\
 serving:
   engine: process
 evaluate:
@@ -53,15 +48,12 @@ def expected_items() -> set[tuple[str, str, str, str]]:
         ("Training", "loss and accuracy", "curves.png"),
         ("Training", "history", "history.html"),
         ("Export", "parity and speed", "export.html"),
+        ("Serving", "image manifest", "manifest.html"),
+        ("Serving", "latency histogram", "latency_histogram.png"),
+        ("Evaluation", "confusion matrix", "confusion_matrix.png"),
+        ("Evaluation", "per-class precision and recall", "per_class.html"),
+        ("Evaluation", "most confidently wrong", "confidently_wrong.png"),
     ]
-    if SERVING:
-        per_experiment += [
-            ("Serving", "image manifest", "manifest.html"),
-            ("Serving", "latency histogram", "latency_histogram.png"),
-            ("Evaluation", "confusion matrix", "confusion_matrix.png"),
-            ("Evaluation", "per-class precision and recall", "per_class.html"),
-            ("Evaluation", "most confidently wrong", "confidently_wrong.png"),
-        ]
     items |= {(c, e, f, n) for e in EXPERIMENTS for c, f, n in per_experiment}
     return items
 
@@ -70,7 +62,7 @@ def expected_items() -> set[tuple[str, str, str, str]]:
 def reported(tmp_path_factory) -> Path:
     """The demo DAG with two experiments, then both reports (shared by the tests below)."""
     workdir = copy_workflow(tmp_path_factory.mktemp("report") / "wf")
-    write_yaml(workdir / "two.yaml", TWO + (SERVED if SERVING else ""))
+    write_yaml(workdir / "two.yaml", TWO)
     start = time.perf_counter()
     run = snakemake(workdir, *ARGS)
     print(f"demo DAG, two experiments: {time.perf_counter() - start:.1f} s")
@@ -93,8 +85,7 @@ def test_html_report_renders_every_category_and_item_in_headless_chromium(report
     assert walk.description_top >= 0, "the workflow description is clipped: keep report/workflow.rst short"
     for text in ("Headline results", "default", "short", "Configuration", "synthetic", "epochs=2, seed=1"):
         assert text in walk.description, text
-    if SERVING:
-        assert "(champion)" in walk.description and "holds the champion alias" in walk.description
+    assert "default (champion)" in walk.description and "holds the champion alias" in walk.description
 
     expected = expected_items()
     assert sorted(walk.categories) == sorted({category for category, *_ in expected})
@@ -117,8 +108,7 @@ def test_zip_report_holds_the_report_and_every_item(reported):
 
 def test_every_figure_is_a_valid_png_of_real_size(reported):
     figures = sorted((reported / "results").glob("report/**/*.png"))
-    if SERVING:
-        figures += sorted((reported / "results" / "evaluate").glob("*/*.png"))
+    figures += sorted((reported / "results" / "evaluate").glob("*/*.png"))
     names = [p.name for p in figures]
     assert len(figures) == sum(1 for *_, name in expected_items() if name.endswith(".png")), names
     for path in figures:
