@@ -22,13 +22,13 @@ from torch import nn
 from .dataset import load_split
 from .errors import PipelineError
 from .runtime import atomic_path
+from .serving import INPUT, OUTPUTS, load_session
 from .training import load_checkpoint
 
 log = logging.getLogger("cifarflow")
 for _noisy in ("onnxscript", "onnx_ir"):  # the exporter's optimiser logs every folded constant
     logging.getLogger(_noisy).setLevel(logging.WARNING)
 
-INPUT, OUTPUTS = "image", ("logits", "probabilities")
 BATCH = 256
 
 
@@ -43,13 +43,6 @@ class ServingModel(nn.Module):
         x = image.permute(0, 3, 1, 2).float() / 255.0
         logits = self.classifier(x)
         return logits, torch.softmax(logits, dim=1)
-
-
-def session(path: str | Path, threads: int = 0) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def predict(run, images: np.ndarray, batch: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
@@ -173,7 +166,7 @@ def export(checkpoint_path: Path, data_dir: Path, out_path: Path, settings: dict
     images, labels = np.asarray(test.images), np.asarray(test.labels)
     with atomic_path(out_path) as tmp:
         to_onnx(model, checkpoint, tmp, settings["opset"])
-        sess = session(tmp, threads)
+        sess = load_session(tmp, threads)
         log.info(
             "exported %s (opset %d, %s bytes); checking parity on %d test images",
             out_path.name,
@@ -227,7 +220,7 @@ def quantize(
             weight_type=QuantType.QInt8,
             per_channel=True,
         )
-        fp32, int8 = session(onnx_path, threads), session(tmp, threads)
+        fp32, int8 = load_session(onnx_path, threads), load_session(tmp, threads)
         fp32_acc = float((predict(ort_runner(fp32), images)[0].argmax(1) == labels).mean())
         int8_acc = float((predict(ort_runner(int8), images)[0].argmax(1) == labels).mean())
         fp32_speed, int8_speed = speed(fp32, images), speed(int8, images)
