@@ -118,6 +118,10 @@ def to_onnx(model: nn.Module, checkpoint: dict, path: Path, opset: int) -> None:
         verbose=False,
     )
     proto = program.model_proto
+    for node in proto.graph.node:  # stack traces name local paths: the file would differ per checkout
+        kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
     for key, value in _metadata(checkpoint).items():
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, path)
