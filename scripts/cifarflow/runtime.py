@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import platform
 import signal
 import sys
 import tempfile
@@ -120,11 +121,19 @@ def write_metrics(path: str | os.PathLike, metrics: dict[str, Any]) -> None:
     write_json(path, metrics)
 
 
+def where_running() -> str:
+    """The job's environment, for its log: the pipeline image sets CIFARFLOW_IMAGE (the host has none)."""
+    image = os.environ.get("CIFARFLOW_IMAGE")
+    where = f"image {image}" if image else "no container image (the host's environment)"
+    return f"running in {where}: Python {platform.python_version()} at {sys.prefix}"
+
+
 def run_cli(main: Callable[[argparse.Namespace], None], parser: argparse.ArgumentParser) -> None:
     """Parse args, set up logging to --log, run `main`; a PipelineError exits 1 with its message only."""
     parser.add_argument("--log", help="the rule's log file (also logged to stderr)")
     args = parser.parse_args()
     setup_logging(args.log)
+    log.info("%s", where_running())
     # Snakemake stops jobs with SIGTERM: unwind like Ctrl-C, so cleanups run (servers, partial files).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     start = time.perf_counter()
