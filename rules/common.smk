@@ -29,9 +29,10 @@ DATASET_ID = dataset_id(DATASET)
 DATA_DIR = f"results/data/{DATASET_ID}"
 EXPERIMENTS = sorted(config["experiments"])
 EXPORT = config["export"]
-# The image every rule runs in under --sdm apptainer (profiles/slurm); None = the environment the job
-# inherits (the venv). One image for CPU and GPU rules: PyPI's torch wheel is the CUDA build and runs
-# on CPUs too, and `--nv` (apptainer-args) brings in the host's driver on GPU nodes.
+# The pipeline image (containers/pipeline) every rule runs in under --use-singularity (= --sdm
+# apptainer; profiles/slurm), except the two serving rules that drive a container engine themselves
+# (rules/serve.smk). None = the environment the job inherits (the venv). One image for CPU and GPU
+# rules: its CUDA variant runs on CPUs too, and `--apptainer-args="--nv"` brings in the node's driver.
 PIPELINE_IMAGE = config["container"]["image"] or None
 
 if (
@@ -41,7 +42,7 @@ if (
     logger.warning(
         "software-deployment-method apptainer is on, but config container.image is empty: every "
         "rule runs in the environment its job inherits (the venv on PATH), not in a container. "
-        "Set container.image (README, 'Running on a Slurm cluster') to run the rules in the image."
+        "Set container.image (README, 'Every rule in a container') to run the rules in the image."
     )
 
 

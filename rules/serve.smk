@@ -1,6 +1,8 @@
 # Serving: the exported model in an image, evaluated as served over the network, then registered.
 # build_serving_image and evaluate_served_model drive a container engine themselves (serving.engine),
-# so they have no container: of their own and run where that engine is: on the host.
+# so they have no container: of their own and run where that engine is: on the host, even under
+# --use-singularity (an engine inside the pipeline image could neither build nor start images there).
+# register_model runs in the pipeline image like every other rule.
 
 
 # Runs where Snakemake runs (localrule): that machine's engine builds and keeps the image.
@@ -82,6 +84,8 @@ rule register_model:
     localrule: True
     conda:
         "../envs/serve.yaml"
+    container:
+        PIPELINE_IMAGE
     threads: 1
     params:
         settings=registry_settings,

@@ -4,8 +4,9 @@ with its Slurm log named; the rerun resumes without redoing finished jobs and re
 Slurm cancels; every job's placement comes from the profile; the results equal a local run's.
 
 The profile runs unedited, with the flags this cluster needs (below). Its Apptainer setting stays
-on but does nothing here: config container.image is empty (no Apptainer on Debian 12), so the jobs
-use the venv they inherit, as on a cluster where the project is installed on the shared filesystem.
+on but does nothing here: the test empties config container.image (no Apptainer on Debian 12), so
+the jobs use the venv they inherit, as on a cluster where the project is installed on the shared
+filesystem. Rules in the pipeline image under --use-singularity: tests/test_workflow_containers.py.
 """
 
 from __future__ import annotations
@@ -36,12 +37,14 @@ SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\
 
 
 def config_overrides() -> tuple[str, ...]:
-    """Serve the model as a plain subprocess where the workflow has serving rules (no container
-    engine is needed on the node for that)."""
+    """No pipeline image (the default would be pulled through Apptainer, which is not here); serve
+    the model as a plain subprocess where the workflow has serving rules (no container engine is
+    needed on the node for that)."""
+    overrides = ["container={'image': ''}"]
     schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
     if "engine" in schema["properties"].get("serving", {}).get("properties", {}):
-        return ("--config", "serving={'engine': 'process'}")
-    return ()
+        overrides.append("serving={'engine': 'process'}")
+    return ("--config", *overrides)
 
 
 def slurm_args(cluster: SlurmCluster) -> tuple[str, ...]:
