@@ -1,0 +1,238 @@
+"""Every rule in the pipeline image: containers/pipeline built with Podman from the local debootstrap
+base, then the offline demo (with int8 quantisation, so that every rule with a container runs) end to
+end with `snakemake --use-singularity`, Apptainer played by tests/apptainer_via_podman (Apptainer
+cannot be installed on Debian 12; Podman runs the image instead, the working directory bound at the
+same path, as Apptainer binds it).
+
+Proof that each containerised job ran inside the image: its log says so (CIFARFLOW_IMAGE, set only
+by the image, and Python at /opt/venv, which the host lacks), the stand-in recorded one `podman run`
+of the image per job, and MLflow tagged the job with the image. The two rules that drive a container
+engine ran on the host. The results equal those of a run without containers: same dataset
+checksums, bit-identical training (same seed, same CPU, same torch), the same ONNX weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import onnx
+import pytest
+import yaml
+from conftest import ROOT, copy_workflow, jobs_run
+from mlflow import MlflowClient
+from onnx import numpy_helper
+from test_mlflow_hook import runs_of, sqlite_uri
+from test_training import without_timings
+
+pytestmark = pytest.mark.workflow
+BIN = Path(sys.executable).parent
+STAND_IN = ROOT / "tests" / "apptainer_via_podman"
+BUILD = ROOT / "containers" / "pipeline" / "build.py"
+DEMO = ("--configfile", "config/demo.yaml", "local.yaml")
+# They drive Podman/Docker/Apptainer themselves (rules/serve.smk): on the host, never in the image.
+HOST_RULES = {"build_serving_image", "evaluate_served_model"}
+# The demo DAG end to end with export.quantize int8: every rule but download_cifar10 (cifar10 source
+# only; it needs the internet or a hand-placed archive, so this offline test cannot run it).
+DEMO_RULES = {
+    "prepare_dataset",
+    "train_model",
+    "export_onnx",
+    "quantize_onnx",
+    "build_serving_image",
+    "evaluate_served_model",
+    "register_model",
+    "plot_dataset",
+    "plot_training",
+    "tabulate_export",
+    "tabulate_manifest",
+    "plot_evaluation",
+    "compare_experiments",
+}
+
+
+@pytest.fixture(scope="module")
+def pipeline_image(podman) -> dict:
+    """The CUDA variant (the one buildable here: the CPU wheels' index is not reachable), on the
+    local base; the host's local wheel directories are mounted into the build (build.py)."""
+    build = subprocess.run(
+        [sys.executable, str(BUILD), "--engine", "podman", "--base-image", podman["base_image"]],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-6000:]
+    image = json.loads(build.stdout.strip().splitlines()[-1])
+    print(f"pipeline image: {image}")
+    return {**image, "ref": f"localhost/{image['image']}"}
+
+
+def snakemake(workdir: Path, *args: str, path: list[Path], env: dict | None = None, timeout: float = 900):
+    env = dict(os.environ, **(env or {}), PATH=os.pathsep.join([*map(str, path), os.environ["PATH"]]))
+    start = time.monotonic()
+    proc = subprocess.run(
+        [str(BIN / "snakemake"), "--cores", "2", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    print(f"snakemake {' '.join(args)}: {time.monotonic() - start:.0f} s")
+    assert proc.returncode == 0, f"snakemake {args} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-8000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, podman, pipeline_image):
+    base = tmp_path_factory.mktemp("containers")
+    stand_in = base / "bin"
+    stand_in.mkdir()
+    (stand_in / "apptainer").symlink_to(STAND_IN)
+    trace = base / "podman-runs.jsonl"
+    settings = {
+        "container": {"image": f"docker://{pipeline_image['ref']}"},
+        "serving": podman,  # the serving image's base and build options, for build_serving_image
+        "export": {"quantize": "int8"},
+    }
+    boxed, plain = copy_workflow(base / "boxed"), copy_workflow(base / "plain")
+    for workdir in (boxed, plain):
+        (workdir / "local.yaml").write_text(yaml.safe_dump(settings))
+    in_image = snakemake(
+        boxed,
+        "--use-singularity",
+        *DEMO,
+        path=[stand_in, BIN],
+        env={"APPTAINER_VIA_PODMAN_TRACE": str(trace)},
+    )
+    # The same config without --use-singularity: container.image is set, and not used.
+    # (The trace would show it if anything ran through the stand-in.)
+    tracing = {"APPTAINER_VIA_PODMAN_TRACE": str(trace)}
+    snakemake(plain, "--until", "export_onnx", *DEMO, path=[BIN], env=tracing)
+    output = in_image.stdout + in_image.stderr
+    return {"boxed": boxed, "plain": plain, "output": output, "proc": in_image, "trace": trace}
+
+
+def job_logs(workdir: Path, rule: str) -> list[Path]:
+    logs = sorted(p for p in (workdir / "logs" / rule).glob("*.log") if not p.name.endswith(".server.log"))
+    assert logs, f"no log of {rule}"
+    return logs
+
+
+def test_the_image_holds_the_rules_dependencies_but_not_snakemake_or_this_project(pipeline_image):
+    probe = (
+        "import importlib.util as u, os, torch, onnxruntime, mlflow;"
+        "print(json.dumps({'snakemake': u.find_spec('snakemake') is not None,"
+        " 'cifarflow': u.find_spec('cifarflow') is not None, 'torch': torch.__version__,"
+        " 'cuda': torch.version.cuda, 'image': os.environ['CIFARFLOW_IMAGE']}))"
+    )
+    out = subprocess.run(
+        ["podman", "run", "--rm", pipeline_image["ref"], "python", "-c", "import json;" + probe],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    found = json.loads(out.stdout)
+    import torch
+
+    assert found == {
+        "snakemake": False,
+        "cifarflow": False,
+        "torch": torch.__version__,  # the host's torch: same build, same results
+        "cuda": torch.version.cuda,
+        "image": pipeline_image["image"],
+    }
+    inspect = subprocess.run(
+        ["podman", "image", "inspect", pipeline_image["ref"]], capture_output=True, text=True
+    )
+    labels = json.loads(inspect.stdout)[0]["Config"]["Labels"]
+    version = pipeline_image["image"].split(":")[1]
+    assert labels["org.opencontainers.image.title"] == "cifarflow-pipeline"
+    assert labels["org.opencontainers.image.version"] == version and version.endswith("-cuda")
+    assert labels["io.cifarflow.torch.variant"] == "cuda"
+    assert "org.opencontainers.image.revision" in labels
+    print(f"image size: {pipeline_image['size_bytes'] / 2**30:.2f} GiB")
+
+
+def test_the_demo_ran_end_to_end_every_containerised_job_inside_the_image(runs, pipeline_image):
+    boxed = runs["boxed"]
+    jobs = jobs_run(runs["proc"])
+    assert set(jobs) - {"all"} == DEMO_RULES, jobs
+    in_image = sum(n for rule, n in jobs.items() if rule in DEMO_RULES - HOST_RULES)
+    where = f"running in image {pipeline_image['image']}: Python "
+    for rule in DEMO_RULES:
+        for log in job_logs(boxed, rule):
+            first = log.read_text().splitlines()[0]
+            if rule in HOST_RULES:
+                assert "no container image" in first and first.endswith(f" at {sys.prefix}"), (log, first)
+            else:
+                assert where in first and first.endswith(" at /opt/venv"), (log, first)
+    # The stand-in ran each of them with `podman run` of exactly this image, in this directory.
+    records = [json.loads(line) for line in runs["trace"].read_text().splitlines()]
+    assert len(records) == in_image and runs["output"].count("Activating singularity image") == in_image
+    assert {(r["image"], r["id"], r["cwd"]) for r in records} == {
+        (pipeline_image["ref"], pipeline_image["id"], str(boxed))
+    }
+    # The MLflow hook tagged every containerised job with the image, and only those.
+    image = f"docker://{pipeline_image['ref']}"
+    for run in runs_of(sqlite_uri(boxed), "cifar10").children:
+        rule = run.info.run_name.split("/")[0]
+        assert run.data.tags.get("container.image") == (None if rule in HOST_RULES else image), rule
+
+
+def test_register_model_registered_from_inside_the_image(runs, pipeline_image):
+    boxed = runs["boxed"]
+    registration = json.loads((boxed / "results/register/default/registration.json").read_text())
+    version = MlflowClient(sqlite_uri(boxed)).get_model_version(registration["name"], registration["version"])
+    manifest = json.loads((boxed / "results/image/default/manifest.json").read_text())
+    assert version.tags["image"] == manifest["image"] and registration["champion"] is True
+
+
+def test_without_use_singularity_the_configured_image_is_not_used(runs):
+    plain = runs["plain"]
+    for rule in ("prepare_dataset", "train_model", "export_onnx"):
+        first = job_logs(plain, rule)[0].read_text().splitlines()[0]
+        assert "no container image" in first and first.endswith(f" at {sys.prefix}"), first
+    assert not any((plain / ".snakemake" / "singularity").iterdir())  # nothing pulled
+
+
+def test_results_equal_a_run_without_containers(runs):
+    boxed, plain = runs["boxed"], runs["plain"]
+    (meta,) = (plain / "results" / "data").glob("*/meta.json")
+    relative = meta.relative_to(plain)
+    # meta.json holds the sha256 of every array
+    assert json.loads((boxed / relative).read_text()) == json.loads(meta.read_text())
+
+    def metrics(workdir: Path, stage: str) -> dict:
+        return json.loads((workdir / "results" / stage / "default" / "metrics.json").read_text())
+
+    # same seed, same CPU, same threads, same torch: training is bit-identical
+    trained = without_timings(metrics(boxed, "train"))
+    assert trained == without_timings(metrics(plain, "train")) and trained["test_accuracy"] > 0.9
+    unequal = {"latency_ms_p50", "latency_ms_p99", "throughput_images_per_second"}
+    exported = {k: v for k, v in metrics(boxed, "export").items() if k not in unequal}
+    assert exported == {k: v for k, v in metrics(plain, "export").items() if k not in unequal}
+    ops, weights = graph(boxed / "results/export/default/model.onnx")
+    assert ops and weights and (ops, weights) == graph(plain / "results/export/default/model.onnx")
+
+
+def graph(path: Path) -> tuple[list[str], dict[str, bytes]]:
+    """An ONNX graph's operators in order and its weights, byte for byte."""
+    model = onnx.load(path)
+    weights = {i.name: numpy_helper.to_array(i).tobytes() for i in model.graph.initializer}
+    return [node.op_type for node in model.graph.node], weights
+
+
+def test_the_stand_in_never_pulls_and_refuses_what_it_does_not_do(tmp_path, podman):
+    def stand_in(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(STAND_IN), *args], cwd=tmp_path, capture_output=True, text=True)
+
+    assert stand_in("--version").stdout == "apptainer version 1.3.4\n"  # what Snakemake parses
+    missing = stand_in("pull", "--name", "x.simg", "docker://localhost/cifarflow-no-such-image:0")
+    assert missing.returncode != 0 and "never pulls" in missing.stderr and not (tmp_path / "x.simg").exists()
+    unknown = stand_in("exec", "--containall", "docker://localhost/whatever:0", "true")
+    assert unknown.returncode != 0 and "--containall is not supported" in unknown.stderr
