@@ -303,3 +303,22 @@ def test_a_missing_model_is_a_clear_cli_error(tmp_path):
         text=True,
     )
     assert run.returncode == 2 and "is not a file" in run.stderr
+
+
+def test_a_chunked_body_over_the_limit_gets_413_too(server):
+    """No Content-Length to refuse on: the limit is counted as the body streams in."""
+    import http.client
+
+    _, http_port, _ = server
+    conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=30)
+    chunks = (bytes(256 * 1024) for _ in range(8))  # 2 MiB against a 1 MiB limit
+    conn.request(
+        "POST",
+        f"/v2/models/{NAME}/infer",
+        body=chunks,
+        encode_chunked=True,
+        headers={"Inference-Header-Content-Length": "10"},
+    )
+    response = conn.getresponse()
+    assert response.status == 413 and b"over the server's limit" in response.read()
+    assert request(http_port, "/v2/health/ready") == (200, {"ready": True})

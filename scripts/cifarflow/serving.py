@@ -128,13 +128,24 @@ def _kserve_model():
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over `max_bytes` gets 413 before it is read into memory."""
+    """ASGI middleware: a request body over `max_bytes` gets 413 and is never held in memory.
 
-    class TooLarge(Exception):
-        pass
+    With a Content-Length the answer is decided up front; a chunked body is read up to the limit
+    before the app sees it. The rest of a refused body is read and dropped (up to DRAIN_FACTOR
+    times the limit), so that a client still sending sees the 413 instead of a reset connection.
+    """
+
+    DRAIN_FACTOR = 16
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
+
+    async def _drain(self, receive, seen: int = 0) -> None:
+        while seen <= self.DRAIN_FACTOR * self.max_bytes:
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body"):
+                return
 
     async def _refuse(self, send) -> None:
         body = json.dumps(
@@ -156,22 +167,29 @@ class BodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await self._refuse(send)
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
+        if length is not None and length.isdigit():
+            if int(length) > self.max_bytes:
+                await self._drain(receive)
+                return await self._refuse(send)
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0  # no Content-Length: count the body as it arrives
+        while True:
             message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise self.TooLarge
-            return message
+            if message["type"] != "http.request":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self._drain(receive, size)
+                return await self._refuse(send)
+            if not message.get("more_body"):
+                break
+        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
 
-        try:
-            await self.app(scope, limited_receive, send)
-        except self.TooLarge:
-            await self._refuse(send)
+        async def replayed():
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, replayed, send)
 
 
 def classify_image(model, data: bytes, top_k: int) -> dict:
