@@ -105,6 +105,7 @@ def runs(tmp_path_factory, podman, pipeline_image):
     in_image = snakemake(
         boxed,
         "--use-singularity",
+        "--apptainer-args=--nv",  # as on a GPU node (README); the stand-in accepts and ignores it
         *DEMO,
         path=[stand_in, BIN],
         env={"APPTAINER_VIA_PODMAN_TRACE": str(trace)},
@@ -174,8 +175,8 @@ def test_the_demo_ran_end_to_end_every_containerised_job_inside_the_image(runs, 
     # The stand-in ran each of them with `podman run` of exactly this image, in this directory.
     records = [json.loads(line) for line in runs["trace"].read_text().splitlines()]
     assert len(records) == in_image and runs["output"].count("Activating singularity image") == in_image
-    assert {(r["image"], r["id"], r["cwd"]) for r in records} == {
-        (pipeline_image["ref"], pipeline_image["id"], str(boxed))
+    assert {(r["image"], r["id"], r["cwd"], r["nv"]) for r in records} == {
+        (pipeline_image["ref"], pipeline_image["id"], str(boxed), True)  # --nv: --apptainer-args reached it
     }
     # The MLflow hook tagged every containerised job with the image, and only those.
     image = f"docker://{pipeline_image['ref']}"
