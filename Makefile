@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run demo test ui lint clean
+.PHONY: install run demo test ui lint clean pipeline-image
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,14 @@ test: install  ## the whole test suite
 ui: install  ## browse every run's params and metrics (MLflow's default store: ./mlflow.db)
 	mlflow ui
 
+# The pipeline image for snakemake --use-singularity (README, "Every rule in a container"), with Podman
+# (else Docker): VARIANT=cuda (default) or cpu; BASE_IMAGE=... where Docker Hub is out of reach.
+VARIANT ?= cuda
+pipeline-image: install
+	$(BIN)/python containers/pipeline/build.py --variant $(VARIANT) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE))
+
 lint: install
-	ruff check scripts tests bench
+	ruff check scripts tests bench containers tests/apptainer_via_podman
 	snakefmt --check Snakefile rules
 	snakemake --lint
 
