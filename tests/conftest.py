@@ -30,6 +30,20 @@ def copy_workflow(target: Path) -> Path:
     return target
 
 
+@pytest.fixture(autouse=True)
+def _no_mlflow_uri_leaks():
+    """mlflow.set_tracking_uri() also sets MLFLOW_TRACKING_URI in os.environ, which every later
+    snakemake subprocess would inherit: each test starts without it and leaves it as it was."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {name: os.environ.pop(name, None) for name in names}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture
 def workflow(tmp_path: Path) -> Path:
     return copy_workflow(tmp_path / "wf")

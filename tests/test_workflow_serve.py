@@ -147,6 +147,7 @@ def test_the_model_is_registered_with_signature_tags_and_the_champion_alias(serv
     record = read_json(wf / REGISTRATION)
     assert record["champion"] is True and record["version"] == record["champion_version"] == 1
     mlflow.set_tracking_uri(f"sqlite:///{wf / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{wf / 'mlflow.db'}")  # an earlier test may have set another
     client = MlflowClient()
     version = client.get_model_version_by_alias(record["name"], "champion")
     manifest = read_json(wf / f"results/image/{EXP}/manifest.json")

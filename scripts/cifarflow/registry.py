@@ -60,7 +60,8 @@ def register(
     from mlflow.exceptions import MlflowException
 
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient()
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     tags = {**tags, "accuracy": f"{accuracy:.6f}"}
     with exclusive(lock_file):
         existing = [
