@@ -1,6 +1,6 @@
 """Serving benchmark: the model as served vs in-process ONNX Runtime, batch-1 latency, and load.
 
-    python bench/serve_speed.py [--model model.onnx] [--engine process|podman --image REF]
+    python bench/serve_speed.py [--model model.onnx] [--engine process|podman|docker [--base-image ...]]
 
 Without --model it exports the default recipe's network (fast, widths 32/96/192) after one epoch on
 small synthetic data: speed does not depend on the weights. Targets (issue 4): served throughput at
@@ -23,7 +23,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from cifarflow.engines import container_name, running  # noqa: E402
+from cifarflow.engines import build, container_name, running  # noqa: E402
 from cifarflow.evaluation import Client, latencies_ms  # noqa: E402
 from cifarflow.serving import INPUT, OUTPUTS, load_session  # noqa: E402
 
@@ -133,7 +133,17 @@ def main() -> None:
     )
     parser.add_argument("--model", type=Path)
     parser.add_argument("--engine", default="process", choices=["process", "podman", "docker"])
-    parser.add_argument("--image", help="serving image reference (podman/docker)")
+    parser.add_argument(
+        "--base-image",
+        default="docker.io/library/python:3.11-slim-bookworm",
+        help="BASE_IMAGE for the serving image built around the model (podman/docker)",
+    )
+    parser.add_argument(
+        "--build-option",
+        action="append",
+        default=[],
+        help="an extra build argument (repeatable), e.g. the CA bundle: -v /etc/ssl/certs:/etc/ssl/certs:ro",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--clients", type=int, default=32)
@@ -151,7 +161,17 @@ def main() -> None:
 
         inproc = per_batch_ms(inprocess, batch)
         inproc_1 = np.percentile([per_batch_ms(inprocess, images[:1], 0.01) for _ in range(200)], 50)
-        image = args.image or str(model)
+        image = str(model)
+        if args.engine != "process":  # the same model, in the serving image
+            image = build(
+                args.engine,
+                model,
+                "cifarflow-serving:bench",
+                {"BASE_IMAGE": args.base_image},
+                {},
+                args.build_option,
+                Path(tmp) / "serving.sif",
+            ).image
         figures = {
             "engine": args.engine,
             "batch": args.batch,
