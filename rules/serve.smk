@@ -58,6 +58,10 @@ rule evaluate_served_model:
     conda:
         "../envs/serve.yaml"
     threads: 2
+    # the server (ONNX Runtime arenas at batch 256: ~0.9 GB RSS) plus the test split and the client
+    resources:
+        mem_mb=by_attempt(4000),
+        runtime=by_attempt(30),
     params:
         settings=evaluation_settings,
         data=DATA_DIR,
