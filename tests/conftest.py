@@ -32,11 +32,15 @@ def copy_workflow(target: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _no_mlflow_uri_leaks():
-    """mlflow.set_tracking_uri() also sets MLFLOW_TRACKING_URI in os.environ, which every later
-    snakemake subprocess would inherit: each test starts without it and leaves it as it was."""
+    """mlflow.set_tracking_uri() / set_registry_uri() set process-wide defaults and export them to
+    os.environ, which later tests and every later snakemake subprocess would inherit: each test
+    starts without them and leaves no default behind."""
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
     saved = {name: os.environ.pop(name, None) for name in names}
     yield
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_tracking_uri(None)
+        sys.modules["mlflow"].set_registry_uri(None)
     for name, value in saved.items():
         if value is None:
             os.environ.pop(name, None)
