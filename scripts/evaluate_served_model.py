@@ -17,10 +17,9 @@ from cifarflow.evaluation import (
     confusion,
     latencies_ms,
     offline_predictions,
-    plot_confusion,
-    plot_latency,
     served_predictions,
 )
+from cifarflow.plots import confusion_matrix, latency_histogram, save_png
 from cifarflow.runtime import atomic_path, run_cli, write_metrics
 
 log = logging.getLogger("cifarflow")
@@ -105,10 +104,8 @@ def main(args: argparse.Namespace) -> None:
         )
 
     title = f"{args.experiment}: {manifest['model_name']} as served ({manifest['engine']})"
-    with atomic_path(out / "confusion_matrix.png") as tmp:
-        plot_confusion(matrix, class_names, title, tmp)
-    with atomic_path(out / "latency_histogram.png") as tmp:
-        plot_latency(latency, title, tmp)
+    save_png(confusion_matrix(matrix, class_names, title), out / "confusion_matrix.png")
+    save_png(latency_histogram(latency, title), out / "latency_histogram.png")
     table = pd.DataFrame(
         {
             "index": np.arange(len(images)),

@@ -12,7 +12,6 @@ def main(args: argparse.Namespace) -> None:
     settings = json.loads(args.settings)
     manifest = json.loads(Path(args.manifest).read_text())
     figures = json.loads(Path(args.evaluation).read_text())
-    classes = sum(key.startswith("recall_") for key in figures)
     tags = {
         "image": manifest["image"],
         "image_id": manifest["image_id"],
@@ -30,7 +29,6 @@ def main(args: argparse.Namespace) -> None:
         settings["register"]["alias"],
         tags,
         figures["accuracy"],
-        classes,
         tracking_uri(settings["mlflow"]["tracking_uri"]),
         Path(args.output).parent.parent / ".registry.lock",
     )

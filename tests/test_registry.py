@@ -16,7 +16,7 @@ def test_champion_moves_only_to_a_better_model_on_the_same_dataset(model, tmp_pa
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
     def reg(sha, accuracy, dataset="synthetic-tiny"):
-        return register(model, "clf", "champion", tags(sha, dataset), accuracy, 10, uri, tmp_path / "lock")
+        return register(model, "clf", "champion", tags(sha, dataset), accuracy, uri, tmp_path / "lock")
 
     first = reg("a" * 64, 0.90)
     assert (first["version"], first["champion"], first["champion_version"]) == (1, True, 1)

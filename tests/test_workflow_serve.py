@@ -3,8 +3,8 @@ served over the network, gated and registered; rebuild rules; failures leave not
 
 import json
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +17,7 @@ import yaml
 from conftest import copy_workflow, jobs_run, snakemake
 from mlflow import MlflowClient
 from PIL import Image
+from test_serving import port_free
 
 pytestmark = pytest.mark.workflow
 EXP = "default"
@@ -39,14 +40,7 @@ def no_eval_containers() -> list[str]:
 
 
 def ports_in(server_log: str) -> list[int]:
-    import re
-
     return [int(p) for p in re.findall(r"(?:HTTP|gRPC) :(\d+)", server_log)]
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
 @pytest.fixture(scope="module")

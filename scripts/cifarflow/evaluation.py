@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import PipelineError
 from .runtime import progress
-from .serving import INPUT, OUTPUTS, load_session
+from .serving import INPUT, OUTPUTS, load_session, ort_runner, predict
 
 log = logging.getLogger("cifarflow")
 WARMUP = 20
@@ -76,14 +76,11 @@ def offline_predictions(
     model: Path, images: np.ndarray, batch: int, threads: int
 ) -> tuple[np.ndarray, float]:
     """(probabilities, wall seconds) from in-process ONNX Runtime, same batches, same threads."""
-    session = load_session(model, threads)
-    session.run([OUTPUTS[1]], {INPUT: np.ascontiguousarray(images[:batch])})
+    run = ort_runner(load_session(model, threads))
+    run(np.ascontiguousarray(images[:batch]))  # warm up outside the timing
     begin = time.perf_counter()
-    parts = [
-        session.run([OUTPUTS[1]], {INPUT: np.ascontiguousarray(images[i : i + batch])})[0]
-        for i in range(0, len(images), batch)
-    ]
-    return np.concatenate(parts), time.perf_counter() - begin
+    _, probabilities = predict(run, images, batch)
+    return probabilities, time.perf_counter() - begin
 
 
 def latencies_ms(client: Client, images: np.ndarray, requests: int) -> np.ndarray:
@@ -120,59 +117,6 @@ def classification_metrics(matrix: np.ndarray, class_names: list[str]) -> dict[s
         metrics[f"precision_{name}"] = round(float(p), 6)
         metrics[f"recall_{name}"] = round(float(r), 6)
     return metrics
-
-
-def plot_confusion(matrix: np.ndarray, class_names: list[str], title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(7.5, 6.5), dpi=110)
-    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    ticks = range(len(class_names))
-    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
-    ax.set_yticks(ticks, class_names)
-    ax.set_xlabel("predicted (as served)")
-    ax.set_ylabel("true")
-    for i in ticks:
-        for j in ticks:
-            if matrix[i, j]:
-                ax.text(
-                    j,
-                    i,
-                    str(matrix[i, j]),
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="white" if rates[i, j] > 0.5 else "black",
-                )
-    fig.colorbar(image, ax=ax, label="fraction of the true class")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
-
-
-def plot_latency(latency_ms: np.ndarray, title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    ax.hist(latency_ms, bins=50, color="#4c72b0")
-    for q, style in ((50, "-"), (95, "--"), (99, ":")):
-        value = np.percentile(latency_ms, q)
-        ax.axvline(value, color="black", linestyle=style, label=f"p{q} {value:.2f} ms")
-    ax.set_xlabel("round trip, one image, v2 gRPC on loopback (ms)")
-    ax.set_ylabel("requests")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
 
 
 def check_agreement(served: np.ndarray, offline: np.ndarray, tolerance: float) -> dict[str, float]:

@@ -22,7 +22,7 @@ from torch import nn
 from .dataset import load_split
 from .errors import PipelineError
 from .runtime import atomic_path
-from .serving import INPUT, OUTPUTS, load_session
+from .serving import INPUT, OUTPUTS, load_session, ort_runner, predict
 from .training import load_checkpoint
 
 log = logging.getLogger("cifarflow")
@@ -43,16 +43,6 @@ class ServingModel(nn.Module):
         x = image.permute(0, 3, 1, 2).float() / 255.0
         logits = self.classifier(x)
         return logits, torch.softmax(logits, dim=1)
-
-
-def predict(run, images: np.ndarray, batch: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, probabilities) of `run(batch_uint8) -> (logits, probs)` over all images."""
-    outs = [run(np.ascontiguousarray(images[i : i + batch])) for i in range(0, len(images), batch)]
-    return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
-
-
-def ort_runner(sess: ort.InferenceSession):
-    return lambda x: sess.run(list(OUTPUTS), {INPUT: x})
 
 
 def torch_runner(model: nn.Module):

@@ -1,5 +1,6 @@
-"""The report's figures, drawn with matplotlib (Agg): sample grids, training curves, the most
-confidently wrong test images, and the experiment comparison. Functions take data, return figures."""
+"""The figures, drawn with matplotlib (Agg): the evaluation's confusion matrix and latency histogram,
+and the report's sample grids, training curves, most confidently wrong test images and experiment
+comparison. Functions take data, return figures; save_png writes them."""
 
 from __future__ import annotations
 
@@ -30,6 +31,42 @@ def save_png(fig: Figure, path: str | os.PathLike) -> None:
             fig.savefig(tmp, format="png", dpi=DPI, metadata=PNG_METADATA, bbox_inches="tight")
     finally:
         plt.close(fig)
+
+
+def confusion_matrix(matrix: np.ndarray, class_names: list[str], title: str) -> Figure:
+    """[true, predicted] counts as a heat map of per-true-class rates, with the counts written in."""
+    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ticks = range(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=45, ha="right")
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel("predicted (as served)")
+    ax.set_ylabel("true")
+    for i in ticks:
+        for j in ticks:
+            if matrix[i, j]:
+                color = "white" if rates[i, j] > 0.5 else "black"
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=7, color=color)
+    fig.colorbar(image, ax=ax, label="fraction of the true class")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def latency_histogram(latency_ms: np.ndarray, title: str) -> Figure:
+    """Single-image round trips with p50, p95 and p99 marked."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(latency_ms, bins=50, color="#4c72b0")
+    for q, style in ((50, "-"), (95, "--"), (99, ":")):
+        value = np.percentile(latency_ms, q)
+        ax.axvline(value, color="black", linestyle=style, label=f"p{q} {value:.2f} ms")
+    ax.set_xlabel("round trip, one image, v2 gRPC on loopback (ms)")
+    ax.set_ylabel("requests")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
 
 
 def sample_indices(labels: np.ndarray, num_classes: int, per_class: int, seed: int = 0) -> list[np.ndarray]:

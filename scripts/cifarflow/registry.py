@@ -19,10 +19,12 @@ def tracking_uri(configured: str) -> str:
     return uri or f"sqlite:///{os.path.abspath('mlflow.db')}"
 
 
-def signature(classes: int):
+def signature(model):
+    """The exported graph's interface: uint8 images in, float32 [-1, classes] logits and probabilities out."""
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
+    classes = model.graph.output[0].type.tensor_type.shape.dim[1].dim_value
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 32, 32, 3), "image")]),
         outputs=Schema(
@@ -49,7 +51,6 @@ def register(
     alias: str,
     tags: dict[str, str],
     accuracy: float,
-    classes: int,
     uri: str,
     lock_file: Path,
 ) -> dict:
@@ -78,10 +79,11 @@ def register(
                 tags["model_sha256"][:12],
             )
         else:
+            model = onnx.load(str(model_path))
             info = mlflow.onnx.log_model(
-                onnx.load(str(model_path)),
+                model,
                 name="model",
-                signature=signature(classes),
+                signature=signature(model),
                 registered_model_name=name,
             )
             version = str(info.registered_model_version)

@@ -39,6 +39,17 @@ def load_session(path: str | Path, threads: int = 0) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def ort_runner(session: ort.InferenceSession):
+    """`run(batch_uint8) -> (logits, probabilities)` for predict()."""
+    return lambda x: session.run(list(OUTPUTS), {INPUT: x})
+
+
+def predict(run, images: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, probabilities) of `run(batch_uint8) -> (logits, probs)` over all images, batch by batch."""
+    outs = [run(np.ascontiguousarray(images[i : i + batch])) for i in range(0, len(images), batch)]
+    return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+
+
 def check_images(images: np.ndarray) -> None:
     """The one input contract, for every path into the model: uint8 [N, 32, 32, 3], N >= 1."""
     if images.dtype != np.uint8:
