@@ -24,7 +24,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import make_image_tree, snakemake, write_yaml
+from conftest import ROOT, make_image_tree, snakemake, write_yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from snakemake_interface_logger_plugins.common import LogEvent
@@ -520,6 +520,70 @@ def test_parallel_jobs_plots_directories_containers_and_retries(tmp_path):
     assert boxed.data.tags["container.image"] == "docker://example.org/stand-in:1.0"
     assert "container.image" not in runs.named("tree").data.tags
     assert not any(key.startswith("params") for key in runs.named("boxed").data.params)  # it has none
+
+
+# ---- one place decides the store: the hook's and register_model's -------------------------
+
+# What the pipeline image is, for imports: MLflow, numpy, the scripts/ directory, no Snakemake.
+WITHOUT_SNAKEMAKE = """
+import sys
+
+class NoSnakemake:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "snakemake" or name.startswith("snakemake_interface"):
+            raise ImportError(f"No module named {name!r} (the pipeline image has no Snakemake)")
+
+sys.meta_path.insert(0, NoSnakemake())
+from cifarflow.registry import tracking_uri
+print(tracking_uri(""))
+import snakemake_logger_plugin_mlflow as plugin
+try:
+    plugin.LogHandler
+except ImportError as exc:
+    print(exc)
+print(sorted(name for name in sys.modules if name.startswith("snakemake")))
+"""
+
+
+def test_one_place_decides_the_store_and_it_needs_no_snakemake(tmp_path, monkeypatch):
+    from cifarflow import registry
+    from snakemake_interface_logger_plugins.registry import LoggerPluginRegistry
+    from snakemake_logger_plugin_mlflow import uri
+    from snakemake_logger_plugin_mlflow.hook import MlflowHook
+
+    assert registry.tracking_uri is uri.tracking_uri  # register_model's, re-exported
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    hook = MlflowHook(LogHandlerSettings(), logging.getLogger("test.uri"), dryrun=False)
+    assert hook._tracking_uri() == registry.tracking_uri("") == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert hook._tracking_uri() == registry.tracking_uri("") == "http://127.0.0.1:5000"
+    hook.state.config = {"mlflow": {"tracking_uri": "sqlite:///configured.db"}}
+    assert (
+        hook._tracking_uri() == registry.tracking_uri("sqlite:///configured.db") == "sqlite:///configured.db"
+    )
+    hook.settings = LogHandlerSettings(tracking_uri="http://127.0.0.1:5001")  # the hook's own setting
+    assert hook._tracking_uri() == "http://127.0.0.1:5001"
+
+    # The registry step imports it in the pipeline image, where Snakemake is not installed.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    run = subprocess.run(
+        [sys.executable, "-c", WITHOUT_SNAKEMAKE],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "scripts")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "No module named 'snakemake_interface_logger_plugins' (the pipeline image has no Snakemake)",
+        "['snakemake_logger_plugin_mlflow', 'snakemake_logger_plugin_mlflow.uri']",
+    ]
+    # ... and Snakemake still finds the plugin's two classes (they are loaded on first access).
+    plugin = LoggerPluginRegistry().get_plugin("mlflow")
+    assert plugin.log_handler is LogHandler and plugin.settings_cls is LogHandlerSettings
 
 
 # ---- unit level: the plugin's pieces, and its events against a real store --------------------

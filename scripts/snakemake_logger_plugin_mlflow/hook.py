@@ -47,6 +47,7 @@ from .content import (
     safe_key,
     truncate,
 )
+from .uri import tracking_uri
 
 PLOT_SUFFIXES = {".png", ".svg", ".jpg", ".jpeg", ".pdf"}
 PLOT_LIMIT = 5 << 20  # plots larger than 5 MiB are not uploaded
@@ -230,12 +231,11 @@ class MlflowHook:
     # ---- opening the store --------------------------------------------------------------------
 
     def _tracking_uri(self) -> str:
-        """--logger-mlflow-tracking-uri, else config mlflow.tracking_uri (register_model's store too),
-        else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."""
+        """--logger-mlflow-tracking-uri first, then what register_model uses too (uri.py)."""
         section = (self.state.config or {}).get("mlflow")
         configured = section.get("tracking_uri") if isinstance(section, dict) else None
-        uri = self.settings.tracking_uri or configured or os.environ.get("MLFLOW_TRACKING_URI")
-        return uri or f"sqlite:///{os.path.abspath('mlflow.db')}"
+        configured = configured if isinstance(configured, str) else None
+        return tracking_uri(configured, override=self.settings.tracking_uri)
 
     def _experiment_name(self) -> str:
         if self.settings.experiment:
