@@ -96,7 +96,9 @@ def by_attempt(amount):
 
 
 def train_gpus(wildcards):
-    """GPUs a training job asks for: one when its recipe trains on CUDA (training uses one device)."""
+    """GPUs a training job asks for: one when its recipe trains on CUDA (training uses one device),
+    none for cpu or auto (auto trains on whatever the node has: on Slurm, no GPU is waited for).
+    """
     return 1 if recipe(config, wildcards.experiment)["device"] == "cuda" else 0
 
 
