@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from .config import recipe_hash
+from .config import Recipe
 from .dataset import load_meta, load_split
 from .errors import PipelineError
 from .models import FastNet, build_model, count_parameters
@@ -69,31 +69,31 @@ def augment(x: torch.Tensor, flip: bool, translate: int, generator: torch.Genera
     return x
 
 
-def lr_at(step: int, total: int, recipe: dict) -> float:
+def lr_at(step: int, total: int, recipe: Recipe) -> float:
     """Learning rate at optimiser step `step` of `total` (warm-up from lr/10, then the schedule)."""
-    peak, warm = recipe["lr"], int(recipe["warmup"] * total)
+    peak, warm = recipe.lr, int(recipe.warmup * total)
     if step < warm:
         return peak * (0.1 + 0.9 * step / warm)
     progress_ = (step - warm) / max(1, total - warm)
-    if recipe["schedule"] == "onecycle":
+    if recipe.schedule == "onecycle":
         return peak * (1 - progress_)
-    if recipe["schedule"] == "cosine":
+    if recipe.schedule == "cosine":
         return peak * 0.5 * (1 + math.cos(math.pi * progress_))
     return peak
 
 
-def make_optimizer(model: nn.Module, recipe: dict) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
     groups = [
-        {"params": decay, "weight_decay": recipe["weight_decay"]},
+        {"params": decay, "weight_decay": recipe.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    if recipe["optimizer"] == "adamw":
-        return torch.optim.AdamW(groups, lr=recipe["lr"], betas=(recipe["momentum"], 0.999))
-    return torch.optim.SGD(groups, lr=recipe["lr"], momentum=recipe["momentum"], nesterov=recipe["nesterov"])
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe.lr, betas=(recipe.momentum, 0.999))
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
 
 
 def _autocast(device: torch.device):
@@ -158,22 +158,22 @@ def _seed_epoch(seed: int, epoch: int, device: torch.device) -> torch.Generator:
     return generator
 
 
-def train(data_dir: Path, recipe: dict, outdir: Path, threads: int = 0) -> dict:
+def train(data_dir: Path, recipe: Recipe, outdir: Path, threads: int = 0) -> dict:
     """Train one experiment; write model.pt, history.csv, tensorboard/ and return metrics."""
     from torch.utils.tensorboard import SummaryWriter  # heavy import, only where needed
 
     if threads:
         torch.set_num_threads(threads)
-    device = pick_device(recipe["device"])
+    device = pick_device(recipe.device)
     meta = load_meta(data_dir)
-    torch.manual_seed(recipe["seed"])
+    torch.manual_seed(recipe.seed)
     model = build_model(
-        recipe["model"], meta["mean"], meta["std"], meta["num_classes"], recipe["widths"], recipe["tta"]
+        recipe.model, meta["mean"], meta["std"], meta["num_classes"], recipe.widths, recipe.tta
     )
     model = model.to(device, memory_format=torch.channels_last)
     log.info(
         "model %s: %s parameters on %s, %d threads",
-        recipe["model"],
+        recipe.model,
         f"{count_parameters(model):,}",
         device,
         torch.get_num_threads(),
@@ -182,24 +182,20 @@ def train(data_dir: Path, recipe: dict, outdir: Path, threads: int = 0) -> dict:
     splits = {name: load_split(data_dir, name) for name in ("train", "val", "test")}
     images = {name: to_device_nchw(s.images, device) for name, s in splits.items()}
     labels = {name: torch.from_numpy(np.array(s.labels)).to(device) for name, s in splits.items()}
-    n_train, batch = len(labels["train"]), recipe["batch_size"]
+    n_train, batch = len(labels["train"]), recipe.batch_size
     if n_train < batch:
         raise PipelineError(f"train.batch_size {batch} is larger than the training split ({n_train} images)")
     if isinstance(model.body, FastNet):
         model.body.init_whitening(model.normalize(to_float(images["train"][:5000])))
 
     optimizer = make_optimizer(model, recipe)
-    ema = (
-        AveragedModel(model, multi_avg_fn=ema_update(recipe["ema"]), use_buffers=True)
-        if recipe["ema"]
-        else None
-    )
+    ema = AveragedModel(model, multi_avg_fn=ema_update(recipe.ema), use_buffers=True) if recipe.ema else None
     steps_per_epoch = n_train // batch  # drop the last partial batch: constant batch statistics
-    total_steps = steps_per_epoch * recipe["epochs"]
+    total_steps = steps_per_epoch * recipe.epochs
     state = TrainState()
 
     resume_path = outdir / "resume.pt"
-    identity = {"recipe_sha256": recipe_hash(recipe), "dataset_id": meta["dataset_id"]}
+    identity = {"recipe_sha256": recipe.sha256(), "dataset_id": meta["dataset_id"]}
     if resume_path.exists():
         saved = torch.load(resume_path, map_location=device, weights_only=True)
         if {k: saved.get(k) for k in identity} == identity:
@@ -216,11 +212,11 @@ def train(data_dir: Path, recipe: dict, outdir: Path, threads: int = 0) -> dict:
     for row in state.history:  # a resumed run's events start where the interrupted one stopped
         _write_epoch(writer, row)
     autocast = _autocast(device)
-    criterion = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"])
+    criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     evaluated = ema.module if ema is not None else model
 
-    for epoch in range(state.epoch, recipe["epochs"]):
-        generator = _seed_epoch(recipe["seed"], epoch, device)
+    for epoch in range(state.epoch, recipe.epochs):
+        generator = _seed_epoch(recipe.seed, epoch, device)
         model.train()
         order = torch.randperm(n_train, device=device, generator=generator)
         losses = torch.zeros(steps_per_epoch, device=device)
@@ -229,7 +225,7 @@ def train(data_dir: Path, recipe: dict, outdir: Path, threads: int = 0) -> dict:
         steps = progress(
             range(steps_per_epoch),
             total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{recipe['epochs']}",
+            desc=f"epoch {epoch + 1}/{recipe.epochs}",
             unit="step",
         )
         for step in steps:
@@ -238,7 +234,7 @@ def train(data_dir: Path, recipe: dict, outdir: Path, threads: int = 0) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = order[step * batch : (step + 1) * batch]
-            x = augment(to_float(images["train"][idx]), recipe["flip"], recipe["translate"], generator)
+            x = augment(to_float(images["train"][idx]), recipe.flip, recipe.translate, generator)
             y = labels["train"][idx]
             with autocast:
                 logits = model(x)
@@ -273,7 +269,7 @@ def train(data_dir: Path, recipe: dict, outdir: Path, threads: int = 0) -> dict:
         log.info(
             "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.4g | %.1f s, %s img/s",
             epoch + 1,
-            recipe["epochs"],
+            recipe.epochs,
             row["train_loss"],
             row["train_accuracy"],
             val_loss,
@@ -306,7 +302,7 @@ def train(data_dir: Path, recipe: dict, outdir: Path, threads: int = 0) -> dict:
     checkpoint = {
         "format": 1,
         "weights": {k: v.detach().cpu() for k, v in evaluated.state_dict().items()},
-        "recipe": recipe,
+        "recipe": recipe.asdict(),
         "recipe_sha256": identity["recipe_sha256"],
         "class_names": meta["class_names"],
         "mean": meta["mean"],
@@ -331,7 +327,7 @@ def train(data_dir: Path, recipe: dict, outdir: Path, threads: int = 0) -> dict:
 
 
 def _check_finite(
-    losses: torch.Tensor, step: int, epoch: int, steps_per_epoch: int, total: int, recipe: dict
+    losses: torch.Tensor, step: int, epoch: int, steps_per_epoch: int, total: int, recipe: Recipe
 ) -> None:
     """Checked every few steps (one device sync), reporting the first bad step exactly."""
     window = losses[: step + 1]
@@ -361,14 +357,14 @@ def _write_history(path: Path, history: list[dict]) -> None:
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the trained model (eval mode, CPU) from model.pt, loaded with weights_only=True."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    recipe = checkpoint["recipe"]
+    recipe = Recipe.from_config(checkpoint["recipe"])
     model = build_model(
-        recipe["model"],
+        recipe.model,
         checkpoint["mean"],
         checkpoint["std"],
         len(checkpoint["class_names"]),
-        recipe["widths"],
-        recipe["tta"],
+        recipe.widths,
+        recipe.tta,
     )
     model.load_state_dict(checkpoint["weights"])
     return model.eval(), checkpoint
