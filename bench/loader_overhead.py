@@ -79,8 +79,8 @@ def main() -> None:
         results = {"minimal": [], "train_model": []}
         for _ in range(2):  # interleaved, to even out machine noise
             results["minimal"].append(minimal_loop(recipe, meta, n_train, args.epochs))
+            # a finished train() leaves no resume.pt behind: the next round trains from scratch
             metrics = train(data, recipe, Path(tmp) / "run", threads=args.threads)
-            (Path(tmp) / "run" / "resume.pt").unlink()
             results["train_model"].append(metrics["images_per_second"])
     best = {k: max(v) for k, v in results.items()}
     print(

@@ -14,7 +14,6 @@ def main(args: argparse.Namespace) -> None:
     recipe = Recipe.from_config(json.loads(args.recipe))
     metrics = train(Path(args.data), recipe, outdir, threads=args.threads)
     write_metrics(outdir / "metrics.json", metrics)
-    (outdir / "resume.pt").unlink(missing_ok=True)  # finished: nothing left to resume
 
 
 if __name__ == "__main__":

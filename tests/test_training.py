@@ -111,16 +111,23 @@ def test_same_seed_same_result_and_resume_is_exact(tiny_data, tmp_path, monkeypa
             raise KeyboardInterrupt
         real_write_epoch(writer, row)
 
-    monkeypatch.setattr(training, "_write_epoch", interrupt_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_data, recipe, tmp_path / "c", threads=2)
-    assert torch.load(tmp_path / "c" / "resume.pt", weights_only=True)["epoch"] == 1
-    monkeypatch.setattr(training, "_write_epoch", real_write_epoch)
+    def interrupted_run(outdir):
+        monkeypatch.setattr(training, "_write_epoch", interrupt_in_epoch_2)
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny_data, recipe, outdir, threads=2)
+        assert torch.load(outdir / "resume.pt", weights_only=True)["epoch"] == 1
+        monkeypatch.setattr(training, "_write_epoch", real_write_epoch)
+
+    interrupted_run(tmp_path / "c")
     resumed = train(tiny_data, recipe, tmp_path / "c", threads=2)
     assert without_timings(resumed) == without_timings(full)
-    # a checkpoint made with another recipe is not resumed from
-    other = train(tiny_data, replace(recipe, seed=1), tmp_path / "c", threads=2)
+    assert not (tmp_path / "c" / "resume.pt").exists()  # finished: nothing left to resume
+    # a checkpoint made with another recipe is not resumed from: the run is a fresh one
+    interrupted_run(tmp_path / "d")
+    other = train(tiny_data, replace(recipe, seed=1), tmp_path / "d", threads=2)
+    fresh = train(tiny_data, replace(recipe, seed=1), tmp_path / "e", threads=2)
     assert len(other["history"]) == 3 and without_timings(other) != without_timings(full)
+    assert without_timings(other) == without_timings(fresh)
 
 
 def test_divergence_names_epoch_step_and_lr(tiny_data, tmp_path):
