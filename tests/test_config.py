@@ -136,5 +136,8 @@ def test_recipe_rejects_a_bad_key_naming_it(change, message):
 def test_recipe_without_a_key_names_it():
     train = defaults()["train"]
     del train["seed"]
-    with pytest.raises(PipelineError, match=r"the recipe lacks key 'seed'"):
+    with pytest.raises(PipelineError, match=r"the recipe lacks key 'seed': give every key"):
+        Recipe.from_config(train)
+    del train["lr"]
+    with pytest.raises(PipelineError, match=r"the recipe lacks keys 'lr', 'seed': give every key"):
         Recipe.from_config(train)

@@ -140,14 +140,14 @@ class Recipe:
         unknown = sorted(set(values) - set(hints))
         if unknown:
             raise PipelineError(
-                f"unknown recipe key {', '.join(map(repr, unknown))}; known keys: "
-                f"{', '.join(sorted(hints))}. Remove or rename it (config/schema.yaml describes each key)."
+                f"unknown recipe {_keys(unknown)}; known keys: {', '.join(sorted(hints))}. "
+                "Remove or rename it (config/schema.yaml describes each key)."
             )
         missing = [name for name in hints if name not in values]
         if missing:
             raise PipelineError(
-                f"the recipe lacks key {', '.join(map(repr, missing))}: a recipe made from a config that "
-                "validate_config() checked has every key (the schema gives the defaults)."
+                f"the recipe lacks {_keys(missing)}: give every key of config/schema.yaml's `train` "
+                "(a config that validate_config() checked has them all, from the schema's defaults)."
             )
         for name, hint in hints.items():
             if not _has_type(values[name], hint):
@@ -169,6 +169,10 @@ class Recipe:
     def sha256(self) -> str:
         """What a checkpoint and an ONNX graph were made with (their `recipe_sha256`)."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+
+def _keys(names: list[str]) -> str:
+    return f"key{'s' if len(names) > 1 else ''} {', '.join(map(repr, names))}"
 
 
 def _has_type(value: Any, hint: Any) -> bool:
