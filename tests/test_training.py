@@ -102,6 +102,8 @@ def test_same_seed_same_result_and_resume_is_exact(tiny_data, tmp_path, monkeypa
     full = train(tiny_data, recipe, tmp_path / "a", threads=2)
     again = train(tiny_data, recipe, tmp_path / "b", threads=2)
     assert without_timings(full) == without_timings(again)
+    # the same weights make the same file, byte for byte (and so the same hash in the MLflow lineage)
+    assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
 
     # Interrupt the next run during epoch 2, after epoch 1's checkpoint was written.
     real_write_epoch = training._write_epoch

@@ -358,8 +358,10 @@ def _save_checkpoint(path: Path, model: nn.Module, recipe: Recipe, meta: dict) -
         "std": meta["std"],
         "dataset_id": meta["dataset_id"],
     }
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    # Saved through a file object: torch.save(obj, path) names the zip's folder after the (random)
+    # temporary file, so the same weights would make a different file each time.
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(checkpoint, fh)
 
 
 def _log_epoch(row: dict, epochs: int, val_loss: float, val_acc: float, seconds: float) -> None:
