@@ -26,6 +26,12 @@ def main() -> None:
     parser.add_argument(
         "--name", default=env("CIFARFLOW_MODEL_NAME", "cifar10"), help="the model's name in the URLs"
     )
+    parser.add_argument(
+        "--host",
+        default=env("CIFARFLOW_HOST", "127.0.0.1"),
+        help="the address both protocols listen on (default loopback only; 0.0.0.0 inside a "
+        "container's own network namespace, where publishing a port needs it)",
+    )
     parser.add_argument("--port", type=int, default=int(env("CIFARFLOW_HTTP_PORT", "8080")), help="HTTP port")
     parser.add_argument(
         "--grpc-port", type=int, default=int(env("CIFARFLOW_GRPC_PORT", "8081")), help="gRPC port"
@@ -50,7 +56,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     sys.argv = sys.argv[:1]  # KServe parses sys.argv when imported; our flags are not its flags
     serve(
-        Path(args.model), args.name, args.port, args.grpc_port, args.threads, int(args.max_request_mb * 2**20)
+        Path(args.model),
+        args.name,
+        args.port,
+        args.grpc_port,
+        args.threads,
+        int(args.max_request_mb * 2**20),
+        host=args.host,
     )
 
 

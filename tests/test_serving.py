@@ -2,6 +2,7 @@
 (tritonclient: REST JSON, REST binary, gRPC), the human image path, bad requests, load, shutdown."""
 
 import io
+import ipaddress
 import json
 import os
 import signal
@@ -41,8 +42,11 @@ def model(tiny_data, tmp_path_factory):  # noqa: F811
     return out / "model.onnx"
 
 
-def start_server(model, *extra: str) -> tuple[subprocess.Popen, int, int]:
-    """scripts/serve.py on free ports; its output goes to a file (a pipe nobody reads would block it)."""
+def start_server(model, *extra: str, env: dict | None = None, host: str = "127.0.0.1"):
+    """scripts/serve.py on free ports; its output goes to a file (a pipe nobody reads would block it).
+
+    Returns (process, HTTP port, gRPC port) once /v2/health/ready answers on `host`.
+    """
     http_port, grpc_port = free_port(), free_port()
     log = model.parent / f"server-{http_port}.log"
     proc = subprocess.Popen(
@@ -64,12 +68,14 @@ def start_server(model, *extra: str) -> tuple[subprocess.Popen, int, int]:
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
+    url_host = f"[{host}]" if ":" in host else host
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=1):
+            with urllib.request.urlopen(f"http://{url_host}:{http_port}/v2/health/ready", timeout=1):
                 return proc, http_port, grpc_port
         except (urllib.error.URLError, ConnectionError):
             time.sleep(0.2)
@@ -112,6 +118,36 @@ def request(port: int, path: str, body: bytes | None = None, headers=None) -> tu
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
+
+
+def listening(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket the process listens on; gRPC's IPv4-mapped IPv6 sockets
+    (::ffff:127.0.0.1) are written as the IPv4 address they are."""
+    process = psutil.Process(pid)
+    connections = getattr(process, "net_connections", process.connections)("tcp")
+    found = set()
+    for c in connections:
+        if c.status == psutil.CONN_LISTEN:
+            address = ipaddress.ip_address(c.laddr.ip)
+            found.add((str(getattr(address, "ipv4_mapped", None) or address), c.laddr.port))
+    return found
+
+
+def test_both_protocols_listen_on_loopback_only_by_default(server):
+    """No --host, no CIFARFLOW_HOST: an inference server on a shared node is not reachable from others."""
+    proc, http_port, grpc_port = server
+    assert listening(proc.pid) == {("127.0.0.1", http_port), ("127.0.0.1", grpc_port)}
+
+
+def test_the_bind_address_is_a_setting_for_both_protocols(model):
+    """CIFARFLOW_HOST (as the images set it) moves REST and gRPC together, here to IPv6 loopback."""
+    proc, http_port, grpc_port = start_server(model, env={"CIFARFLOW_HOST": "::1"}, host="::1")
+    try:
+        assert listening(proc.pid) == {("::1", http_port), ("::1", grpc_port)}
+        assert grpcclient.InferenceServerClient(f"[::1]:{grpc_port}").is_server_ready()
+        assert port_free(http_port) and port_free(grpc_port)  # nothing on 127.0.0.1
+    finally:
+        stop(proc)
 
 
 def test_health_and_metadata_over_rest_and_grpc(server, tiny_data):  # noqa: F811

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import uuid
+from concurrent import futures
 from pathlib import Path
 
 import numpy as np
@@ -297,6 +298,85 @@ def _harden_decoding(server) -> None:
     server.dataplane.decode = checked_decode
 
 
+def _bound_model_server(host: str, **kwargs):
+    """KServe's ModelServer with both protocols bound to `host`.
+
+    KServe 0.21 hard-codes REST on 0.0.0.0 and gRPC on [::]. Its servers are subclassed here: the
+    REST server keeps its uvicorn.Config with our host, and the gRPC server's start() is KServe's
+    own with the listen address taken from the setting instead of the literal.
+    """
+    from grpc import aio
+    from kserve import model_server
+    from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+    from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
+    from kserve.protocol.grpc.server import GRPCServer
+    from kserve.protocol.grpc.servicer import InferenceServicer
+    from kserve.protocol.rest.server import RESTServer
+
+    class HostRESTServer(RESTServer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.config.host = host  # read by uvicorn when it binds, in serve()
+
+    class HostGRPCServer(GRPCServer):
+        async def start(self, max_workers):
+            self._server = aio.server(
+                futures.ThreadPoolExecutor(max_workers=max_workers),
+                interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
+                options=[
+                    ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
+                    ("grpc.max_receive_message_length", self._kwargs.get("grpc_max_receive_message_length")),
+                ],
+            )
+            grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+                InferenceServicer(self._data_plane, self._model_repository_extension), self._server
+            )
+            address = _grpc_address(host, self._port)
+            self._server.add_insecure_port(address)  # raises when the address cannot be bound
+            log.info("gRPC server listening on %s", address)
+            await self._server.start()
+            await self._server.wait_for_termination()
+
+    class HostModelServer(model_server.ModelServer):
+        """ModelServer.start() with our two servers (one REST worker, as KServe's default)."""
+
+        def start(self, models) -> None:
+            self._register_and_check_atleast_one_model_is_ready(models)
+            self._rest_server = HostRESTServer(
+                FASTAPI_APP_IMPORT_STRING,
+                self.dataplane,
+                self.model_repository_extension,
+                self.http_port,
+                access_log_format=self.access_log_format,
+                workers=1,
+                grace_period=self.grace_period,
+                event_loop=self.event_loop,
+                timeout_keep_alive=self.timeout_keep_alive,
+                ssl_certfile=self.ssl_certfile,
+                ssl_keyfile=self.ssl_keyfile,
+            )
+            self.servers.append(self._rest_server.start())
+            self._grpc_server = HostGRPCServer(
+                self.grpc_port,
+                self.dataplane,
+                self.model_repository_extension,
+                kwargs=vars(model_server.args),
+                grace_period=self.grace_period,
+            )
+            self.servers.append(self._grpc_server.start(self.max_threads))
+            self.setup_event_loop()
+            self.register_signal_handler()
+            asyncio.run(self._serve())
+
+    return HostModelServer(**kwargs)
+
+
+def _grpc_address(host: str, port: int) -> str:
+    """gRPC's listen address: an IPv6 literal goes in brackets ([::1]:8081)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def serve(
     model_path: Path,
     model_name: str,
@@ -304,15 +384,22 @@ def serve(
     grpc_port: int = 8081,
     threads: int = 0,
     max_body_bytes: int = 64 << 20,
+    host: str = "127.0.0.1",
 ) -> None:
-    """Load the model and serve it until SIGTERM/SIGINT (KServe's ModelServer handles both)."""
+    """Load the model and serve it on `host` until SIGTERM/SIGINT (KServe's ModelServer handles both).
+
+    `host` is the address both protocols listen on: loopback by default, so that a server on a shared
+    machine is not reachable from other machines; 0.0.0.0 only inside a container's own network
+    namespace, where publishing a port needs it.
+    """
     from kserve import model_server
 
     # KServe reads the gRPC message limits from its module-level CLI args.
     model_server.args.grpc_max_receive_message_length = max_body_bytes
     model = _kserve_model()(model_name, Path(model_path), threads)
     model.load()
-    server = model_server.ModelServer(
+    server = _bound_model_server(
+        host,
         http_port=http_port,
         grpc_port=grpc_port,
         max_threads=max(4, threads),
@@ -324,11 +411,12 @@ def serve(
     _harden_decoding(server)
     logging.getLogger("kserve.trace").setLevel(logging.WARNING)  # a timing line per request
     log.info(
-        "serving %r (%s, classes %s) on HTTP :%d and gRPC :%d; %s ONNX Runtime threads; "
+        "serving %r (%s, classes %s) on %s, HTTP :%d and gRPC :%d; %s ONNX Runtime threads; "
         "requests up to %d bytes",
         model_name,
         model_path,
         ",".join(model.class_names),
+        host,
         http_port,
         grpc_port,
         threads or "default",
