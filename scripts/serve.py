@@ -14,8 +14,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cifarflow.serving import serve  # noqa: E402
-
 
 def main() -> None:
     env = os.environ.get
@@ -55,6 +53,8 @@ def main() -> None:
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     sys.argv = sys.argv[:1]  # KServe parses sys.argv when imported; our flags are not its flags
+    from cifarflow.serving import serve  # imports KServe: only now
+
     serve(
         Path(args.model),
         args.name,

@@ -21,7 +21,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from cifarflow.dataset import load_meta, load_split
-from cifarflow.engines import free_port
+from cifarflow.engines import assemble_context, free_port
 from cifarflow.export import export
 from cifarflow.training import train
 from conftest import ROOT
@@ -358,3 +358,16 @@ def test_a_chunked_body_over_the_limit_gets_413_too(server):
     response = conn.getresponse()
     assert response.status == 413 and b"over the server's limit" in response.read()
     assert request(http_port, "/v2/health/ready") == (200, {"ready": True})
+
+
+def test_the_serving_image_code_list_is_all_the_server_needs_and_holds_no_torch(model, tmp_path):
+    """The build context's code (SERVING_CODE), alone on the path, imports the server without torch."""
+    context = assemble_context(model, tmp_path)
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import cifarflow.serving as s, cifarflow.inference as i;"
+        "assert s.__file__.startswith(sys.argv[1]) and i.__file__.startswith(sys.argv[1]), s.__file__;"
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    run = subprocess.run([sys.executable, "-I", "-c", probe, str(context)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr

@@ -1,13 +1,13 @@
 """The model server: ONNX Runtime behind KServe's ModelServer (Open Inference Protocol v2).
 
-What it serves, on one HTTP port and one gRPC port:
+What it serves, on one HTTP port and one gRPC port, both on one address (loopback by default):
 - the protocol (KServe's own routes): /v2/health/live, /v2/health/ready, /v2/models/<name>/infer with
   JSON tensors or the binary tensor extension, and the same over v2 gRPC;
 - GET /v2/models/<name>: the protocol's metadata plus `class_names` and the model's provenance;
 - POST /v2/models/<name>/classify: a PNG/JPEG file in, the top classes out (the human path).
 
 Requests over `max_body_bytes` get 413, bad tensors/framing/images 4xx, and the server keeps serving.
-No torch here: this module and images.py are all the serving image carries from the library.
+No torch here: this module, inference.py and images.py are all the serving image carries from the library.
 """
 
 import asyncio
@@ -19,124 +19,93 @@ from concurrent import futures
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
+from fastapi import HTTPException, Request
+from grpc import aio
+from kserve import Model, model_server
+from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING, INFERENCE_CONTENT_LENGTH_HEADER
+from kserve.errors import InvalidInput, ModelNotFound
+from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
+from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
+from kserve.protocol.grpc.server import GRPCServer
+from kserve.protocol.grpc.servicer import InferenceServicer
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.protocol.rest.server import RESTServer
 from PIL import Image, UnidentifiedImageError
 
 from .images import SIZE, to_rgb32
+from .inference import IMAGE_SHAPE, INPUT, OUTPUTS, check_images, load_session, ort_runner
 
 log = logging.getLogger("cifarflow.serving")
 
-INPUT, OUTPUTS = "image", ("logits", "probabilities")
-IMAGE_SHAPE = (SIZE, SIZE, 3)
 PROVENANCE = ("dataset_id", "model_type", "recipe_sha256", "normalization", "input_format")
 Image.MAX_IMAGE_PIXELS = 4096 * 4096  # a larger upload is refused, not decoded
 
 
-def load_session(path: str | Path, threads: int = 0) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+class OnnxClassifier(Model):
+    """One ONNX classifier: uint8 images in, (logits, probabilities) out."""
 
+    def __init__(self, name: str, path: Path, threads: int):
+        super().__init__(name)
+        self.path, self.threads = path, threads
+        self._run = None  # inference.ort_runner over the loaded session
+        self.class_names: list[str] = []
+        self.provenance: dict[str, str] = {}
 
-def ort_runner(session: ort.InferenceSession):
-    """`run(batch_uint8) -> (logits, probabilities)` for predict()."""
-    return lambda x: session.run(list(OUTPUTS), {INPUT: x})
+    def load(self) -> bool:
+        session = load_session(self.path, self.threads)
+        meta = session.get_modelmeta().custom_metadata_map
+        self.class_names = json.loads(meta["class_names"])
+        self.provenance = {key: meta[key] for key in PROVENANCE if key in meta}
+        self._run = ort_runner(session)
+        self.ready = True
+        return True
 
+    def get_input_types(self) -> list[dict]:
+        return [{"name": INPUT, "datatype": "UINT8", "shape": [-1, *IMAGE_SHAPE]}]
 
-def predict(run, images: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, probabilities) of `run(batch_uint8) -> (logits, probs)` over all images, batch by batch."""
-    outs = [run(np.ascontiguousarray(images[i : i + batch])) for i in range(0, len(images), batch)]
-    return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+    def get_output_types(self) -> list[dict]:
+        shape = [-1, len(self.class_names)]
+        return [{"name": name, "datatype": "FP32", "shape": shape} for name in OUTPUTS]
 
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, probabilities = self._run(images)
+        return logits, probabilities
 
-def check_images(images: np.ndarray) -> None:
-    """The one input contract, for every path into the model: uint8 [N, 32, 32, 3], N >= 1."""
-    if images.dtype != np.uint8:
-        raise ValueError(f"input '{INPUT}' must be UINT8 (raw RGB pixels 0-255), got {images.dtype}")
-    if images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE or images.shape[0] < 1:
-        raise ValueError(
-            f"input '{INPUT}' must have shape [N, 32, 32, 3] (NHWC RGB, N >= 1), got {list(images.shape)}"
+    @staticmethod
+    def images(request: InferRequest) -> np.ndarray:
+        if len(request.inputs) != 1 or request.inputs[0].name != INPUT:
+            names = [i.name for i in request.inputs]
+            raise InvalidInput(f"expected one input named '{INPUT}', got {names}")
+        tensor = request.inputs[0]
+        if tensor.datatype != "UINT8":
+            raise InvalidInput(f"input '{INPUT}' must be UINT8 (raw RGB pixels 0-255), got {tensor.datatype}")
+        try:
+            images = tensor.as_numpy()
+        except (ValueError, TypeError, OverflowError) as err:
+            raise InvalidInput(f"input '{INPUT}': data does not match shape {tensor.shape}: {err}") from None
+        try:
+            check_images(images)
+        except ValueError as err:
+            raise InvalidInput(str(err)) from None
+        return images
+
+    async def predict(self, payload: InferRequest, headers=None, response_headers=None) -> InferResponse:
+        images = self.images(payload)
+        # Off the event loop: health checks and other requests are answered during a big batch.
+        logits, probabilities = await asyncio.get_running_loop().run_in_executor(None, self.run, images)
+        outputs = []
+        for name, array in zip(OUTPUTS, (logits, probabilities), strict=True):
+            output = InferOutput(name=name, shape=list(array.shape), datatype="FP32")
+            output.set_data_from_numpy(array, binary_data=True)
+            outputs.append(output)
+        return InferResponse(
+            response_id=payload.id or str(uuid.uuid4()),  # the protocol's id is optional
+            model_name=self.name,
+            infer_outputs=outputs,
+            from_grpc=payload.from_grpc,
+            use_binary_outputs=payload.use_binary_outputs,
+            requested_outputs=payload.request_outputs,
         )
-
-
-def _kserve_model():
-    """The KServe Model subclass; built lazily so that importing this module does not import kserve."""
-    from kserve import Model
-    from kserve.errors import InvalidInput
-    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
-
-    class OnnxClassifier(Model):
-        """One ONNX classifier: uint8 images in, (logits, probabilities) out."""
-
-        def __init__(self, name: str, path: Path, threads: int):
-            super().__init__(name)
-            self.path, self.threads = path, threads
-            self.session: ort.InferenceSession | None = None
-            self.class_names: list[str] = []
-            self.provenance: dict[str, str] = {}
-
-        def load(self) -> bool:
-            self.session = load_session(self.path, self.threads)
-            meta = self.session.get_modelmeta().custom_metadata_map
-            self.class_names = json.loads(meta["class_names"])
-            self.provenance = {key: meta[key] for key in PROVENANCE if key in meta}
-            self.ready = True
-            return True
-
-        def get_input_types(self) -> list[dict]:
-            return [{"name": INPUT, "datatype": "UINT8", "shape": [-1, *IMAGE_SHAPE]}]
-
-        def get_output_types(self) -> list[dict]:
-            shape = [-1, len(self.class_names)]
-            return [{"name": name, "datatype": "FP32", "shape": shape} for name in OUTPUTS]
-
-        def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            logits, probabilities = self.session.run(list(OUTPUTS), {INPUT: images})
-            return logits, probabilities
-
-        @staticmethod
-        def images(request: InferRequest) -> np.ndarray:
-            if len(request.inputs) != 1 or request.inputs[0].name != INPUT:
-                names = [i.name for i in request.inputs]
-                raise InvalidInput(f"expected one input named '{INPUT}', got {names}")
-            tensor = request.inputs[0]
-            if tensor.datatype != "UINT8":
-                raise InvalidInput(
-                    f"input '{INPUT}' must be UINT8 (raw RGB pixels 0-255), got {tensor.datatype}"
-                )
-            try:
-                images = tensor.as_numpy()
-            except (ValueError, TypeError, OverflowError) as err:
-                raise InvalidInput(
-                    f"input '{INPUT}': data does not match shape {tensor.shape}: {err}"
-                ) from None
-            try:
-                check_images(images)
-            except ValueError as err:
-                raise InvalidInput(str(err)) from None
-            return images
-
-        async def predict(self, payload: InferRequest, headers=None, response_headers=None) -> InferResponse:
-            images = self.images(payload)
-            # Off the event loop: health checks and other requests are answered during a big batch.
-            logits, probabilities = await asyncio.get_running_loop().run_in_executor(None, self.run, images)
-            outputs = []
-            for name, array in zip(OUTPUTS, (logits, probabilities), strict=True):
-                output = InferOutput(name=name, shape=list(array.shape), datatype="FP32")
-                output.set_data_from_numpy(array, binary_data=True)
-                outputs.append(output)
-            return InferResponse(
-                response_id=payload.id or str(uuid.uuid4()),  # the protocol's id is optional
-                model_name=self.name,
-                infer_outputs=outputs,
-                from_grpc=payload.from_grpc,
-                use_binary_outputs=payload.use_binary_outputs,
-                requested_outputs=payload.request_outputs,
-            )
-
-    return OnnxClassifier
 
 
 class BodyLimit:
@@ -236,8 +205,6 @@ def classify_image(model, data: bytes, top_k: int) -> dict:
 
 def add_routes(app, server, model) -> None:
     """Our two routes, registered before KServe's, so ours answer GET /v2/models/<name>."""
-    from fastapi import HTTPException, Request
-    from kserve.errors import ModelNotFound
 
     async def metadata(model_name: str) -> dict:
         base = await server.dataplane.model_metadata(model_name)
@@ -280,9 +247,6 @@ def _harden_decoding(server) -> None:
     - Malformed binary framing (sizes that do not add up, missing keys) is the client's error: 400,
       not KServe's generic 500.
     """
-    from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
-    from kserve.errors import InvalidInput
-
     decode = server.dataplane.decode
 
     def checked_decode(body, headers, *args, **kwargs):
@@ -298,78 +262,78 @@ def _harden_decoding(server) -> None:
     server.dataplane.decode = checked_decode
 
 
-def _bound_model_server(host: str, **kwargs):
-    """KServe's ModelServer with both protocols bound to `host`.
+class HostRESTServer(RESTServer):
+    """KServe's REST server on `host` (KServe 0.21 hard-codes 0.0.0.0 in its uvicorn.Config)."""
 
-    KServe 0.21 hard-codes REST on 0.0.0.0 and gRPC on [::]. Its servers are subclassed here: the
-    REST server keeps its uvicorn.Config with our host, and the gRPC server's start() is KServe's
-    own with the listen address taken from the setting instead of the literal.
-    """
-    from grpc import aio
-    from kserve import model_server
-    from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
-    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
-    from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
-    from kserve.protocol.grpc.server import GRPCServer
-    from kserve.protocol.grpc.servicer import InferenceServicer
-    from kserve.protocol.rest.server import RESTServer
+    def __init__(self, host: str, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.config.host = host  # read by uvicorn when it binds, in serve()
 
-    class HostRESTServer(RESTServer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.config.host = host  # read by uvicorn when it binds, in serve()
 
-    class HostGRPCServer(GRPCServer):
-        async def start(self, max_workers):
-            self._server = aio.server(
-                futures.ThreadPoolExecutor(max_workers=max_workers),
-                interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
-                options=[
-                    ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
-                    ("grpc.max_receive_message_length", self._kwargs.get("grpc_max_receive_message_length")),
-                ],
-            )
-            grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-                InferenceServicer(self._data_plane, self._model_repository_extension), self._server
-            )
-            address = _grpc_address(host, self._port)
-            self._server.add_insecure_port(address)  # raises when the address cannot be bound
-            log.info("gRPC server listening on %s", address)
-            await self._server.start()
-            await self._server.wait_for_termination()
+class HostGRPCServer(GRPCServer):
+    """KServe's gRPC server on `host`: its start(), with the listen address taken from the setting
+    instead of the literal [::]."""
 
-    class HostModelServer(model_server.ModelServer):
-        """ModelServer.start() with our two servers (one REST worker, as KServe's default)."""
+    def __init__(self, host: str, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._host = host
 
-        def start(self, models) -> None:
-            self._register_and_check_atleast_one_model_is_ready(models)
-            self._rest_server = HostRESTServer(
-                FASTAPI_APP_IMPORT_STRING,
-                self.dataplane,
-                self.model_repository_extension,
-                self.http_port,
-                access_log_format=self.access_log_format,
-                workers=1,
-                grace_period=self.grace_period,
-                event_loop=self.event_loop,
-                timeout_keep_alive=self.timeout_keep_alive,
-                ssl_certfile=self.ssl_certfile,
-                ssl_keyfile=self.ssl_keyfile,
-            )
-            self.servers.append(self._rest_server.start())
-            self._grpc_server = HostGRPCServer(
-                self.grpc_port,
-                self.dataplane,
-                self.model_repository_extension,
-                kwargs=vars(model_server.args),
-                grace_period=self.grace_period,
-            )
-            self.servers.append(self._grpc_server.start(self.max_threads))
-            self.setup_event_loop()
-            self.register_signal_handler()
-            asyncio.run(self._serve())
+    async def start(self, max_workers: int) -> None:
+        self._server = aio.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers),
+            interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
+            options=[
+                ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
+                ("grpc.max_receive_message_length", self._kwargs.get("grpc_max_receive_message_length")),
+            ],
+        )
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self._data_plane, self._model_repository_extension), self._server
+        )
+        address = _grpc_address(self._host, self._port)
+        self._server.add_insecure_port(address)  # raises when the address cannot be bound
+        log.info("gRPC server listening on %s", address)
+        await self._server.start()
+        await self._server.wait_for_termination()
 
-    return HostModelServer(**kwargs)
+
+class HostModelServer(model_server.ModelServer):
+    """KServe's ModelServer with both protocols on `host`: its start(), with our two servers (one
+    REST worker, KServe's default; gRPC always on)."""
+
+    def __init__(self, host: str, **kwargs):
+        super().__init__(**kwargs)
+        self.host = host
+
+    def start(self, models: list[Model]) -> None:
+        self._register_and_check_atleast_one_model_is_ready(models)
+        self._rest_server = HostRESTServer(
+            self.host,
+            FASTAPI_APP_IMPORT_STRING,
+            self.dataplane,
+            self.model_repository_extension,
+            self.http_port,
+            access_log_format=self.access_log_format,
+            workers=1,
+            grace_period=self.grace_period,
+            event_loop=self.event_loop,
+            timeout_keep_alive=self.timeout_keep_alive,
+            ssl_certfile=self.ssl_certfile,
+            ssl_keyfile=self.ssl_keyfile,
+        )
+        self.servers.append(self._rest_server.start())
+        self._grpc_server = HostGRPCServer(
+            self.host,
+            self.grpc_port,
+            self.dataplane,
+            self.model_repository_extension,
+            kwargs=vars(model_server.args),
+            grace_period=self.grace_period,
+        )
+        self.servers.append(self._grpc_server.start(self.max_threads))
+        self.setup_event_loop()
+        self.register_signal_handler()
+        asyncio.run(self._serve())
 
 
 def _grpc_address(host: str, port: int) -> str:
@@ -392,13 +356,11 @@ def serve(
     machine is not reachable from other machines; 0.0.0.0 only inside a container's own network
     namespace, where publishing a port needs it.
     """
-    from kserve import model_server
-
     # KServe reads the gRPC message limits from its module-level CLI args.
     model_server.args.grpc_max_receive_message_length = max_body_bytes
-    model = _kserve_model()(model_name, Path(model_path), threads)
+    model = OnnxClassifier(model_name, Path(model_path), threads)
     model.load()
-    server = _bound_model_server(
+    server = HostModelServer(
         host,
         http_port=http_port,
         grpc_port=grpc_port,
