@@ -247,10 +247,17 @@ def test_grpc_bad_request_is_invalid_argument(server):
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
 
 
-def _png(size, colour=(200, 30, 30)) -> bytes:
+def _png(size, colour=(200, 30, 30), mode="RGB") -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    Image.new(mode, size, colour).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _undecodable(png: bytes) -> bytes:
+    """The same PNG header (Image.open reads the size from it) over pixel data that cannot be decoded."""
+    start = png.index(b"IDAT")
+    length = int.from_bytes(png[start - 4 : start], "big")
+    return png[: start + 4] + b"\xff" * length + png[start + 4 + length :]
 
 
 def test_a_person_posts_an_image_file_and_gets_the_top_classes(server, model, tiny_data):  # noqa: F811
@@ -293,6 +300,37 @@ def test_a_file_that_is_not_an_image_gets_415_and_the_server_keeps_serving(serve
     code, answer = request(http_port, "/v2/models/nope/classify", _png((32, 32)))
     assert code == 404 and "nope" in answer["error"]
     assert request(http_port, "/v2/health/ready") == (200, {"ready": True})
+
+
+def test_an_image_over_the_pixel_limit_gets_413_from_its_header_before_it_is_decoded(server):
+    """5000x5000 = 25 Mpixel: over the 4096x4096 default, under twice it (Pillow's own guard with that
+    limit only warned, then decoded). Undecodable pixel data under the same header still gets 413:
+    the size was refused before decoding, which would have failed (415, as it does for a small one)."""
+    _, http_port, _ = server
+    big = _png((5000, 5000), 1, mode="1")  # a few KB: one colour compresses to nearly nothing
+    for body in (big, _undecodable(big)):
+        code, answer = request(http_port, f"/v2/models/{NAME}/classify", body)
+        assert code == 413, answer
+        assert "is 5000x5000 = 25,000,000 pixels, over the limit of 16,777,216 pixels" in answer["detail"]
+        assert "--max-image-pixels" in answer["detail"]
+    code, answer = request(http_port, f"/v2/models/{NAME}/classify", _undecodable(_png((64, 48))))
+    assert code == 415 and "not an image this server can decode" in answer["detail"]
+    assert request(http_port, "/v2/health/ready") == (200, {"ready": True})
+
+
+def test_the_pixel_limit_is_a_setting_of_the_server(model):
+    """CIFARFLOW_MAX_IMAGE_PIXELS (or --max-image-pixels), not a side effect of importing a module."""
+    proc, http_port, _ = start_server(model, env={"CIFARFLOW_MAX_IMAGE_PIXELS": "3000"})
+    try:
+        code, answer = request(http_port, f"/v2/models/{NAME}/classify", _png((64, 48)))
+        assert code == 413 and "64x48 = 3,072 pixels, over the limit of 3,000 pixels" in answer["detail"]
+        code, answer = request(http_port, f"/v2/models/{NAME}/classify", _png((50, 60)))
+        assert code == 200 and answer["original_size"] == [50, 60]
+    finally:
+        stop(proc)
+    cmd = [sys.executable, str(ROOT / "scripts" / "serve.py"), "--model", str(model)]
+    run = subprocess.run([*cmd, "--max-image-pixels", "0"], capture_output=True, text=True)
+    assert run.returncode == 2 and "--max-image-pixels 0 must lie in 1..89478485" in run.stderr
 
 
 def test_load_many_concurrent_clients_no_errors_bounded_memory(server, test_images):

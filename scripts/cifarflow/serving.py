@@ -30,15 +30,14 @@ from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from kserve.protocol.rest.server import RESTServer
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
-from .images import SIZE, to_rgb32
+from .images import MAX_PIXELS, SIZE, TooLarge, open_limited, to_rgb32
 from .inference import IMAGE_SHAPE, INPUT, OUTPUTS, check_images, load_session, ort_runner
 
 log = logging.getLogger("cifarflow.serving")
 
 PROVENANCE = ("dataset_id", "model_type", "recipe_sha256", "normalization", "input_format")
-Image.MAX_IMAGE_PIXELS = 4096 * 4096  # a larger upload is refused, not decoded
 
 
 class OnnxClassifier(Model):
@@ -173,12 +172,17 @@ class BodyLimit:
         await self.app(scope, replayed, send)
 
 
-def classify_image(model, data: bytes, top_k: int) -> dict:
-    """Decode an uploaded image, resize it to 32x32 if needed, and return the top classes."""
+def classify_image(model: OnnxClassifier, data: bytes, top_k: int, max_pixels: int = MAX_PIXELS) -> dict:
+    """Decode an uploaded image of at most `max_pixels`, resize it to 32x32 if needed, and return the
+    top classes. Raises TooLarge (from the header, before decoding) or ValueError (not an image)."""
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as err:
+        image = open_limited(io.BytesIO(data), max_pixels)
+    except TooLarge as err:
+        raise TooLarge(
+            f"the image {err} (the server's --max-image-pixels, CIFARFLOW_MAX_IMAGE_PIXELS); "
+            "send a smaller image"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError) as err:
         raise ValueError(
             f"the upload is not an image this server can decode (PNG, JPEG, ...): {err}"
         ) from None
@@ -203,7 +207,7 @@ def classify_image(model, data: bytes, top_k: int) -> dict:
     }
 
 
-def add_routes(app, server, model) -> None:
+def add_routes(app, server, model: OnnxClassifier, max_image_pixels: int = MAX_PIXELS) -> None:
     """Our two routes, registered before KServe's, so ours answer GET /v2/models/<name>."""
 
     async def metadata(model_name: str) -> dict:
@@ -230,7 +234,11 @@ def add_routes(app, server, model) -> None:
         if not data:
             raise HTTPException(400, "empty body: POST the image file (curl --data-binary @cat.png ...)")
         try:
-            return await asyncio.get_running_loop().run_in_executor(None, classify_image, model, data, top_k)
+            return await asyncio.get_running_loop().run_in_executor(
+                None, classify_image, model, data, top_k, max_image_pixels
+            )
+        except TooLarge as err:
+            raise HTTPException(413, str(err)) from None
         except ValueError as err:
             raise HTTPException(415, str(err)) from None
 
@@ -344,17 +352,20 @@ def _grpc_address(host: str, port: int) -> str:
 def serve(
     model_path: Path,
     model_name: str,
+    *,
     http_port: int = 8080,
     grpc_port: int = 8081,
     threads: int = 0,
     max_body_bytes: int = 64 << 20,
     host: str = "127.0.0.1",
+    max_image_pixels: int = MAX_PIXELS,
 ) -> None:
     """Load the model and serve it on `host` until SIGTERM/SIGINT (KServe's ModelServer handles both).
 
     `host` is the address both protocols listen on: loopback by default, so that a server on a shared
     machine is not reachable from other machines; 0.0.0.0 only inside a container's own network
-    namespace, where publishing a port needs it.
+    namespace, where publishing a port needs it. Uploads to /classify over `max_image_pixels`
+    (width x height, read from the header) get 413 before they are decoded.
     """
     # KServe reads the gRPC message limits from its module-level CLI args.
     model_server.args.grpc_max_receive_message_length = max_body_bytes
@@ -369,12 +380,12 @@ def serve(
         grace_period=5,
     )
     model_server.app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    add_routes(model_server.app, server, model)
+    add_routes(model_server.app, server, model, max_image_pixels)
     _harden_decoding(server)
     logging.getLogger("kserve.trace").setLevel(logging.WARNING)  # a timing line per request
     log.info(
         "serving %r (%s, classes %s) on %s, HTTP :%d and gRPC :%d; %s ONNX Runtime threads; "
-        "requests up to %d bytes",
+        "requests up to %d bytes, images up to %d pixels",
         model_name,
         model_path,
         ",".join(model.class_names),
@@ -383,5 +394,6 @@ def serve(
         grpc_port,
         threads or "default",
         max_body_bytes,
+        max_image_pixels,
     )
     server.start([model])
