@@ -69,18 +69,21 @@ def main() -> None:
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     sys.argv = sys.argv[:1]  # KServe parses sys.argv when imported; our flags are not its flags
-    from cifarflow.serving import serve  # imports KServe: only now
+    from cifarflow.serving import UntestedKServe, serve  # imports KServe: only now
 
-    serve(
-        Path(args.model),
-        args.name,
-        http_port=args.port,
-        grpc_port=args.grpc_port,
-        threads=args.threads,
-        max_body_bytes=int(args.max_request_mb * 2**20),
-        host=args.host,
-        max_image_pixels=args.max_image_pixels,
-    )
+    try:
+        serve(
+            Path(args.model),
+            args.name,
+            http_port=args.port,
+            grpc_port=args.grpc_port,
+            threads=args.threads,
+            max_body_bytes=int(args.max_request_mb * 2**20),
+            host=args.host,
+            max_image_pixels=args.max_image_pixels,
+        )
+    except UntestedKServe as err:
+        sys.exit(f"serve.py: {err}")
 
 
 if __name__ == "__main__":

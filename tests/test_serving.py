@@ -409,3 +409,44 @@ def test_the_serving_image_code_list_is_all_the_server_needs_and_holds_no_torch(
     )
     run = subprocess.run([sys.executable, "-I", "-c", probe, str(context)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def test_the_kserve_mends_refuse_an_untested_kserve_release():
+    """Checked in a fresh interpreter: kserve's gRPC protos clash with tritonclient's in this one."""
+    probe = """
+import json, sys
+from cifarflow.serving import TESTED_KSERVE, UntestedKServe, require_tested_kserve
+require_tested_kserve()
+require_tested_kserve(TESTED_KSERVE + ".7")
+refused = {}
+for other in sys.argv[1:]:
+    try:
+        require_tested_kserve(other)
+    except UntestedKServe as err:
+        refused[other] = str(err)
+print(json.dumps({"tested": TESTED_KSERVE, "refused": refused}))
+"""
+    others = ["0.22.0", "0.2.1", "1.0.0", "0.210.0"]
+    run = subprocess.run([sys.executable, "-c", probe, *others], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    answer = json.loads(run.stdout.strip().splitlines()[-1])
+    assert answer["tested"] == "0.21" and set(answer["refused"]) == set(others)
+    for other, message in answer["refused"].items():
+        assert f"KServe {other} is installed" in message and "tested with KServe 0.21.x" in message
+        assert "pip install 'kserve==0.21.0'" in message and "raise TESTED_KSERVE" in message
+
+
+def test_serve_py_on_an_untested_kserve_exits_with_the_reason_and_serves_nothing(model, tmp_path):
+    """A KServe that reports another version (its metadata first on the path): no server, no traceback."""
+    info = tmp_path / "fake" / "kserve-0.22.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kserve\nVersion: 0.22.0\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(info.parent), os.environ.get("PYTHONPATH", "")])}
+    http_port, grpc_port = free_port(), free_port()
+    cmd = [sys.executable, str(ROOT / "scripts" / "serve.py"), "--model", str(model)]
+    cmd += ["--port", str(http_port), "--grpc-port", str(grpc_port)]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 1, run.stderr
+    assert "KServe 0.22.0 is installed" in run.stderr and "tested with KServe 0.21.x" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert port_free(http_port) and port_free(grpc_port)

@@ -16,6 +16,7 @@ import json
 import logging
 import uuid
 from concurrent import futures
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,28 @@ from .inference import IMAGE_SHAPE, INPUT, OUTPUTS, check_images, load_session, 
 log = logging.getLogger("cifarflow.serving")
 
 PROVENANCE = ("dataset_id", "model_type", "recipe_sha256", "normalization", "input_format")
+# The KServe release series the mends below (HostRESTServer, HostGRPCServer, HostModelServer,
+# _harden_decoding) are written against and tested with: they reach into KServe's internals.
+TESTED_KSERVE, TESTED_KSERVE_RELEASE = "0.21", "0.21.0"
+
+
+class UntestedKServe(RuntimeError):
+    """The installed KServe is not the release series this server's mends are tested with."""
+
+
+def require_tested_kserve(installed: str | None = None) -> None:
+    """Refuse to start on a KServe the mends were not tested with: a moved internal would otherwise
+    fail silently (a server on every interface, or undecoded requests) instead of loudly."""
+    installed = installed or metadata.version("kserve")
+    if installed.split(".")[:2] != TESTED_KSERVE.split("."):
+        raise UntestedKServe(
+            f"KServe {installed} is installed, but cifarflow's server mends KServe's internals (bind "
+            f"address, readiness, repository endpoints, request decoding) and is tested with KServe "
+            f"{TESTED_KSERVE}.x only ({TESTED_KSERVE_RELEASE}). Install that release "
+            f"(pip install 'kserve=={TESTED_KSERVE_RELEASE}', as containers/serving/requirements.txt "
+            "pins it), or port the mends in cifarflow/serving.py to the new KServe, run "
+            "tests/test_serving.py, and raise TESTED_KSERVE."
+        )
 
 
 class OnnxClassifier(Model):
@@ -367,6 +390,7 @@ def serve(
     namespace, where publishing a port needs it. Uploads to /classify over `max_image_pixels`
     (width x height, read from the header) get 413 before they are decoded.
     """
+    require_tested_kserve()
     # KServe reads the gRPC message limits from its module-level CLI args.
     model_server.args.grpc_max_receive_message_length = max_body_bytes
     model = OnnxClassifier(model_name, Path(model_path), threads)
