@@ -57,6 +57,14 @@ def main() -> None:
         help="images posted to /classify with more pixels (width x height, read from the header) get "
         f"413 before they are decoded (default {MAX_PIXELS}: 4096x4096)",
     )
+    parser.add_argument(
+        "--model-repository",
+        choices=("off", "on"),
+        default=env("CIFARFLOW_MODEL_REPOSITORY", "off"),
+        help="KServe's model-repository extension: POST /v2/repository/models/<name>/load|unload (and "
+        "gRPC) with no authentication, so anyone who reaches the port can take the model down; off "
+        "by default",
+    )
     args = parser.parse_args()
     if not 1 <= args.max_image_pixels <= Image.MAX_IMAGE_PIXELS:
         parser.error(
@@ -81,6 +89,7 @@ def main() -> None:
             max_body_bytes=int(args.max_request_mb * 2**20),
             host=args.host,
             max_image_pixels=args.max_image_pixels,
+            model_repository=args.model_repository == "on",
         )
     except UntestedKServe as err:
         sys.exit(f"serve.py: {err}")

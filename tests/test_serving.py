@@ -12,12 +12,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnxruntime as ort
 import psutil
 import pytest
+import schemathesis
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from cifarflow.dataset import load_meta, load_split
@@ -25,7 +27,10 @@ from cifarflow.engines import assemble_context, free_port
 from cifarflow.export import export
 from cifarflow.training import train
 from conftest import ROOT
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from PIL import Image
+from schemathesis import GenerationMode
 from test_export import SETTINGS
 from test_training import base_recipe, tiny_data  # noqa: F401  (fixture)
 from tritonclient.utils import InferenceServerException
@@ -333,6 +338,59 @@ def test_the_pixel_limit_is_a_setting_of_the_server(model):
     assert run.returncode == 2 and "--max-image-pixels 0 must lie in 1..89478485" in run.stderr
 
 
+def _infer_works(http_port: int, grpc_port: int, images) -> bool:
+    rest = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+    tensor = httpclient.InferInput("image", list(images.shape), "UINT8")
+    tensor.set_data_from_numpy(images)
+    grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    gtensor = grpcclient.InferInput("image", list(images.shape), "UINT8")
+    gtensor.set_data_from_numpy(images)
+    return all(
+        r.as_numpy("probabilities").shape == (len(images), 10)
+        for r in (rest.infer(NAME, [tensor]), grpc.infer(NAME, [gtensor]))
+    )
+
+
+def test_nobody_can_take_the_model_down_the_repository_extension_is_off(server, test_images):
+    """KServe's unauthenticated load/unload would let anyone who reaches the port unload the model."""
+    _, http_port, grpc_port = server
+    images, _ = test_images
+    for action in ("unload", "load"):
+        code, answer = request(http_port, f"/v2/repository/models/{NAME}/{action}", b"", JSON)
+        assert code == 404, (action, code, answer)
+    grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    for call in (grpc.unload_model, grpc.load_model):
+        with pytest.raises(InferenceServerException, match="not served over gRPC") as err:
+            call(NAME)
+        assert err.value.status() == "StatusCode.UNIMPLEMENTED"
+    code, answer = request(http_port, f"/v2/repository/models/{NAME}/unload", b"", JSON)
+    assert "--model-repository on" in answer["detail"]
+    assert request(http_port, "/v2")[1]["extensions"] == []  # not advertised either
+    assert grpc.get_server_metadata(as_json=True).get("extensions", []) == []
+    assert request(http_port, "/v2/health/ready") == (200, {"ready": True})
+    assert _infer_works(http_port, grpc_port, images)
+
+
+def test_with_the_repository_extension_on_readiness_follows_the_model(model, test_images):
+    """Opt-in (--model-repository on, REST): unload takes the model down and the server says so on
+    both protocols (a load balancer stops sending); load brings it back."""
+    proc, http_port, grpc_port = start_server(model, "--model-repository", "on")
+    images, _ = test_images
+    grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    try:
+        assert request(http_port, "/v2")[1]["extensions"] == ["model_repository_extension"]
+        assert request(http_port, f"/v2/repository/models/{NAME}/unload", b"", JSON)[0] == 200
+        code, answer = request(http_port, "/v2/health/ready")
+        assert code == 503 and "not ready" in answer["error"], answer
+        assert not grpc.is_server_ready()
+        assert request(http_port, f"/v2/models/{NAME}/classify", _png((32, 32)))[0] in (404, 503)
+        assert request(http_port, f"/v2/repository/models/{NAME}/load", b"", JSON)[0] == 200
+        assert request(http_port, "/v2/health/ready") == (200, {"ready": True}) and grpc.is_server_ready()
+        assert _infer_works(http_port, grpc_port, images)
+    finally:
+        stop(proc)
+
+
 def test_load_many_concurrent_clients_no_errors_bounded_memory(server, test_images):
     """A bounded version of the benchmark (bench/serve_load.py runs 32 clients for 20 s)."""
     proc, _, grpc_port = server
@@ -450,3 +508,44 @@ def test_serve_py_on_an_untested_kserve_exits_with_the_reason_and_serves_nothing
     assert "KServe 0.22.0 is installed" in run.stderr and "tested with KServe 0.21.x" in run.stderr
     assert "Traceback" not in run.stderr
     assert port_free(http_port) and port_free(grpc_port)
+
+
+def test_fuzzing_the_servers_own_openapi_finds_no_server_error(server):
+    """Every operation the server documents in /openapi.json, with requests that schemathesis generates
+    to match the schema and to break it: answers below 500, except KServe's 501 for a model version
+    (versioning is not supported). Bounded: a fixed number of cases, a deadline per request, no
+    shrinking; the same cases on every run (derandomized)."""
+    proc, http_port, _ = server
+    schema = schemathesis.openapi.from_url(f"http://127.0.0.1:{http_port}/openapi.json")
+    modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+    # Mostly the served model's name (a random one only reaches the 404 of an unknown model).
+    cases = st.one_of(
+        *(schema.as_strategy(mode, path_parameters={"model_name": NAME}) for mode in modes),
+        *(schema.as_strategy(mode) for mode in modes),
+    )
+    statuses, errors = Counter(), []
+
+    @settings(
+        max_examples=300,
+        deadline=10_000,
+        database=None,
+        derandomize=True,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=cases)
+    def fuzz(case) -> None:
+        response = case.call(timeout=30)
+        statuses[response.status_code] += 1
+        # KServe's documented 501, for a model version in the path or (the same handler) the query.
+        asked = "/versions/" in case.path or "model_version" in (case.query or {})
+        versioned = asked and "versioning not supported" in response.text
+        if response.status_code >= 500 and not (response.status_code == 501 and versioned):
+            answer = f"{response.status_code}: {response.text[:200]}"
+            errors.append(f"{case.method} {case.formatted_path} -> {answer}")
+
+    fuzz()
+    assert not errors, "\n".join(errors[:20])
+    print(f"fuzzed {sum(statuses.values())} requests; answers by status: {dict(sorted(statuses.items()))}")
+    assert sum(statuses.values()) >= 250 and len(statuses) >= 4, statuses  # it did reach the server
+    assert proc.poll() is None and request(http_port, "/v2/health/ready") == (200, {"ready": True})

@@ -22,9 +22,12 @@ from pathlib import Path
 import numpy as np
 from fastapi import HTTPException, Request
 from grpc import aio
+from grpc_interceptor.exceptions import Unimplemented
 from kserve import Model, model_server
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING, INFERENCE_CONTENT_LENGTH_HEADER
-from kserve.errors import InvalidInput, ModelNotFound
+from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
+from kserve.model_repository import ModelRepository
+from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
 from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor, LoggingInterceptor
 from kserve.protocol.grpc.server import GRPCServer
@@ -89,8 +92,16 @@ class OnnxClassifier(Model):
         shape = [-1, len(self.class_names)]
         return [{"name": name, "datatype": "FP32", "shape": shape} for name in OUTPUTS]
 
+    def stop(self) -> None:
+        """Unloaded (repository extension, or shutdown): not ready, and the session is let go."""
+        super().stop()
+        self._run = None
+
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, probabilities = self._run(images)
+        run = self._run
+        if run is None:
+            raise ModelNotReady(self.name)
+        logits, probabilities = run(images)
         return logits, probabilities
 
     @staticmethod
@@ -245,6 +256,8 @@ def add_routes(app, server, model: OnnxClassifier, max_image_pixels: int = MAX_P
     async def classify(model_name: str, request: Request, top_k: int = 3) -> dict:
         if model_name != model.name:
             raise ModelNotFound(model_name)
+        if not model.ready:
+            raise ModelNotReady(model_name)
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("multipart/form-data"):
             form = await request.form()
@@ -267,6 +280,31 @@ def add_routes(app, server, model: OnnxClassifier, max_image_pixels: int = MAX_P
 
     app.add_api_route("/v2/models/{model_name}", metadata, methods=["GET"])
     app.add_api_route("/v2/models/{model_name}/classify", classify, methods=["POST"])
+
+
+def close_repository(app) -> None:
+    """KServe's model-repository routes (unauthenticated load/unload: anyone who reaches the port
+    could take the model down) answer 404 with the reason, and leave the OpenAPI document.
+
+    Registered before KServe's routes, so these answer; the document is trimmed through FastAPI's
+    documented hook for a custom OpenAPI schema (app.openapi).
+    """
+
+    async def refuse(model_name: str) -> None:
+        raise HTTPException(404, REPOSITORY_OFF)
+
+    for action in ("load", "unload"):
+        path = f"{REPOSITORY_PREFIX}{{model_name}}/{action}"
+        app.add_api_route(path, refuse, methods=["POST"], include_in_schema=False)
+    build = app.openapi
+
+    def openapi() -> dict:
+        schema = build()  # FastAPI builds it once and keeps it
+        for path in [p for p in schema["paths"] if p.startswith(REPOSITORY_PREFIX)]:
+            del schema["paths"][path]
+        return schema
+
+    app.openapi = openapi
 
 
 def _harden_decoding(server) -> None:
@@ -293,6 +331,52 @@ def _harden_decoding(server) -> None:
     server.dataplane.decode = checked_decode
 
 
+REPOSITORY_PREFIX = "/v2/repository/models/"
+REPOSITORY_OFF = (
+    "the model repository extension (load/unload) is off on this server; start it with "
+    "--model-repository on (CIFARFLOW_MODEL_REPOSITORY=on) to manage models over REST"
+)
+GRPC_REPOSITORY_OFF = (
+    "the model repository extension is not served over gRPC; with --model-repository on it is "
+    "served over REST (POST /v2/repository/models/<name>/load|unload)"
+)
+
+
+class ServingRepository(ModelRepository):
+    """The served models, by name; `load` brings back a model that `unload` took down (KServe's own
+    repository loads nothing: it expects a model directory)."""
+
+    def __init__(self, models: list[Model]):
+        super().__init__()
+        self.known = {model.name: model for model in models}
+
+    def load(self, name: str) -> bool:
+        if name not in self.known:
+            raise ModelNotFound(name)
+        model = self.known[name]
+        model.load()
+        self.update(model)
+        return model.ready
+
+
+class ServingDataPlane(DataPlane):
+    """KServe's DataPlane, where the server is ready only while every model it serves is ready, and
+    the model-repository extension is advertised only when it is on."""
+
+    def __init__(self, model_registry: ServingRepository, repository: bool):
+        super().__init__(model_registry)
+        self.repository = repository
+
+    async def ready(self) -> bool:
+        names = list(self._model_registry.known)
+        ready = [await self._model_registry.is_model_ready(name) for name in names]
+        return bool(names) and all(ready) and await super().ready()
+
+    def metadata(self) -> dict:
+        meta = super().metadata()
+        return {**meta, "extensions": meta["extensions"] if self.repository else []}
+
+
 class HostRESTServer(RESTServer):
     """KServe's REST server on `host` (KServe 0.21 hard-codes 0.0.0.0 in its uvicorn.Config)."""
 
@@ -301,9 +385,24 @@ class HostRESTServer(RESTServer):
         self.config.host = host  # read by uvicorn when it binds, in serve()
 
 
+class ServingServicer(InferenceServicer):
+    """KServe's gRPC servicer without the repository calls: they answer UNIMPLEMENTED.
+
+    Unauthenticated, they would let anyone take the model down; and KServe 0.21's own versions read
+    the model's name from the field where Triton's protocol (and tritonclient) puts the repository
+    name, and fail on their own answer after unloading. Over REST the extension is an opt-in.
+    """
+
+    async def RepositoryModelLoad(self, request, context):
+        raise Unimplemented(GRPC_REPOSITORY_OFF)
+
+    async def RepositoryModelUnload(self, request, context):
+        raise Unimplemented(GRPC_REPOSITORY_OFF)
+
+
 class HostGRPCServer(GRPCServer):
     """KServe's gRPC server on `host`: its start(), with the listen address taken from the setting
-    instead of the literal [::]."""
+    instead of the literal [::], and our servicer."""
 
     def __init__(self, host: str, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -319,7 +418,8 @@ class HostGRPCServer(GRPCServer):
             ],
         )
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self._data_plane, self._model_repository_extension), self._server
+            ServingServicer(self._data_plane, self._model_repository_extension),
+            self._server,
         )
         address = _grpc_address(self._host, self._port)
         self._server.add_insecure_port(address)  # raises when the address cannot be bound
@@ -329,15 +429,18 @@ class HostGRPCServer(GRPCServer):
 
 
 class HostModelServer(model_server.ModelServer):
-    """KServe's ModelServer with both protocols on `host`: its start(), with our two servers (one
-    REST worker, KServe's default; gRPC always on)."""
+    """KServe's ModelServer serving `models` with both protocols on `host`: its start(), with our two
+    servers (one REST worker, KServe's default; gRPC always on), readiness that follows the models,
+    and the model-repository extension (unauthenticated load/unload) only when `repository` is on
+    (REST only; see ServingServicer)."""
 
-    def __init__(self, host: str, **kwargs):
-        super().__init__(**kwargs)
-        self.host = host
+    def __init__(self, host: str, models: list[Model], repository: bool = False, **kwargs):
+        super().__init__(registered_models=ServingRepository(models), **kwargs)
+        self.host, self.models, self.repository = host, models, repository
+        self.dataplane = ServingDataPlane(self.registered_models, repository)
 
-    def start(self, models: list[Model]) -> None:
-        self._register_and_check_atleast_one_model_is_ready(models)
+    def start(self) -> None:
+        self._register_and_check_atleast_one_model_is_ready(self.models)
         self._rest_server = HostRESTServer(
             self.host,
             FASTAPI_APP_IMPORT_STRING,
@@ -382,13 +485,17 @@ def serve(
     max_body_bytes: int = 64 << 20,
     host: str = "127.0.0.1",
     max_image_pixels: int = MAX_PIXELS,
+    model_repository: bool = False,
 ) -> None:
     """Load the model and serve it on `host` until SIGTERM/SIGINT (KServe's ModelServer handles both).
 
     `host` is the address both protocols listen on: loopback by default, so that a server on a shared
     machine is not reachable from other machines; 0.0.0.0 only inside a container's own network
     namespace, where publishing a port needs it. Uploads to /classify over `max_image_pixels`
-    (width x height, read from the header) get 413 before they are decoded.
+    (width x height, read from the header) get 413 before they are decoded. `model_repository` turns
+    on KServe's model-repository extension (load/unload over REST and gRPC, unauthenticated); off,
+    its routes do not exist. The server is ready (/v2/health/ready, gRPC ServerReady) only while
+    the model is.
     """
     require_tested_kserve()
     # KServe reads the gRPC message limits from its module-level CLI args.
@@ -397,6 +504,8 @@ def serve(
     model.load()
     server = HostModelServer(
         host,
+        [model],
+        repository=model_repository,
         http_port=http_port,
         grpc_port=grpc_port,
         max_threads=max(4, threads),
@@ -405,11 +514,13 @@ def serve(
     )
     model_server.app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     add_routes(model_server.app, server, model, max_image_pixels)
+    if not model_repository:
+        close_repository(model_server.app)
     _harden_decoding(server)
     logging.getLogger("kserve.trace").setLevel(logging.WARNING)  # a timing line per request
     log.info(
         "serving %r (%s, classes %s) on %s, HTTP :%d and gRPC :%d; %s ONNX Runtime threads; "
-        "requests up to %d bytes, images up to %d pixels",
+        "requests up to %d bytes, images up to %d pixels; model repository extension %s",
         model_name,
         model_path,
         ",".join(model.class_names),
@@ -419,5 +530,6 @@ def serve(
         threads or "default",
         max_body_bytes,
         max_image_pixels,
+        "on" if model_repository else "off",
     )
-    server.start([model])
+    server.start()
