@@ -61,9 +61,9 @@ def main() -> None:
         "--model-repository",
         choices=("off", "on"),
         default=env("CIFARFLOW_MODEL_REPOSITORY", "off"),
-        help="KServe's model-repository extension: POST /v2/repository/models/<name>/load|unload (and "
-        "gRPC) with no authentication, so anyone who reaches the port can take the model down; off "
-        "by default",
+        help="KServe's model-repository extension over REST, POST /v2/repository/models/<name>/"
+        "load|unload: no authentication, so anyone who reaches the port can take the model down; off "
+        "by default (never served over gRPC)",
     )
     args = parser.parse_args()
     if not 1 <= args.max_image_pixels <= Image.MAX_IMAGE_PIXELS:

@@ -7,6 +7,8 @@ What it serves, on one HTTP port and one gRPC port, both on one address (loopbac
 - POST /v2/models/<name>/classify: a PNG/JPEG file in, the top classes out (the human path).
 
 Requests over `max_body_bytes` get 413, bad tensors/framing/images 4xx, and the server keeps serving.
+KServe's model-repository extension (unauthenticated load/unload) is off unless asked for, and the
+server is ready only while its model is.
 No torch here: this module, inference.py and images.py are all the serving image carries from the library.
 """
 
@@ -42,8 +44,9 @@ from .inference import IMAGE_SHAPE, INPUT, OUTPUTS, check_images, load_session, 
 log = logging.getLogger("cifarflow.serving")
 
 PROVENANCE = ("dataset_id", "model_type", "recipe_sha256", "normalization", "input_format")
-# The KServe release series the mends below (HostRESTServer, HostGRPCServer, HostModelServer,
-# _harden_decoding) are written against and tested with: they reach into KServe's internals.
+# The KServe release series the mends below (the Host*Server classes, ServingRepository,
+# ServingDataPlane, ServingServicer, close_repository, _harden_decoding) are written against and
+# tested with: they reach into KServe's internals.
 TESTED_KSERVE, TESTED_KSERVE_RELEASE = "0.21", "0.21.0"
 
 
@@ -92,16 +95,9 @@ class OnnxClassifier(Model):
         shape = [-1, len(self.class_names)]
         return [{"name": name, "datatype": "FP32", "shape": shape} for name in OUTPUTS]
 
-    def stop(self) -> None:
-        """Unloaded (repository extension, or shutdown): not ready, and the session is let go."""
-        super().stop()
-        self._run = None
-
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        run = self._run
-        if run is None:
-            raise ModelNotReady(self.name)
-        logits, probabilities = run(images)
+        # Kept through stop() (unload, shutdown): requests already accepted finish during the grace period.
+        logits, probabilities = self._run(images)
         return logits, probabilities
 
     @staticmethod
