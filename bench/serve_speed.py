@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from cifarflow.engines import build, container_name, running  # noqa: E402
 from cifarflow.evaluation import Client, latencies_ms  # noqa: E402
-from cifarflow.serving import INPUT, OUTPUTS, load_session  # noqa: E402
+from cifarflow.inference import INPUT, OUTPUTS, load_session  # noqa: E402
 
 
 def default_model(out: Path) -> Path:
