@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "scripts")]
 
 from cifar_archive import make_archive  # noqa: E402
+from cifarflow.config import prepare_settings, validate_config  # noqa: E402
 
 
 def run_prepare(settings: dict, outdir: Path, archive: Path | None, threads: int) -> float:
@@ -48,7 +49,8 @@ def run_prepare(settings: dict, outdir: Path, archive: Path | None, threads: int
 
 def folder_settings(path: Path) -> dict:
     """prepare_dataset's settings for a folder source, as the workflow would pass them."""
-    return {"source": "folder", "path": str(path), "resize": False, "val_fraction": 0.1, "seed": 0}
+    dataset = {"source": "folder", "path": str(path), "val_fraction": 0.1, "seed": 0}
+    return prepare_settings(validate_config({"dataset": dataset}, ROOT / "config" / "schema.yaml")["dataset"])
 
 
 def split_jpeg_archive(archive: Path, root: Path, test_per_class: int = 1000) -> None:
