@@ -117,6 +117,8 @@ class Recipe:
     model: Literal["fast", "simple", "vgg11", "vgg16", "resnet18"]
     widths: tuple[int, int, int]  # channels of fast's three conv groups (the others ignore it)
     tta: bool  # mirror test-time augmentation, inside the model (and so the ONNX graph)
+    tta_translate: bool  # one-pixel translation test-time augmentation, likewise
+    identity_init: bool  # fast: Dirac-initialised 3x3 convs
     # optimisation
     epochs: int  # passes over the training split
     batch_size: int  # images per optimiser step
@@ -129,10 +131,17 @@ class Recipe:
     warmup: float  # fraction of all steps, linear from lr/10 to lr
     label_smoothing: float  # of the cross-entropy targets
     ema: float  # per-step decay of the evaluated and exported weight average; 0 = off
+    lookahead: bool  # airbench94's lookahead: the weights pulled to their average every 5 steps
+    whiten_bias_epochs: int  # fast: epochs before the whitening layer's bias is frozen
     # augmentation
     flip: bool  # random horizontal flips
     translate: int  # random shift, pixels (reflect padding)
+    alternate_flip: bool  # flip each image in every other epoch rather than at random
+    early_crop: int  # progressive resizing: crop size (pixels) of the first early_crop_epochs
+    early_crop_epochs: int
     # where and how
+    compile: bool  # torch.compile the training network
+    precision: Literal["auto", "bf16", "fp32"]  # of training; auto = bf16 where the hardware is fast at it
     device: Literal["auto", "cpu", "cuda"]  # auto = cuda when available
     seed: int  # of initialisation, shuffling, augmentation and dropout
 

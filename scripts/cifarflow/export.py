@@ -88,6 +88,7 @@ def _metadata(checkpoint: dict) -> dict[str, str]:
         "input_format": "uint8 [N,32,32,3] RGB (NHWC); scaling, normalisation and TTA are in the graph",
         "model_type": recipe.model,
         "tta": json.dumps(recipe.tta),
+        "tta_translate": json.dumps(recipe.tta_translate),
         "dataset_id": checkpoint["dataset_id"],
         "recipe_sha256": checkpoint["recipe_sha256"],
         "recipe": recipe.to_json(),

@@ -22,26 +22,48 @@ class Normalize(nn.Module):
 
 
 class Classifier(nn.Module):
-    """normalise -> body -> logits; with `tta`, eval-mode logits average the image and its mirror."""
+    """normalise -> body -> logits. In eval mode, test-time augmentation averages the logits of
+    several views of each image: with `tta`, the image and its mirror; with `tta_translate`, also
+    the image shifted by one pixel up-left and down-right (reflect padding; weights 1/2, 1/4, 1/4,
+    as in airbench94). All views go through the body as one batch: one call, so that batch-1
+    latency pays the per-call overhead once."""
 
-    def __init__(self, body: nn.Module, mean: list[float], std: list[float], tta: bool = False):
+    def __init__(
+        self,
+        body: nn.Module,
+        mean: list[float],
+        std: list[float],
+        tta: bool = False,
+        tta_translate: bool = False,
+    ):
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.body = body
         self.tta = tta
+        self.tta_translate = tta_translate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.body(self.normalize(x))
-        if self.tta and not self.training:
-            logits = 0.5 * (logits + self.body(self.normalize(x.flip(-1))))
-        return logits
+        x = self.normalize(x)
+        if self.training or not (self.tta or self.tta_translate):
+            return self.body(x)
+        views, weights = [x], [1.0]
+        if self.tta_translate:
+            height, width = x.shape[-2:]
+            padded = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+            views += [padded[..., :height, :width], padded[..., 2:, 2:]]
+            weights = [0.5, 0.25, 0.25]
+        if self.tta:
+            views += [v.flip(-1) for v in views]
+            weights = [w / 2 for w in weights] * 2
+        logits = self.body(torch.cat(views)).unflatten(0, (len(views), -1))
+        return (logits * logits.new_tensor(weights).view(-1, 1, 1)).sum(0)
 
 
 # --- fast: airbench-style (Keller Jordan's cifar10-airbench, hlb-CIFAR10) ----------------------
 
 
 class ConvGroup(nn.Module):
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, cin: int, cout: int, identity_init: bool = False):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
         self.norm1 = nn.BatchNorm2d(cout, momentum=0.4)
@@ -49,6 +71,9 @@ class ConvGroup(nn.Module):
         self.norm2 = nn.BatchNorm2d(cout, momentum=0.4)
         self.pool = nn.MaxPool2d(2)
         self.act = nn.GELU()
+        if identity_init:  # airbench: the first filters pass their input through, an implicit residual
+            for conv in (self.conv1, self.conv2):
+                nn.init.dirac_(conv.weight.data[: conv.in_channels])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.norm1(self.pool(self.conv1(x))))
@@ -58,12 +83,13 @@ class ConvGroup(nn.Module):
 class FastNet(nn.Module):
     """2x2 patch-whitening conv (fixed weights, set from data) -> three conv groups -> linear."""
 
-    def __init__(self, widths=(64, 256, 256), num_classes: int = 10):
+    def __init__(self, widths=(64, 256, 256), num_classes: int = 10, identity_init: bool = False):
         super().__init__()
         self.whiten = nn.Conv2d(3, 24, kernel_size=2, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)
         w1, w2, w3 = widths
-        self.layers = nn.Sequential(nn.GELU(), ConvGroup(24, w1), ConvGroup(w1, w2), ConvGroup(w2, w3))
+        groups = [ConvGroup(a, b, identity_init) for a, b in ((24, w1), (w1, w2), (w2, w3))]
+        self.layers = nn.Sequential(nn.GELU(), *groups)
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.head = nn.Linear(w3, num_classes, bias=False)
         self.scale = 1 / 9  # a low output temperature, as in airbench
@@ -154,9 +180,11 @@ def build_model(
     num_classes: int = 10,
     widths=(64, 256, 256),
     tta: bool = False,
+    tta_translate: bool = False,
+    identity_init: bool = False,
 ) -> Classifier:
     if name == "fast":
-        body = FastNet(tuple(widths), num_classes)
+        body = FastNet(tuple(widths), num_classes, identity_init)
     elif name == "simple":
         body = SimpleNet(num_classes)
     elif name in VGG_BLOCKS:
@@ -165,7 +193,7 @@ def build_model(
         body = resnet18_cifar(num_classes)
     else:
         raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
-    return Classifier(body, mean, std, tta)
+    return Classifier(body, mean, std, tta, tta_translate)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -11,6 +11,8 @@ import contextlib
 import csv
 import logging
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,19 +55,30 @@ def to_float(batch: torch.Tensor) -> torch.Tensor:
     return batch.float().div_(255).contiguous(memory_format=torch.channels_last)
 
 
-def augment(x: torch.Tensor, flip: bool, translate: int, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flips and translations (reflect padding) of a float batch, on its device."""
-    n = x.shape[0]
+def augment(
+    x: torch.Tensor,
+    flip: bool,
+    translate: int,
+    generator: torch.Generator,
+    crop: int | None = None,
+    flipped: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Horizontal flips (random, or where the boolean mask `flipped` says) and random translations
+    (reflect padding) of a float batch, on its device; with `crop`, a random crop of that size out
+    of the translated image (progressive resizing)."""
+    n, size = x.shape[0], x.shape[-1]
+    if flip and flipped is None:
+        flipped = torch.rand(n, device=x.device, generator=generator) < 0.5
     if flip:
-        mask = torch.rand(n, device=x.device, generator=generator) < 0.5
-        x = torch.where(mask[:, None, None, None], x.flip(-1), x)
-    if translate:
+        x = torch.where(flipped[:, None, None, None], x.flip(-1), x)
+    crop = crop or size
+    if translate or crop != size:
         # One gather: output pixel (i, j) of image k reads padded (i + dy_k, j + dx_k). No
         # per-image Python and no host sync, so the same code is fast on a GPU.
-        size, t = x.shape[-1], translate
-        padded = nn.functional.pad(x, (t, t, t, t), mode="reflect")
-        dy, dx = torch.randint(0, 2 * t + 1, (2, n, 1), device=x.device, generator=generator)
-        grid = torch.arange(size, device=x.device)
+        t = translate
+        padded = nn.functional.pad(x, (t, t, t, t), mode="reflect") if t else x
+        dy, dx = torch.randint(0, size + 2 * t - crop + 1, (2, n, 1), device=x.device, generator=generator)
+        grid = torch.arange(crop, device=x.device)
         rows, cols = (dy + grid)[:, None, :, None], (dx + grid)[:, None, None, :]
         batch = torch.arange(n, device=x.device)[:, None, None, None]
         channels = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
@@ -100,9 +113,16 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
 
 
-def _autocast(device: torch.device):
-    """bf16 autocast on CUDA; nothing on CPU, where bf16 was measured 2.6x slower than fp32."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+def trains_in_bf16(precision: str, device: torch.device) -> bool:
+    """recipe.precision resolved: `auto` is bf16 on CUDA and on CPUs with AMX bf16 units (2.3x the
+    fp32 speed measured on a 2-core Xeon); fp32 on other CPUs, which emulate bf16 slowly."""
+    if precision != "auto":
+        return precision == "bf16"
+    return device.type == "cuda" or bool(torch.cpu.get_capabilities().get("amx_bf16", False))
+
+
+def _autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -112,7 +132,7 @@ def evaluate(
     """(mean cross-entropy, accuracy) of `model` in eval mode (TTA included when the model has it)."""
     model.eval()
     total_loss, correct = 0.0, 0
-    autocast = _autocast(device)
+    autocast = _autocast(device, device.type == "cuda")  # fp32 on CPU: the exported graph's arithmetic
     for start in range(0, len(labels), EVAL_BATCH):
         x = to_float(images[start : start + EVAL_BATCH])
         y = labels[start : start + EVAL_BATCH]
@@ -141,6 +161,36 @@ def ema_update(decay: float):
                 e.copy_(p)
 
     return update
+
+
+class Lookahead:
+    """airbench94's lookahead: every 5 steps from 30% of training on, the weights and BatchNorm
+    statistics move to an exponential average of themselves (decay 0.95 per step, times the cube
+    of the training progress: weak at first, strong at the end), and the average replaces them.
+    After each epoch the weights are set to the average once more."""
+
+    EVERY, DECAY, START = 5, 0.95, 0.3
+
+    def __init__(self, model: nn.Module):
+        self.tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+        self.average: list[torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def step(self, step: int, total: int) -> None:
+        """After optimiser step number `step` (1-based) of `total`."""
+        if step % self.EVERY or step < self.START * total:
+            return
+        if self.average is None:
+            self.average = [t.detach().clone() for t in self.tensors]
+            return
+        rho = self.DECAY**self.EVERY * (step / total) ** 3
+        torch._foreach_lerp_(self.average, self.tensors, 1 - rho)
+        torch._foreach_copy_(self.tensors, self.average)
+
+    @torch.no_grad()
+    def end_epoch(self) -> None:
+        if self.average is not None:
+            torch._foreach_copy_(self.tensors, self.average)
 
 
 @dataclass
@@ -172,13 +222,24 @@ def _load_splits(
     return images, labels
 
 
+def build_model_of(recipe: Recipe, mean: list[float], std: list[float], num_classes: int) -> Classifier:
+    return build_model(
+        recipe.model,
+        mean,
+        std,
+        num_classes,
+        recipe.widths,
+        tta=recipe.tta,
+        tta_translate=recipe.tta_translate,
+        identity_init=recipe.identity_init,
+    )
+
+
 def _make_model(recipe: Recipe, meta: dict, train_images: torch.Tensor, device: torch.device) -> Classifier:
     """The recipe's network on `device`, initialised from its seed (and fast's whitening layer from
     the first 5,000 training images)."""
     torch.manual_seed(recipe.seed)
-    model = build_model(
-        recipe.model, meta["mean"], meta["std"], meta["num_classes"], recipe.widths, recipe.tta
-    )
+    model = build_model_of(recipe, meta["mean"], meta["std"], meta["num_classes"])
     model = model.to(device, memory_format=torch.channels_last)
     if isinstance(model.body, FastNet):
         model.body.init_whitening(model.normalize(to_float(train_images[:5000])))
@@ -209,14 +270,19 @@ def train(data_dir: Path, recipe: Recipe, outdir: Path, threads: int = 0) -> dic
     model = _make_model(recipe, meta, images["train"], device)
     optimizer = make_optimizer(model, recipe)
     ema = AveragedModel(model, multi_avg_fn=ema_update(recipe.ema), use_buffers=True) if recipe.ema else None
+    lookahead = Lookahead(model) if recipe.lookahead else None
     evaluated = ema.module if ema is not None else model  # what is validated, tested and saved
+    forward = _compiled(model, device) if recipe.compile else model  # for training steps only
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    autocast = _autocast(device)
+    bf16 = trains_in_bf16(recipe.precision, device)
+    autocast = _autocast(device, bf16)
+    log.info("training arithmetic: %s", "bf16 autocast" if bf16 else "fp32")
     steps_per_epoch = n_train // batch  # drop the last partial batch: constant batch statistics
     total_steps = steps_per_epoch * recipe.epochs
+    flipped_first = _flipped_first(recipe, n_train, device)
 
     resume = Resume(outdir / "resume.pt", recipe.sha256(), meta["dataset_id"])
-    state = resume.load(model, optimizer, ema, device)
+    state = resume.load(model, optimizer, ema, lookahead, device)
     writer = _tensorboard(outdir / "tensorboard", state.history)
 
     for epoch in range(state.epoch, recipe.epochs):
@@ -224,23 +290,32 @@ def train(data_dir: Path, recipe: Recipe, outdir: Path, threads: int = 0) -> dic
         generator = _seed_epoch(recipe.seed, epoch, device)
         model.train()
         order = torch.randperm(n_train, device=device, generator=generator)
+        crop = recipe.early_crop if epoch < recipe.early_crop_epochs else None
+        if isinstance(model.body, FastNet):  # a frozen first layer also spares the backward pass into it
+            model.body.whiten.bias.requires_grad_(epoch < recipe.whiten_bias_epochs)
         losses = torch.zeros(steps_per_epoch, device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         start = time.perf_counter()
         steps = progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="step")
         for step in steps:
-            lr = lr_at(epoch * steps_per_epoch + step, total_steps, recipe)
+            done = epoch * steps_per_epoch + step
+            lr = lr_at(done, total_steps, recipe)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = order[step * batch : (step + 1) * batch]
-            x = augment(to_float(images["train"][idx]), recipe.flip, recipe.translate, generator)
+            # alternate_flip: the images flipped in even epochs are the others in odd ones
+            flipped = None if flipped_first is None else flipped_first[idx] ^ bool(epoch % 2)
+            x = to_float(images["train"][idx])
+            x = augment(x, recipe.flip, recipe.translate, generator, crop, flipped)
             y = labels["train"][idx]
             with autocast:
-                logits = model(x)
+                logits = forward(x)
                 loss = criterion(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if lookahead is not None:
+                lookahead.step(done + 1, total_steps)
             if ema is not None:
                 ema.update_parameters(model)
             losses[step] = loss.detach()
@@ -252,6 +327,8 @@ def train(data_dir: Path, recipe: Recipe, outdir: Path, threads: int = 0) -> dic
                     img_s=f"{(step + 1) * batch / (time.perf_counter() - start):,.0f}",
                     refresh=False,
                 )
+        if lookahead is not None:
+            lookahead.end_epoch()
         seconds = time.perf_counter() - start
 
         # ---- validation ----
@@ -269,7 +346,7 @@ def train(data_dir: Path, recipe: Recipe, outdir: Path, threads: int = 0) -> dic
         state = TrainState(epoch + 1, [*state.history, row], state.seconds + seconds)
         _log_epoch(row, recipe.epochs, val_loss, val_acc, seconds)
         _write_epoch(writer, row)
-        resume.save(state, model, optimizer, ema)
+        resume.save(state, model, optimizer, ema, lookahead)
 
     # ---- test: the test split is evaluated once, here, and used for nothing else ----
     test_loss, test_acc = evaluate(evaluated, images["test"], labels["test"], device)
@@ -289,9 +366,33 @@ def train(data_dir: Path, recipe: Recipe, outdir: Path, threads: int = 0) -> dic
         "train_seconds": round(state.seconds, 3),
         "images_per_second": round(steps_per_epoch * batch * state.epoch / state.seconds, 1),
         "parameters": count_parameters(model),
+        "precision": "bf16" if bf16 else "fp32",
         "epochs": state.epoch,
         "history": state.history,
     }
+
+
+def _compiled(model: nn.Module, device: torch.device) -> nn.Module:
+    """torch.compile'd `model` (inductor, one static graph per input shape). Compiled code is cached
+    in $TORCHINDUCTOR_CACHE_DIR, by default .cache/torchinductor here, so that later runs (and
+    other experiments of the same network) reuse it."""
+    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "clang++")):
+        raise PipelineError(
+            "train.compile on a CPU needs a C++ compiler (g++ or clang++, or $CXX) where training "
+            "runs: install one, or set train.compile: false"
+        )
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(".cache", "torchinductor").resolve()))
+    return torch.compile(model, dynamic=False)
+
+
+def _flipped_first(recipe: Recipe, n_train: int, device: torch.device) -> torch.Tensor | None:
+    """alternate_flip: which training images are flipped in even epochs (a fixed random half, drawn
+    from the seed alone so that a resumed run draws the same); None for random flips."""
+    if not (recipe.flip and recipe.alternate_flip):
+        return None
+    generator = torch.Generator(device=device)
+    generator.manual_seed(recipe.seed * 100_003 - 1)  # a stream no epoch uses
+    return torch.rand(n_train, device=device, generator=generator) < 0.5
 
 
 @dataclass(frozen=True)
@@ -308,6 +409,7 @@ class Resume:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         ema: AveragedModel | None,
+        lookahead: Lookahead | None,
         device: torch.device,
     ) -> TrainState:
         """Restore model, optimiser and EMA in place from a matching resume.pt; a fresh state if none."""
@@ -321,11 +423,18 @@ class Resume:
         optimizer.load_state_dict(saved["optimizer"])
         if ema is not None:
             ema.load_state_dict(saved["ema"])
+        if lookahead is not None and saved.get("lookahead") is not None:
+            lookahead.average = saved["lookahead"]
         log.info("resuming after epoch %d from %s", saved["epoch"], self.path)
         return TrainState(saved["epoch"], saved["history"], saved["seconds"])
 
     def save(
-        self, state: TrainState, model: nn.Module, optimizer: torch.optim.Optimizer, ema: AveragedModel | None
+        self,
+        state: TrainState,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        ema: AveragedModel | None,
+        lookahead: Lookahead | None,
     ) -> None:
         with atomic_path(self.path) as tmp:  # a kill while saving leaves the previous epoch's
             torch.save(
@@ -338,6 +447,7 @@ class Resume:
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "ema": ema.state_dict() if ema is not None else {},
+                    "lookahead": lookahead.average if lookahead is not None else None,
                 },
                 tmp,
             )
@@ -422,8 +532,6 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     recipe = Recipe.from_config(checkpoint["recipe"])
     num_classes = len(checkpoint["class_names"])
-    model = build_model(
-        recipe.model, checkpoint["mean"], checkpoint["std"], num_classes, recipe.widths, recipe.tta
-    )
+    model = build_model_of(recipe, checkpoint["mean"], checkpoint["std"], num_classes)
     model.load_state_dict(checkpoint["weights"])
     return model.eval(), checkpoint
