@@ -160,3 +160,107 @@ def test_predictions_depend_on_normalisation_inside_the_model():
         assert not torch.allclose(a(x), b(x))
         assert torch.allclose(b(x), a((x - 0.5) / 0.25), atol=1e-5)
     assert np.allclose(b.normalize.mean.flatten().numpy(), 0.5)
+
+
+def test_tta_averages_its_views_in_one_batch():
+    model = build_model("fast", [0.5] * 3, [0.25] * 3, widths=(8, 16, 16), tta=True).eval()
+    x = torch.rand(3, 3, 32, 32)
+    body = model.body
+    with torch.no_grad():
+        norm = model.normalize(x)
+        # mirror TTA: the image and its mirror, 1/2 each
+        assert torch.allclose(model(x), 0.5 * (body(norm) + body(norm.flip(-1))), atol=1e-5)
+        # translate TTA: one pixel up-left and down-right (reflect padding), 1/4 each, each with its mirror
+        model.tta_translate = True
+        padded = torch.nn.functional.pad(norm, (1, 1, 1, 1), mode="reflect")
+        views = {"plain": norm, "up-left": padded[..., :32, :32], "down-right": padded[..., 2:, 2:]}
+        mirrored = {k: 0.5 * (body(v) + body(v.flip(-1))) for k, v in views.items()}
+        expected = 0.5 * mirrored["plain"] + 0.25 * (mirrored["up-left"] + mirrored["down-right"])
+        assert torch.allclose(model(x), expected, atol=1e-5)
+        model.tta = False  # translate alone: no mirrors
+        expected = 0.5 * body(norm) + 0.25 * (body(views["up-left"]) + body(views["down-right"]))
+        assert torch.allclose(model(x), expected, atol=1e-5)
+        model.train()  # training: one view
+        assert torch.equal(model(x), body(norm))
+
+
+def test_augment_crops_a_legal_window_of_the_translated_image():
+    x = torch.arange(3 * 32 * 32, dtype=torch.float32).reshape(1, 3, 32, 32).repeat(50, 1, 1, 1)
+    out = augment(x, flip=False, translate=2, generator=torch.Generator().manual_seed(0), crop=24)
+    assert out.shape == (50, 3, 24, 24)
+    padded = torch.nn.functional.pad(x[:1], (2, 2, 2, 2), mode="reflect")[0]
+    offsets = [(dy, dx) for dy in range(13) for dx in range(13)]
+    windows = {tuple(padded[:, dy : dy + 24, dx : dx + 24].flatten().tolist()) for dy, dx in offsets}
+    assert {tuple(o.flatten().tolist()) for o in out} <= windows
+    assert len({tuple(o[0, 0].tolist()) for o in out}) > 5  # random offsets, not always the same
+
+
+def test_alternate_flip_flips_each_image_in_every_other_epoch(tiny_data, tmp_path):
+    recipe = base_recipe(alternate_flip=True)
+    first = training._flipped_first(recipe, 100, torch.device("cpu"))
+    assert first.dtype == torch.bool and 20 < int(first.sum()) < 80  # a random half
+    assert torch.equal(first, training._flipped_first(recipe, 100, torch.device("cpu")))  # from the seed
+    assert training._flipped_first(replace(recipe, alternate_flip=False), 100, torch.device("cpu")) is None
+    x = torch.rand(4, 3, 32, 32)
+    mask = torch.tensor([True, False, True, False])
+    out = augment(x, flip=True, translate=0, generator=torch.Generator(), flipped=mask)
+    assert torch.equal(out[0], x[0].flip(-1)) and torch.equal(out[1], x[1])
+    assert train(tiny_data, recipe, tmp_path, threads=2)["epochs"] == 2
+
+
+def test_lookahead_pulls_the_weights_to_their_average_late_in_training():
+    model = torch.nn.Linear(2, 2)
+    lookahead = training.Lookahead(model)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    lookahead.step(5, 100)  # before 30% of training: nothing
+    assert lookahead.average is None
+    lookahead.step(31, 100)  # not a 5th step
+    assert lookahead.average is None
+    lookahead.step(35, 100)  # starts the average
+    assert torch.equal(lookahead.average[0], torch.ones(2, 2))
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    lookahead.step(100, 100)  # rho = 0.95**5 at the end: the weights move to the average
+    rho = 0.95**5
+    assert torch.allclose(model.weight, torch.full((2, 2), rho * 1 + (1 - rho) * 3))
+    assert torch.equal(lookahead.average[0], model.weight.detach())
+
+
+def test_a_frozen_whitening_bias_never_moves(tiny_data, tmp_path):
+    recipe = base_recipe(whiten_bias_epochs=0, ema=0.0)
+    train(tiny_data, recipe, tmp_path, threads=2)
+    trained = torch.load(tmp_path / "model.pt", weights_only=True)["weights"]
+    torch.manual_seed(recipe.seed)
+    initial = training.build_model_of(recipe, [0.5] * 3, [0.25] * 3, 10).state_dict()
+    assert torch.equal(trained["body.whiten.bias"], initial["body.whiten.bias"])
+    assert not torch.equal(trained["body.head.weight"], initial["body.head.weight"])
+
+
+def test_identity_init_makes_the_first_filters_pass_their_input_through():
+    model = build_model("fast", [0.5] * 3, [0.25] * 3, widths=(32, 48, 64), identity_init=True)
+    conv = model.body.layers[1].conv1  # 24 -> 32 channels
+    x = torch.rand(2, 24, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(conv(x)[:, :24], x, atol=1e-6)
+    plain = build_model("fast", [0.5] * 3, [0.25] * 3, widths=(32, 48, 64))
+    with torch.no_grad():
+        assert not torch.allclose(plain.body.layers[1].conv1(x)[:, :24], x, atol=1e-3)
+
+
+def test_precision_auto_is_bf16_where_the_cpu_has_amx(monkeypatch):
+    cpu = torch.device("cpu")
+    assert training.trains_in_bf16("bf16", cpu) and not training.trains_in_bf16("fp32", cpu)
+    assert training.trains_in_bf16("auto", torch.device("cuda"))
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
+    assert training.trains_in_bf16("auto", cpu)
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_f": True})
+    assert not training.trains_in_bf16("auto", cpu)
+
+
+def test_progressive_resizing_trains_small_crops_first(tiny_data, tmp_path):
+    recipe = base_recipe(early_crop=24, early_crop_epochs=1, tta_translate=True)
+    metrics = train(tiny_data, recipe, tmp_path, threads=2)
+    assert len(metrics["history"]) == 2 and 0 <= metrics["test_accuracy"] <= 1
+    model, _ = training.load_checkpoint(tmp_path / "model.pt")
+    assert model.tta_translate and model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
