@@ -1,7 +1,8 @@
 """Where a batch-1 request's time goes: the model, its TTA views, ONNX Runtime's threads, the server
 (KServe, gRPC, Python), and the container around it.
 
-    python bench/serve_breakdown.py [--model model.onnx] [--engines process podman podman-bridge] [--requests 2000]
+    python bench/serve_breakdown.py [--model model.onnx] [--engines process podman podman-bridge]
+        [--requests 2000]
         [--base-image localhost/cifarflow-base:bookworm
          --build-option=-v --build-option=/etc/ssl/certs:/etc/ssl/certs:ro]
 
