@@ -60,7 +60,6 @@ VGG11_ORIGINAL = {
     "lookahead": False,
     "alternate_flip": False,
     "early_crop_epochs": 0,
-    "compile": False,
     "precision": "fp32",
 }
 

@@ -3,6 +3,7 @@
     python bench/cpu_recipe.py time-only [--rows ...] [--steps 30]    # a few minutes, needs a quiet machine
     python bench/cpu_recipe.py timing    [--rows default]             # the real command, 45,000 images
     python bench/cpu_recipe.py accuracy  [--rows ...] [--seeds 0 1 2] # deterministic: any load will do
+    python bench/cpu_recipe.py tta --checkpoints .../model.pt          # the same weights, each TTA
     python bench/cpu_recipe.py table                                  # the README's table
 
 Rows are overrides of config/config.yaml's `train` (ROWS below). Accuracy is the test accuracy on
@@ -13,9 +14,11 @@ choice: choices were made on val. Time is measured on the `timing` carve (45,000
 - `timing` runs scripts/train_model.py (as the rule does) and reports its `train_seconds` (the
   training steps of every epoch, compilation included; no evaluation) and the command's wall time;
 - `time-only` times `--steps` training steps of each row in this process, at 2 threads, on the
-  same data with the same pieces as train_model (augmentation, EMA, lookahead, compiled network,
-  bf16), for each image size the row trains at, plus the first step (compilation) and the
-  evaluations, and predicts train_seconds = first-step overhead + steps x seconds per step.
+  same data with the same pieces as train_model (augmentation, EMA, lookahead, bf16), for each
+  image size the row trains at, plus the first step and the evaluations, and predicts
+  train_seconds = first-step overhead + steps x seconds per step. The `compile` row times the
+  default with its network torch.compile'd (inductor; the first step compiles, or loads the
+  compiled code from inductor's cache): torch.compile is not a recipe key, since it did not pay.
 
 Results are appended to --results (JSON lines) and `table` prints the latest of each measurement.
 """
@@ -53,7 +56,6 @@ PREVIOUS = {
     "lookahead": False,
     "tta_translate": False,
     "early_crop_epochs": 0,
-    "compile": False,
 }
 # name -> (what it is, overrides of the default recipe)
 ROWS = {
@@ -69,7 +71,7 @@ ROWS = {
         "default + progressive resizing (24 px, first 6 epochs)",
         {"early_crop": 24, "early_crop_epochs": 6},
     ),
-    "compile": ("default + torch.compile", {"compile": True}),
+    "compile": ("default + torch.compile (time only; not a recipe key: it did not pay)", {}),
     "fp32": ("default in fp32", {"precision": "fp32"}),
 }
 
@@ -96,6 +98,8 @@ def record(path: Path, entry: dict) -> None:
 def run_full(args: argparse.Namespace, carve: str, seeds: list[int]) -> None:
     data = prepare_carve(carve, args.cache, args.archive)
     for row in args.rows:
+        if row == "compile":
+            continue  # time-only: the same recipe as the default
         for seed in seeds:
             recipe = recipe_of(row, seed)
             result = run_train_model(
@@ -117,7 +121,15 @@ def _phases(recipe: Recipe) -> list[tuple[int | None, int, bool]]:
 class Stepper:
     """train_model's training step for one recipe, built from the same pieces (training.train)."""
 
-    def __init__(self, recipe: Recipe, meta: dict, images: dict, labels: dict, device: torch.device):
+    def __init__(
+        self,
+        recipe: Recipe,
+        meta: dict,
+        images: dict,
+        labels: dict,
+        device: torch.device,
+        compile_: bool = False,
+    ):
         self.recipe, self.images, self.labels = recipe, images["train"], labels["train"]
         self.model = training._make_model(recipe, meta, self.images, device)
         self.optimizer = training.make_optimizer(self.model, recipe)
@@ -127,7 +139,7 @@ class Stepper:
             else None
         )
         self.lookahead = training.Lookahead(self.model) if recipe.lookahead else None
-        self.forward = training._compiled(self.model, device) if recipe.compile else self.model
+        self.forward = torch.compile(self.model, dynamic=False) if compile_ else self.model
         self.autocast = training._autocast(device, training.trains_in_bf16(recipe.precision, device))
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
         self.generator = torch.Generator().manual_seed(0)
@@ -154,11 +166,13 @@ class Stepper:
         loss.item()  # the loop's divergence check waits for the device now and then
 
 
-def time_row(recipe: Recipe, meta: dict, images: dict, labels: dict, steps: int) -> dict:
+def time_row(
+    recipe: Recipe, meta: dict, images: dict, labels: dict, steps: int, compile_: bool = False
+) -> dict:
     """Seconds per step at each kind of epoch the recipe has, the first steps' extra (compilation),
     evaluation seconds, and the predicted train_seconds (see the module's docstring)."""
     device = torch.device("cpu")
-    stepper = Stepper(recipe, meta, images, labels, device)
+    stepper = Stepper(recipe, meta, images, labels, device, compile_)
     steps_per_epoch = len(labels["train"]) // recipe.batch_size
     phases, overhead, seconds = [], 0.0, 0.0
     for crop, epochs, bias in _phases(recipe):
@@ -215,7 +229,7 @@ def time_only(args: argparse.Namespace) -> None:
     import_seconds = time.perf_counter() - start
     for row in args.rows:
         recipe = recipe_of(row)
-        figures = time_row(recipe, meta, images, labels, args.steps)
+        figures = time_row(recipe, meta, images, labels, args.steps, compile_=row == "compile")
         wall = (
             import_seconds
             + figures["predicted_train_seconds"]
@@ -233,6 +247,31 @@ def time_only(args: argparse.Namespace) -> None:
                 **figures,
                 "predicted_wall_seconds": round(wall, 1),
             },
+        )
+
+
+def tta(args: argparse.Namespace) -> None:
+    """Each checkpoint evaluated again with each test-time augmentation: one view, mirror, mirror +
+    translate (the weights are the same: TTA needs no retraining), on the accuracy carve."""
+    data = prepare_carve("accuracy", args.cache, args.archive)
+    device = torch.device("cpu")
+    images, labels = training._load_splits(data, device)
+    for path in args.checkpoints:
+        model, checkpoint = training.load_checkpoint(path)
+        figures = {}
+        for name, flip, translate in (
+            ("none", False, False),
+            ("flip", True, False),
+            ("flip+translate", True, True),
+        ):
+            model.tta, model.tta_translate = flip, translate
+            figures[name] = {
+                split: round(training.evaluate(model, images[split], labels[split], device)[1], 5)
+                for split in ("val", "test")
+            }
+        record(
+            args.results,
+            {"mode": "tta", "checkpoint": str(path), "recipe_sha256": checkpoint["recipe_sha256"], **figures},
         )
 
 
@@ -288,7 +327,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("mode", choices=["time-only", "timing", "accuracy", "table"])
+    parser.add_argument("mode", choices=["time-only", "timing", "accuracy", "tta", "table"])
+    parser.add_argument("--checkpoints", nargs="+", type=Path, default=[], help="tta: model.pt files")
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=30, help="time-only: timed steps per phase")
@@ -303,6 +343,8 @@ def main() -> None:
         run_full(args, "timing", [0])
     elif args.mode == "accuracy":
         run_full(args, "accuracy", args.seeds)
+    elif args.mode == "tta":
+        tta(args)
     else:
         table(args)
 

@@ -125,7 +125,7 @@ def test_recipe_keeps_the_config_json_and_hash_byte_for_byte():
         ({"widths": [8, 16]}, r"recipe key 'widths' = \[8, 16\] is invalid: expected a list of 3 integers"),
         ({"widths": [8, 16, 1.5]}, r"recipe key 'widths' = \[8, 16, 1\.5\] is invalid"),
         ({"model": "vgg19"}, r"recipe key 'model' = 'vgg19' is invalid: expected one of 'fast', 'simple'"),
-        ({"lr_max": 0.1}, r"unknown recipe key 'lr_max'; known keys: alternate_flip, batch_size, compile"),
+        ({"lr_max": 0.1}, r"unknown recipe key 'lr_max'; known keys: alternate_flip, batch_size, device"),
     ],
 )
 def test_recipe_rejects_a_bad_key_naming_it(change, message):

@@ -29,6 +29,16 @@ def test_every_model_trains_a_few_steps_and_exports_with_parity(name, tiny_data,
     assert figures["model_bytes"] == (tmp_path / "model.onnx").stat().st_size
 
 
+def test_translate_tta_exports_with_parity_and_says_so(tiny_data, tmp_path):  # noqa: F811
+    train(tiny_data, base_recipe(epochs=1, tta_translate=True), tmp_path, threads=2)
+    figures = export(tmp_path / "model.pt", tiny_data, tmp_path / "model.onnx", SETTINGS, threads=2)
+    assert figures["argmax_agreement"] >= 0.9995 and figures["max_probability_diff"] <= 1e-4
+    meta = {p.key: p.value for p in onnx.load(tmp_path / "model.onnx").metadata_props}
+    assert (meta["tta"], meta["tta_translate"]) == ("true", "true")
+    ops = {node.op_type for node in onnx.load(tmp_path / "model.onnx").graph.node}
+    assert "Pad" in ops  # the one-pixel shifts (reflect padding) are in the graph
+
+
 @pytest.fixture(scope="module")
 def exported(tiny_data, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("export")

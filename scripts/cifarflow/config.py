@@ -140,7 +140,6 @@ class Recipe:
     early_crop: int  # progressive resizing: crop size (pixels) of the first early_crop_epochs
     early_crop_epochs: int
     # where and how
-    compile: bool  # torch.compile the training network
     precision: Literal["auto", "bf16", "fp32"]  # of training; auto = bf16 where the hardware is fast at it
     device: Literal["auto", "cpu", "cuda"]  # auto = cuda when available
     seed: int  # of initialisation, shuffling, augmentation and dropout

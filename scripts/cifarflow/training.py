@@ -11,8 +11,6 @@ import contextlib
 import csv
 import logging
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,7 +270,6 @@ def train(data_dir: Path, recipe: Recipe, outdir: Path, threads: int = 0) -> dic
     ema = AveragedModel(model, multi_avg_fn=ema_update(recipe.ema), use_buffers=True) if recipe.ema else None
     lookahead = Lookahead(model) if recipe.lookahead else None
     evaluated = ema.module if ema is not None else model  # what is validated, tested and saved
-    forward = _compiled(model, device) if recipe.compile else model  # for training steps only
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     bf16 = trains_in_bf16(recipe.precision, device)
     autocast = _autocast(device, bf16)
@@ -309,7 +306,7 @@ def train(data_dir: Path, recipe: Recipe, outdir: Path, threads: int = 0) -> dic
             x = augment(x, recipe.flip, recipe.translate, generator, crop, flipped)
             y = labels["train"][idx]
             with autocast:
-                logits = forward(x)
+                logits = model(x)
                 loss = criterion(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -370,19 +367,6 @@ def train(data_dir: Path, recipe: Recipe, outdir: Path, threads: int = 0) -> dic
         "epochs": state.epoch,
         "history": state.history,
     }
-
-
-def _compiled(model: nn.Module, device: torch.device) -> nn.Module:
-    """torch.compile'd `model` (inductor, one static graph per input shape). Compiled code is cached
-    in $TORCHINDUCTOR_CACHE_DIR, by default .cache/torchinductor here, so that later runs (and
-    other experiments of the same network) reuse it."""
-    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "clang++")):
-        raise PipelineError(
-            "train.compile on a CPU needs a C++ compiler (g++ or clang++, or $CXX) where training "
-            "runs: install one, or set train.compile: false"
-        )
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(".cache", "torchinductor").resolve()))
-    return torch.compile(model, dynamic=False)
 
 
 def _flipped_first(recipe: Recipe, n_train: int, device: torch.device) -> torch.Tensor | None:
