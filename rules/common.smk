@@ -78,10 +78,12 @@ def recipe_json(wildcards):
 
 
 def export_settings(wildcards):
-    """What export_onnx reads; quantisation settings are not among them, so they never re-export."""
-    return json.dumps(
-        {"opset": EXPORT["opset"], "parity": EXPORT["parity"]}, sort_keys=True
-    )
+    """What export_onnx reads; quantisation settings are not among them, so they never re-export.
+    calibrate only when on: an export made before the setting existed is not redone for it."""
+    settings = {"opset": EXPORT["opset"], "parity": EXPORT["parity"]}
+    if EXPORT["calibrate"] != "none":
+        settings["calibrate"] = EXPORT["calibrate"]
+    return json.dumps(settings, sort_keys=True)
 
 
 def by_attempt(amount):
