@@ -126,3 +126,13 @@ def test_the_subset_is_balanced_seeded_and_sorted():
     np.testing.assert_array_equal(picked, stratified_subset(labels, 100, seed=3))
     assert not np.array_equal(picked, stratified_subset(labels, 100, seed=4))
     np.testing.assert_array_equal(stratified_subset(labels, 0), np.arange(len(labels)))
+
+
+def test_the_config_offers_exactly_these_corruptions():
+    import yaml
+    from conftest import ROOT
+
+    schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())["properties"]["robustness"]
+    listed = schema["properties"]["corruptions"]
+    assert tuple(listed["items"]["enum"]) == corruptions.NAMES
+    assert tuple(listed["default"]) == corruptions.DEFAULT

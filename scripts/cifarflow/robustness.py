@@ -58,6 +58,7 @@ class Robustness:
             "images": self.images,
             "seed": self.seed,
             "seconds": round(self.seconds, 2),
+            "corruptions": list(self.accuracy),  # the configured order (JSON files sort their keys)
             "severities": self.severities,
             "accuracy": {name: {str(s): a for s, a in row.items()} for name, row in self.accuracy.items()},
             "confidence": {
@@ -67,8 +68,10 @@ class Robustness:
 
     @classmethod
     def from_json(cls, data: dict) -> Robustness:
+        order = data.get("corruptions") or list(data["accuracy"])
+
         def table(section: dict) -> dict[str, dict[int, float]]:
-            return {name: {int(s): float(v) for s, v in row.items()} for name, row in section.items()}
+            return {n: {int(s): float(v) for s, v in section[n].items()} for n in order if n in section}
 
         return cls(
             uncorrupted_accuracy=float(data["uncorrupted_accuracy"]),
