@@ -9,9 +9,11 @@ stores that cannot be used. The helpers at the top (`runs_of`, `Runs`, `artifact
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -30,12 +32,14 @@ from mlflow.entities import Run
 from snakemake_interface_logger_plugins.common import LogEvent
 from snakemake_logger_plugin_mlflow import LogHandler, LogHandlerSettings
 from snakemake_logger_plugin_mlflow.content import (
+    VERSIONS_MARKER,
     file_digest,
     flatten,
     metrics_from_json,
     parse_benchmark,
     run_name,
     safe_key,
+    versions_from_log,
 )
 
 BIN = Path(sys.executable).parent
@@ -161,6 +165,11 @@ def test_demo_run_logs_one_parent_and_a_child_per_job(workflow):
     child = runs.named(f"prepare_dataset/dataset={data.name}")
     assert child.info.status == "FINISHED"
     assert child.data.tags["snakemake.rule"] == "prepare_dataset"
+    # the versions the job ran with, from its log's record
+    assert child.data.tags["version.numpy"] == importlib.metadata.version("numpy")
+    assert child.data.tags["version.python"] == platform.python_version()
+    assert child.data.tags["version.image"] == "none (the host's environment)"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert json.loads(child.data.tags["snakemake.wildcards"]) == {"dataset": data.name}
     params = child.data.params
     assert params["wildcards.dataset"] == data.name and params["threads"] == "2"
@@ -842,7 +851,9 @@ def test_events_to_a_real_store_without_snakemake(tmp_path, monkeypatch):
     (out / "metrics.json").write_text(
         json.dumps({"test_accuracy": 0.42, "val_accuracy": 0.35, "history": history})
     )
-    Path("train.log").write_text("epoch 1\nepoch 2\nepoch 3\n")
+    versions = {"python": "3.11.2", "torch": "2.14.1", "image": "cifarflow-pipeline:0.1.0-cuda"}
+    line = f"12:00:00 INFO {VERSIONS_MARKER}{json.dumps(versions)}\n"
+    Path("train.log").write_text(f"running in image x\n{line}epoch 1\nepoch 2\nepoch 3\n")
     Path("bench.tsv").write_text("s\tmax_rss\tcpu_time\tparams\n2.00\t10.00\t1.00\t{'lr': 0.1}\n")
     uri = f"sqlite:///{tmp_path / 'unit.db'}"
     handler = LogHandler(
@@ -888,6 +899,52 @@ def test_events_to_a_real_store_without_snakemake(tmp_path, monkeypatch):
         "params.lr": "0.1",
     }
     assert artifacts_of(uri, child) == {"train.log", "results/x/metrics.json", "bench.tsv"}
+    # the versions the job's log records, as tags of its run; the experiment opens on the runs table
+    assert {k: v for k, v in child.data.tags.items() if k.startswith("version.")} == {
+        f"version.{k}": v for k, v in versions.items()
+    }
+    experiment = MlflowClient(uri).get_experiment_by_name("unit")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (None, "custom_model_development"),
+        ("genai_development_inferred", "custom_model_development"),  # MLflow's own guess is replaced
+        ("genai_development", "genai_development"),  # a kind someone chose stays
+    ],
+)
+def test_an_existing_experiment_becomes_a_model_training_one_unless_chosen_otherwise(tmp_path, before, after):
+    uri = f"sqlite:///{tmp_path / 'kind.db'}"
+    MlflowClient(uri).create_experiment("kind", tags={"mlflow.experimentKind": before} if before else None)
+    handler = LogHandler(
+        SimpleNamespace(dryrun=False), LogHandlerSettings(tracking_uri=uri, experiment="kind")
+    )
+    events = [
+        _event(LogEvent.WORKFLOW_STARTED, cmd="snakemake", config_md5="0" * 32, datetime="now"),
+        _event(LogEvent.RUN_INFO, stats={"total": 1}),
+    ]
+    try:
+        for record in events:
+            handler.hook.capture(record)
+            handler.emit(record)
+    finally:
+        handler.close()
+    assert MlflowClient(uri).get_experiment_by_name("kind").tags.get("mlflow.experimentKind") == after
+
+
+def test_the_hook_reads_the_versions_line_the_library_writes(tmp_path):
+    """One marker on both sides, though the hook never imports the workflow's library."""
+    from cifarflow.versions import LOG_MARKER, log_line, software_versions
+
+    assert VERSIONS_MARKER == LOG_MARKER
+    found = software_versions()
+    log = tmp_path / "job.log"
+    log.write_text(f"12:00:00 INFO running in ...\n12:00:00 INFO {log_line(found)}\n" + "x\n" * 100_000)
+    assert versions_from_log(log) == {f"version.{k}": v for k, v in found.items()}
+    log.write_text("no versions here\n")
+    assert versions_from_log(log) == {}
 
 
 def test_strict_starts_no_further_job_once_logging_failed():

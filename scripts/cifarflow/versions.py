@@ -112,6 +112,15 @@ def software_versions() -> dict[str, str]:
     return versions
 
 
+# The order tables show them in (software_versions' own order); anything else after, as recorded.
+ORDER = ("python", *PACKAGES, "cuda", "cudnn", "gpu", "image", "image_file", "image_digest")
+
+
+def ordered(versions: dict[str, str]) -> dict[str, str]:
+    rank = {key: i for i, key in enumerate(ORDER)}
+    return dict(sorted(versions.items(), key=lambda item: rank.get(item[0], len(ORDER))))
+
+
 def log_line(versions: dict[str, str]) -> str:
     """The one log line that carries them: LOG_MARKER + compact JSON (sorted keys)."""
     return LOG_MARKER + json.dumps(versions, sort_keys=True, separators=(",", ":"))
@@ -128,5 +137,24 @@ def from_log(text: str) -> dict[str, str] | None:
             except ValueError:
                 continue
             if isinstance(data, dict):
-                found = {str(k): str(v) for k, v in data.items()}
+                found = ordered({str(k): str(v) for k, v in data.items()})
+    return found
+
+
+NOT_RECORDED = "not recorded"
+
+
+def from_logs(pairs: list[str]) -> dict[str, dict[str, str]]:
+    """JOB=LOG arguments -> the versions each job's log records, in the order given. A log that is
+    missing (deleted since) or has no record (written before jobs recorded versions) says so."""
+    found: dict[str, dict[str, str]] = {}
+    for pair in pairs:
+        job, sep, log_file = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--logs takes JOB=LOG pairs, got {pair!r}")
+        try:
+            recorded = from_log(Path(log_file).read_text(errors="replace"))
+        except FileNotFoundError:
+            recorded = {NOT_RECORDED: f"its log {log_file} is missing"}
+        found[job] = recorded or {NOT_RECORDED: f"{log_file} predates version records: rerun the job"}
     return found
