@@ -15,6 +15,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/export.smk"
+include: "rules/robustness.smk"
 include: "rules/serve.smk"
 include: "rules/report.smk"
 

@@ -1,4 +1,5 @@
 # Config lookups and paths shared by the rules. No logic beyond wiring: the library decides.
+import hashlib
 import json
 import re
 import shlex
@@ -79,7 +80,8 @@ def recipe_json(wildcards):
 
 def export_settings(wildcards):
     """What export_onnx reads; quantisation settings are not among them, so they never re-export.
-    calibrate only when on: an export made before the setting existed is not redone for it."""
+    calibrate only when on: an export made before the setting existed is not redone for it.
+    """
     settings = {"opset": EXPORT["opset"], "parity": EXPORT["parity"]}
     if EXPORT["calibrate"] != "none":
         settings["calibrate"] = EXPORT["calibrate"]
@@ -122,6 +124,96 @@ def registry_settings(wildcards):
     )
 
 
+def model_config_sha256(wildcards):
+    """sha256 of the settings that made this experiment's model, as the model card shows it: the
+    dataset's, the recipe, export, serving, evaluation and robustness (each already reruns its step).
+    """
+    made_by = {
+        "dataset": prepare_settings(DATASET),
+        "recipe": recipe(config, wildcards.experiment).asdict(),
+        "export": json.loads(export_settings(wildcards)),
+        "serving": json.loads(serving_settings(wildcards)),
+        "evaluate": config["evaluate"],
+        "robustness": config["robustness"],
+    }
+    return hashlib.sha256(json.dumps(made_by, sort_keys=True).encode()).hexdigest()
+
+
+def card_inputs(wildcards):
+    """What register_model's model card reads besides the model, the manifest and the evaluation."""
+    return {
+        "export": rules.export_onnx.output.metrics,
+        "train": rules.train_model.output.metrics,
+        "meta": f"{DATA_DIR}/meta.json",
+        "robustness": rules.evaluate_robustness.output.table,
+    }
+
+
+# Each job's log records the software versions it ran with (cifarflow.runtime.run_cli). The model card
+# and the report's versions table read them from the logs: named as params, not inputs, because a
+# missing log would make Snakemake rerun its job (retrain, for a log deleted by hand); the jobs
+# themselves are inputs through their outputs, so their logs are written before they are read.
+CARD_JOBS = (
+    "prepare_dataset",
+    "train_model",
+    "export_onnx",
+    "evaluate_robustness",
+    "build_serving_image",
+    "evaluate_served_model",
+)
+
+
+def job_file(name, kind, **wildcards):
+    """The first log (kind "log") or output (kind "output") of rule `name`, for these wildcards."""
+    return str(getattr(getattr(rules, name), kind)[0]).format(
+        dataset=DATASET_ID, **wildcards
+    )
+
+
+def job_logs(jobs):
+    """JOB=LOG arguments (--logs) of the scripts that read the versions."""
+    return " ".join(shlex.quote(f"{job}={log}") for job, log in jobs.items())
+
+
+def card_logs(wildcards):
+    return job_logs(
+        {
+            job: job_file(job, "log", experiment=wildcards.experiment)
+            for job in CARD_JOBS
+        }
+    )
+
+
+def versioned_jobs():
+    """(job name, rule, wildcards) of every job that computes (the report's own jobs aside)."""
+    jobs = [("prepare_dataset", "prepare_dataset", {})]
+    per_experiment = ["train_model", "export_onnx"]
+    per_experiment += ["quantize_onnx"] if EXPORT["quantize"] == "int8" else []
+    per_experiment += [
+        "evaluate_robustness",
+        "build_serving_image",
+        "evaluate_served_model",
+        "register_model",
+    ]
+    for experiment in EXPERIMENTS:
+        jobs += [
+            (f"{rule}/{experiment}", rule, {"experiment": experiment})
+            for rule in per_experiment
+        ]
+    return jobs
+
+
+def versions_inputs(wildcards):
+    """One output of every such job: the table is made after them, and again when one reruns."""
+    return [job_file(rule, "output", **w) for _, rule, w in versioned_jobs()]
+
+
+def versions_logs(wildcards):
+    return job_logs(
+        {name: job_file(rule, "log", **w) for name, rule, w in versioned_jobs()}
+    )
+
+
 def final_targets():
     targets = [f"{DATA_DIR}/meta.json"]
     targets += expand("results/export/{experiment}/model.onnx", experiment=EXPERIMENTS)
@@ -156,8 +248,13 @@ def report_targets():
         "results/report/serve/{experiment}/manifest.html",
         "results/report/evaluate/{experiment}/per_class.html",
         "results/report/evaluate/{experiment}/confidently_wrong.png",
+        "results/report/evaluate/{experiment}/reliability.png",
+        "results/report/robustness/{experiment}/corruption_accuracy.html",
+        "results/report/robustness/{experiment}/corruption_heatmap.png",
+        "results/register/{experiment}/model_card.html",
     ]
     return [
+        "results/report/versions/software_versions.html",
         f"results/report/data/{DATASET_ID}/samples.png",
         f"results/report/data/{DATASET_ID}/class_counts.html",
         *expand(per_experiment, experiment=EXPERIMENTS),

@@ -98,8 +98,9 @@ def worst_classes(
 
 def robustness_table(robustness: dict) -> tuple[list[str], list[int], dict[str, dict[int, float]]]:
     severities = [int(s) for s in robustness["severities"]]
-    table = {name: {int(s): float(a) for s, a in row.items()} for name, row in robustness["accuracy"].items()}
-    return list(table), severities, table
+    names = robustness.get("corruptions") or list(robustness["accuracy"])  # the configured order
+    table = {name: {int(s): float(a) for s, a in robustness["accuracy"][name].items()} for name in names}
+    return names, severities, table
 
 
 def robustness_summary(robustness: dict) -> dict[str, float]:
