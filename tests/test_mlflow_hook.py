@@ -302,7 +302,7 @@ def rest(url: str, endpoint: str, body: dict | None = None, **query) -> dict:
 
 @pytest.mark.workflow
 def test_logs_to_a_tracking_server_over_http(workflow, mlflow_server):
-    snakemake(
+    proc = snakemake(
         workflow,
         *DATA_STAGE,
         "--logger-mlflow-tracking-uri",
@@ -336,6 +336,36 @@ def test_logs_to_a_tracking_server_over_http(workflow, mlflow_server):
             response.read().decode()
             == (workflow / "logs" / "prepare_dataset" / f"{data.name}.log").read_text()
         )
+
+    # the experiment is a model-training one, and the link printed at the end opens MLflow's UI on
+    # its runs table (parent and job runs), where a new user expects them
+    assert experiment["tags"] and {t["key"]: t["value"] for t in experiment["tags"]}[
+        "mlflow.experimentKind"
+    ] == "custom_model_development"
+    url = f"{mlflow_server}/#/experiments/{experiment['experiment_id']}?workflowType=machine_learning"
+    assert f"its runs table: {url}" in proc.stdout + proc.stderr
+    assert_ui_shows_runs_table(url, parent["info"]["run_name"])
+
+
+def assert_ui_shows_runs_table(url: str, parent_name: str) -> None:
+    """MLflow's own UI in headless Chromium: `url` shows the runs table with the parent run; the same
+    experiment without workflowType shows MLflow 3.17's GenAI overview (why the link carries it)."""
+    from playwright.sync_api import sync_playwright
+    from report_browser import ARGS, CHROMIUM, chromium_missing
+
+    assert chromium_missing() is None, chromium_missing()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(url)
+            page.get_by_text(parent_name).first.wait_for(timeout=60_000)
+            assert page.get_by_role("columnheader", name="Run Name").count() >= 1
+            page.goto(url.split("?")[0])
+            page.get_by_text("No data available for the selected time range").first.wait_for(timeout=60_000)
+            assert page.get_by_text(parent_name).count() == 0
+        finally:
+            browser.close()
 
 
 # ---- a store that cannot be used -------------------------------------------------------------

@@ -72,7 +72,7 @@ def reported(tmp_path_factory) -> Path:
     workdir = copy_workflow(tmp_path_factory.mktemp("report") / "wf")
     write_yaml(workdir / "two.yaml", TWO)
     start = time.perf_counter()
-    run = snakemake(workdir, *ARGS)
+    run = snakemake(workdir, *ARGS, timeout=1500)  # about 30 jobs; a shared CI machine takes its time
     print(f"demo DAG, two experiments: {time.perf_counter() - start:.1f} s")
     assert jobs_run(run)["train_model"] == 2 and jobs_run(run)["compare_experiments"] == 1
     start = time.perf_counter()
@@ -185,7 +185,7 @@ def test_accuracy_falls_with_severity_for_the_demo_model(reported):
         by_severity = [metrics[f"accuracy_severity_{s}"] for s in range(1, 6)]
         assert all(a > b for a, b in zip(by_severity, by_severity[1:], strict=False)), by_severity
         assert metrics["uncorrupted_accuracy"] > metrics["mean_corruption_accuracy"] > 0.3
-        assert metrics["images"] == 500  # config/demo.yaml's draw
+        assert metrics["images"] == 300  # config/demo.yaml's draw
 
 
 def test_the_versions_table_lists_what_each_job_ran_with(reported):

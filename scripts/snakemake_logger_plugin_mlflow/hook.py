@@ -59,7 +59,7 @@ from .content import (
     truncate,
     versions_from_log,
 )
-from .uri import tracking_uri
+from .uri import runs_table_url, tracking_uri
 
 PLOT_SUFFIXES = {".png", ".svg", ".jpg", ".jpeg", ".pdf"}
 PLOT_LIMIT = 5 << 20  # plots larger than 5 MiB are not uploaded
@@ -829,3 +829,9 @@ class MlflowHook:
             )
         self._batch(self.parent_id, metrics=metrics, tags=tags)
         self.client.set_terminated(self.parent_id, self._parent_status())
+        url = runs_table_url(self.state.uri, self.experiment_id)
+        local = "" if self.state.uri.startswith(("http://", "https://")) else " (run `mlflow ui` here first)"
+        self.logger.info(
+            f"MLflow: this invocation is run {self.parent_id} of experiment '{self.state.experiment}' "
+            f"in {self.state.uri}; its runs table: {url}{local}"
+        )
