@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from cifarflow.engines import build, container_name, running  # noqa: E402
 from cifarflow.evaluation import Client, latencies_ms  # noqa: E402
+from cifarflow.logs import setup_logging  # noqa: E402
 from cifarflow.serving import INPUT, OUTPUTS, load_session  # noqa: E402
 
 
@@ -149,6 +150,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--load-seconds", type=float, default=20)
     args = parser.parse_args()
+    setup_logging()  # training, export and the image build report progress on stderr; figures: stdout
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or default_model(Path(tmp))

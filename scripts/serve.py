@@ -6,7 +6,6 @@ The serving image runs exactly this (containers/serving/Dockerfile). Stop it wit
 """
 
 import argparse
-import logging
 import os
 import sys
 import warnings
@@ -14,6 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cifarflow.logs import setup_logging  # noqa: E402
 from cifarflow.serving import serve  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def main() -> None:
         parser.error(f"--model {args.model!r} is not a file: pass the exported model.onnx")
     # KServe 0.21 answers with FastAPI's ORJSONResponse, which FastAPI now calls deprecated on every request.
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging()
     sys.argv = sys.argv[:1]  # KServe parses sys.argv when imported; our flags are not its flags
     serve(
         Path(args.model), args.name, args.port, args.grpc_port, args.threads, int(args.max_request_mb * 2**20)

@@ -34,7 +34,13 @@ OCI = ("docker", "podman")
 CONTAINERS = Path(__file__).resolve().parents[2] / "containers" / "serving"
 SCRIPTS = Path(__file__).resolve().parents[1]
 # What the image carries from this repository; a change to any of these rebuilds it.
-SERVING_CODE = ("serve.py", "cifarflow/__init__.py", "cifarflow/serving.py", "cifarflow/images.py")
+SERVING_CODE = (
+    "serve.py",
+    "cifarflow/__init__.py",
+    "cifarflow/logs.py",
+    "cifarflow/serving.py",
+    "cifarflow/images.py",
+)
 RECIPE_FILES = ("Dockerfile", "serving.def", "requirements.txt")
 # serving.def takes the model's labels as build arguments of these names.
 APPTAINER_ARGS = {

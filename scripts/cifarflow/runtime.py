@@ -21,26 +21,12 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from .errors import PipelineError
+from .logs import setup_logging
 
 log = logging.getLogger("cifarflow")
 T = TypeVar("T")
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
-
-
-def setup_logging(log_file: str | os.PathLike | None) -> None:
-    """Log to the rule's log file (when given) and to stderr, before anything else happens."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="w"))
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-        handlers=handlers,
-        force=True,
-    )
 
 
 class _ProgressToLog:

@@ -7,7 +7,7 @@ What it serves, on one HTTP port and one gRPC port:
 - POST /v2/models/<name>/classify: a PNG/JPEG file in, the top classes out (the human path).
 
 Requests over `max_body_bytes` get 413, bad tensors/framing/images 4xx, and the server keeps serving.
-No torch here: this module and images.py are all the serving image carries from the library.
+No torch here: the serving image carries only this module and the few it needs (engines.SERVING_CODE).
 """
 
 import asyncio
@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .images import SIZE, to_rgb32
 
-log = logging.getLogger("cifarflow.serving")
+log = logging.getLogger("cifarflow")
 
 INPUT, OUTPUTS = "image", ("logits", "probabilities")
 IMAGE_SHAPE = (SIZE, SIZE, 3)
