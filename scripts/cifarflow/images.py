@@ -1,7 +1,7 @@
 """Turning one decoded image into the pipeline's pixel format: RGB uint8 [32, 32, 3].
 
-Data preparation and (later) the server's image endpoint both use this, so that an image is
-converted the same way wherever it enters the system.
+Data preparation and the server's image endpoint (serving.py, /classify) both use this, so that an
+image is converted the same way wherever it enters the system.
 """
 
 from __future__ import annotations

@@ -95,7 +95,8 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_metrics(path: str | os.PathLike, metrics: dict[str, Any]) -> None:
     """Write a rule's metrics.json: flat name -> finite number, plus an optional `history` list.
 
-    This file is the contract between rules and the MLflow hook (DESIGN.md, "Tracking").
+    This file is the contract between rules and the MLflow hook, which logs the numbers as the job's
+    metrics and `history` as per-step series (snakemake_logger_plugin_mlflow.content.metrics_from_json).
     """
     for key, value in metrics.items():
         if key == "history":
