@@ -142,6 +142,7 @@ def report_targets():
         *rules.tabulate_manifest.output,
         *rules.plot_evaluation.output,
     ]
+    # compare_experiments' report items; its summary.rst and metrics.json come with them
     compare = rules.compare_experiments.output
     return [
         *expand(rules.plot_dataset.output, dataset=DATASET_ID),
