@@ -37,8 +37,9 @@ SCRIPTS = Path(__file__).resolve().parents[1]
 SERVING_CODE = (
     "serve.py",
     "cifarflow/__init__.py",
-    "cifarflow/serving.py",
     "cifarflow/inference.py",
+    "cifarflow/logs.py",
+    "cifarflow/serving.py",
     "cifarflow/images.py",
 )
 RECIPE_FILES = ("Dockerfile", "serving.def", "requirements.txt")
