@@ -5,12 +5,14 @@ BIN := $(abspath $(VENV))/bin
 # Rules call `python scripts/...`: the venv's python must come first on PATH.
 export PATH := $(BIN):$(PATH)
 INSTALLED := $(VENV)/.installed
+# The lock: the exact version of every package (make lock)
+LOCK := constraints.txt
 
-.PHONY: install run demo test ui lint clean pipeline-image
+.PHONY: install run demo test lock ui lint clean pipeline-image
 
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' -c $(LOCK)
 	touch $@
 
 install: $(INSTALLED)
@@ -23,6 +25,9 @@ demo: install  ## offline: synthetic data, small sizes
 
 test: install  ## the whole test suite
 	pytest
+
+lock:  ## constraints.txt (and envs/*.yaml's pins) from a fresh resolve of pyproject.toml
+	$(PYTHON) tests/lockfile.py
 
 ui: install  ## browse every run's params and metrics (MLflow's default store: ./mlflow.db)
 	mlflow ui

@@ -15,7 +15,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "tests")]
 
+# What a checkout holds that snakemake runs read (constraints.txt: the serving image installs by it).
 WORKFLOW_PARTS = ["Snakefile", "config", "rules", "scripts", "envs", "profiles", "report", "containers"]
+WORKFLOW_PARTS += ["constraints.txt"]
 
 
 def copy_workflow(target: Path) -> Path:

@@ -36,6 +36,8 @@ SCRIPTS = Path(__file__).resolve().parents[1]
 # What the image carries from this repository; a change to any of these rebuilds it.
 SERVING_CODE = ("serve.py", "cifarflow/__init__.py", "cifarflow/serving.py", "cifarflow/images.py")
 RECIPE_FILES = ("Dockerfile", "serving.def", "requirements.txt")
+# The lock (make lock): the exact versions requirements.txt installs at, direct and transitive.
+LOCK = CONTAINERS.parents[1] / "constraints.txt"
 # serving.def takes the model's labels as build arguments of these names.
 APPTAINER_ARGS = {
     "io.cifarflow.model.sha256": "MODEL_SHA256",
@@ -45,7 +47,7 @@ APPTAINER_ARGS = {
 
 
 def serving_sources() -> list[Path]:
-    return [SCRIPTS / name for name in SERVING_CODE] + [CONTAINERS / name for name in RECIPE_FILES]
+    return [SCRIPTS / name for name in SERVING_CODE] + [CONTAINERS / name for name in RECIPE_FILES] + [LOCK]
 
 
 def _probe(cmd: list[str]) -> str | None:
@@ -120,6 +122,7 @@ def assemble_context(model: Path, target: Path) -> Path:
     """The build context: the recipe files, the serving code and the model, nothing else."""
     for name in RECIPE_FILES:
         shutil.copy2(CONTAINERS / name, target / name)
+    shutil.copy2(LOCK, target / LOCK.name)
     for name in SERVING_CODE:
         (target / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(SCRIPTS / name, target / name)
