@@ -196,7 +196,7 @@ _started = time.monotonic()
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    module = Path(report.fspath).stem
+    module = Path(report.nodeid.split("::")[0]).stem
     phase = PHASE_OF_MODULE.get(module) or ("workflow" if "workflow" in report.keywords else "unit")
     _seconds[phase] += report.duration  # setup (fixtures included), call and teardown
 
