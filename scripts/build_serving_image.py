@@ -34,7 +34,7 @@ def source_revision() -> str:
 def main(args: argparse.Namespace) -> None:
     settings = json.loads(args.settings)
     model = Path(args.model)
-    engine = choose(settings["engine"])
+    engine = choose(settings["engine"], settings["base_image"])
     model_sha256 = sha256_file(model)
     dataset_id = load_session(model).get_modelmeta().custom_metadata_map.get("dataset_id", "unknown")
     revision = source_revision()

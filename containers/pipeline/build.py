@@ -4,13 +4,15 @@
     python containers/pipeline/build.py [--engine podman|docker] [--variant cuda|cpu]
         [--base-image IMAGE] [--tag NAME:TAG] [--no-host-pip]
 
-The tag defaults to cifarflow-pipeline:<version in pyproject.toml>-<variant>. Beyond a plain
-`podman build`, it hands the build what this machine's pip uses: local wheel directories and
-indexes (`pip config list`: find-links, extra-index-url) are mounted read-only at the same paths and
-passed as PIP_FIND_LINKS / PIP_EXTRA_INDEX_URL, and the CA bundle directory (cert) is mounted, so
-that pip inside the build installs from the files on disk instead of downloading gigabytes (Podman
-only: `docker build` cannot mount host directories). Logs the command on stderr, then prints the
-image's id, size and build time; the last line is JSON.
+The tag defaults to cifarflow-pipeline:<version in pyproject.toml>-<variant>. The build context is
+the repository root: the image installs by the lock, constraints.txt (.dockerignore keeps the context
+to the files the Dockerfile copies). Beyond a plain `podman build`, it hands the build what this
+machine's pip uses: local wheel directories and indexes (`pip config list`: find-links,
+extra-index-url) are mounted read-only at the same paths and passed as PIP_FIND_LINKS /
+PIP_EXTRA_INDEX_URL, and the CA bundle directory (cert) is mounted, so that pip inside the build
+installs from the files on disk instead of downloading gigabytes (Podman only: `docker build` cannot
+mount host directories). Logs the command on stderr, then prints the image's id, size and build
+time; the last line is JSON.
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ def build(
         command += options
         for note in notes:
             log.warning("%s", note)
-    command += [*extra, str(HERE)]
+    command += [*extra, str(ROOT)]
     log.info("+ %s", shlex.join(command))
     before = image_id(engine, tag)
     start = time.monotonic()
