@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -110,21 +111,46 @@ def nothing_to_do(proc: subprocess.CompletedProcess) -> bool:
 def snakemake(
     workdir: Path, *args: str, check: bool = True, timeout: float = 600
 ) -> subprocess.CompletedProcess:
-    """Run the real snakemake CLI in `workdir` with the venv's tools first on PATH."""
+    """Run the real snakemake CLI in `workdir` with the venv's tools first on PATH.
+
+    It runs in a session of its own: on a timeout the whole group (snakemake and the jobs it started)
+    gets SIGTERM, then SIGKILL, so that no job outlives the test.
+    """
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run(
+    with subprocess.Popen(
         [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", *args],
         cwd=workdir,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-    )
+        start_new_session=True,
+    ) as popen:
+        try:
+            stdout, stderr = popen.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _stop_group(popen)
+            raise
+    proc = subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
         )
     return proc
+
+
+def _stop_group(popen: subprocess.Popen, grace: float = 20) -> None:
+    """SIGTERM to the process group (snakemake cancels its jobs), SIGKILL to what is left after `grace`."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(popen.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            popen.communicate(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def write_yaml(path: Path, text: str) -> Path:
