@@ -3,13 +3,16 @@ corruptions of the test split, per corruption and severity."""
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 from cifarflow.dataset import load_split
+from cifarflow.inference import load_session, ort_runner
 from cifarflow.robustness import evaluate, stratified_subset
-from cifarflow.runtime import log, run_cli, write_json, write_metrics
-from cifarflow.serving import load_session, ort_runner
+from cifarflow.runtime import run_cli, write_json, write_metrics
+
+log = logging.getLogger("cifarflow")
 
 
 def main(args: argparse.Namespace) -> None:

@@ -4,6 +4,7 @@ metrics and predictions."""
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,10 @@ from cifarflow.calibration import calibration_metrics, reliability
 from cifarflow.dataset import load_meta, load_split
 from cifarflow.errors import PipelineError
 from cifarflow.plots import confidently_wrong_grid, most_confidently_wrong, reliability_diagram, save_png
-from cifarflow.runtime import log, run_cli, write_text
+from cifarflow.runtime import run_cli, write_text
 from cifarflow.tables import per_class_html
+
+log = logging.getLogger("cifarflow")
 
 
 def main(args: argparse.Namespace) -> None:

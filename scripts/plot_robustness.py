@@ -3,12 +3,15 @@ evaluate_robustness's robustness.json."""
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from cifarflow.plots import robustness_heatmap, save_png
 from cifarflow.robustness import Robustness
-from cifarflow.runtime import log, run_cli, write_text
+from cifarflow.runtime import run_cli, write_text
 from cifarflow.tables import robustness_html
+
+log = logging.getLogger("cifarflow")
 
 
 def main(args: argparse.Namespace) -> None:

@@ -2,10 +2,13 @@
 (read from each job's log, where the job recorded them)."""
 
 import argparse
+import logging
 
-from cifarflow.runtime import log, run_cli, write_text
+from cifarflow.runtime import run_cli, write_text
 from cifarflow.tables import versions_html
 from cifarflow.versions import from_logs
+
+log = logging.getLogger("cifarflow")
 
 
 def main(args: argparse.Namespace) -> None:

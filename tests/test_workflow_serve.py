@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 from cifarflow.calibration import calibration_metrics
-from conftest import copy_workflow, jobs_run, snakemake
+from conftest import copy_workflow, jobs_run, nothing_to_do, snakemake
 from mlflow import MlflowClient
 from PIL import Image
 from test_serving import port_free
@@ -186,7 +186,7 @@ def test_the_model_card_names_the_image_and_is_a_file_of_the_registered_version(
 def test_nothing_reruns_and_only_a_serving_change_rebuilds_the_image(served):
     wf, _ = served
     base = [REGISTRATION, "--configfile", "config/demo.yaml", "local.yaml"]
-    assert jobs_run(snakemake(wf, "-n", *base)) == {}
+    assert nothing_to_do(snakemake(wf, "-n", *base))
     # an evaluation setting re-evaluates and re-registers, without rebuilding
     changed = jobs_run(
         snakemake(wf, "-n", *base, overlay(wf, "fewer.yaml", {"evaluate": {"latency_requests": 50}}))

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .corruptions import check, corrupt
+from .inference import Runner
 
 log = logging.getLogger("cifarflow")
 
@@ -102,7 +102,7 @@ class Robustness:
 
 
 def evaluate(
-    run: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    run: Runner,
     images: np.ndarray,
     labels: np.ndarray,
     corruptions: list[str],
