@@ -140,13 +140,22 @@ def model_config_sha256(wildcards):
 
 
 def card_inputs(wildcards):
-    """What register_model's model card reads besides the model, the manifest and the evaluation."""
-    return {
+    """What register_model's model card reads besides the model, the manifest and the evaluation;
+    the dataset audit's metrics.json too in a workflow that has the audit_dataset rule.
+    """
+    files = {
         "export": rules.export_onnx.output.metrics,
         "train": rules.train_model.output.metrics,
         "meta": f"{DATA_DIR}/meta.json",
         "robustness": rules.evaluate_robustness.output.table,
     }
+    if "audit_dataset" in {rule.name for rule in workflow.rules}:
+        files["audit"] = rules.audit_dataset.output.metrics.format(dataset=DATASET_ID)
+    return files
+
+
+def audit_arg(wildcards, input):
+    return f"--audit {shlex.quote(input.audit)}" if "audit" in input.keys() else ""
 
 
 # Each job's log records the software versions it ran with (cifarflow.runtime.run_cli). The model card
