@@ -165,9 +165,10 @@ def test_the_model_card_shows_the_runs_own_figures_and_is_in_the_registry(report
         assert f"`{manifest['model_sha256']}`" in card
         assert "| train_model | export_onnx | evaluate_robustness |" in card  # versions of each job
         # the card is a file of the registered version, read back from the store
+        store = f"sqlite:///{reported / 'mlflow.db'}"
+        mlflow.set_registry_uri(store)  # models:/ resolves through the registry (reset after the test)
         stored = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"{registration['model_uri']}/model_card.md",
-            tracking_uri=f"sqlite:///{reported / 'mlflow.db'}",
+            artifact_uri=f"{registration['model_uri']}/model_card.md", tracking_uri=store
         )
         assert Path(stored).read_text() == card and registration["model_card"].endswith("/model_card.md")
         # calibration: what is served is the temperature-scaled graph, and it is better calibrated

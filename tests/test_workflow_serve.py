@@ -175,9 +175,9 @@ def test_the_model_card_names_the_image_and_is_a_file_of_the_registered_version(
     assert "| engine | podman |" in card and f"| image | `{manifest['image']}` |" in card
     assert f"| image id | `{manifest['image_id']}` |" in card
     assert "| served = offline ONNX Runtime, every test image | yes |" in card
-    stored = mlflow.artifacts.download_artifacts(
-        artifact_uri=record["model_card"], tracking_uri=f"sqlite:///{wf / 'mlflow.db'}"
-    )
+    store = f"sqlite:///{wf / 'mlflow.db'}"
+    mlflow.set_registry_uri(store)  # models:/ resolves through the registry (reset after the test)
+    stored = mlflow.artifacts.download_artifacts(artifact_uri=record["model_card"], tracking_uri=store)
     assert Path(stored).read_text() == card
     page = (wf / f"results/register/{EXP}/model_card.html").read_text()
     assert "<h2>How it was served and proven</h2>" in page and manifest["image_id"] in page
