@@ -87,7 +87,8 @@ def test_the_model_card_is_a_file_of_the_registered_version(model, tmp_path):  #
     # the model is logged in the workflow's experiment, which MLflow's UI opens on its runs table
     client = MlflowClient(tracking_uri=uri)
     version = client.get_model_version("clf", "1")
-    assert client.get_logged_model(version.model_id).experiment_id == experiment_id
+    model_id = version.model_id or version.source.removeprefix("models:/")  # SQL registries: source
+    assert client.get_logged_model(model_id).experiment_id == experiment_id
     assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "genai_development")
     use_experiment(uri, "cifar10")  # a kind someone chose stays
