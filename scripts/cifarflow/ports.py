@@ -101,13 +101,23 @@ def start_on_free_ports(
     )
 
 
-def listeners(port: int) -> set[int | None]:
-    """The processes listening on TCP `port` on any address (None: a process this user cannot see)."""
+def listeners(*ports: int) -> set[int | None]:
+    """The processes listening on any of these TCP ports, on any address (None: a process this user
+    cannot see)."""
     return {
         conn.pid
         for conn in psutil.net_connections("tcp")
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port in ports
     }
+
+
+def _listeners_by_port(ports: Iterable[int]) -> dict[int, set[int | None]]:
+    """listeners() of each port, from one scan of the machine's sockets."""
+    found: dict[int, set[int | None]] = {port: set() for port in ports}
+    for conn in psutil.net_connections("tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port in found:
+            found[conn.laddr.port].add(conn.pid)
+    return found
 
 
 def family_tree(pids: Iterable[int]) -> set[int]:
@@ -143,10 +153,10 @@ def held(ports: Iterable[int], pids: Iterable[int]) -> bool:
     ours = family_tree(pids)
     if not ours:
         return False
+    by_port = _listeners_by_port(ports)
     if not _visible(min(ours)):
-        return all(listeners(port) for port in ports)
-    for port in ports:
-        found = listeners(port)
+        return all(by_port.values())
+    for port, found in by_port.items():
         others = found - ours
         if others:
             who = ", ".join(
