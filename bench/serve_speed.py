@@ -4,7 +4,7 @@
                                 [--network private|host]]
 
 Without --model it exports the default recipe's network (fast, widths 32/96/192) after one epoch on
-small synthetic data: speed does not depend on the weights. Targets (issue 4): served throughput at
+small synthetic data: speed does not depend on the weights. Targets: served throughput at
 batch 256 >= 70% of in-process ONNX Runtime; batch-1 p50 <= 3 ms on loopback; 32 concurrent clients
 for 20 s with zero errors and bounded server memory.
 """
@@ -26,12 +26,13 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from cifarflow.engines import ServerSpec, build, container_name, running  # noqa: E402
 from cifarflow.evaluation import Client, latencies_ms  # noqa: E402
-from cifarflow.serving import INPUT, OUTPUTS, load_session  # noqa: E402
+from cifarflow.inference import INPUT, OUTPUTS, load_session  # noqa: E402
+from cifarflow.logs import setup_logging  # noqa: E402
 
 
 def default_model(out: Path) -> Path:
     from cifarflow import synthetic
-    from cifarflow.config import validate_config
+    from cifarflow.config import Recipe, validate_config
     from cifarflow.dataset import write_dataset
     from cifarflow.export import export
     from cifarflow.training import train
@@ -43,7 +44,8 @@ def default_model(out: Path) -> Path:
         dataset_id="synthetic-bench",
         settings={"source": "synthetic", "val_fraction": 0.1, "seed": 0},
     )
-    train(out / "data", {**config["train"], "epochs": 1, "device": "cpu"}, out, threads=2)
+    recipe = Recipe.from_config({**config["train"], "epochs": 1, "device": "cpu"})
+    train(out / "data", recipe, out, threads=2)
     export(out / "model.pt", out / "data", out / "model.onnx", config["export"], threads=2)
     return out / "model.onnx"
 
@@ -156,6 +158,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--load-seconds", type=float, default=20)
     args = parser.parse_args()
+    setup_logging()  # training, export and the image build report progress on stderr; figures: stdout
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or default_model(Path(tmp))

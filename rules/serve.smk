@@ -80,7 +80,7 @@ rule register_model:
         manifest=rules.build_serving_image.output.manifest,
         evaluation=rules.evaluate_served_model.output.metrics,
     output:
-        "results/register/{experiment}/registration.json",
+        registration="results/register/{experiment}/registration.json",
     log:
         "logs/register_model/{experiment}.log",
     benchmark:
@@ -95,5 +95,5 @@ rule register_model:
         settings=registry_settings,
     shell:
         "python scripts/register_model.py --model {input.model:q} --manifest {input.manifest:q}"
-        " --evaluation {input.evaluation:q} --settings {params.settings:q} --output {output:q}"
+        " --evaluation {input.evaluation:q} --settings {params.settings:q} --output {output.registration:q}"
         " --log {log:q}"

@@ -1,8 +1,13 @@
-"""The process engine's server through `engines.running`: loopback only, and no port races (several servers
-started at once, a port taken by another process between picking and binding, a clear error when every
-try finds one taken). Real servers (scripts/serve.py) on real ports, real intruding processes."""
+"""The serving engines. `serving.engine: auto` on a machine with Podman: it takes Podman when the base
+image is at hand, and the process engine, saying why in one log line, when the base image is neither
+here nor pullable (offline, or Docker Hub out of reach), so that the offline demo still finishes.
+The process engine's server through `engines.running`: loopback only, and no port races (several
+servers started at once, a port taken by another process between picking and binding, a clear error
+when every try finds one taken). Real servers (scripts/serve.py) on real ports, real intruding
+processes."""
 
 import ipaddress
+import logging
 import subprocess
 import sys
 import threading
@@ -13,9 +18,28 @@ import psutil
 import pytest
 import tritonclient.grpc as grpcclient
 from cifarflow import ports
-from cifarflow.engines import ServerSpec, running
+from cifarflow.engines import ServerSpec, choose, running
 from cifarflow.errors import PipelineError
 from test_serving import model, offline, port_free, tiny_data  # noqa: F401  (fixtures)
+
+# A registry on loopback that refuses connections: the pull fails at once, online or offline.
+UNPULLABLE = "localhost/cifarflow-no-such-base:never"
+
+
+def test_auto_takes_podman_when_the_base_image_is_here(podman):
+    assert choose("auto", podman["base_image"]) == "podman"
+
+
+def test_auto_falls_back_to_the_process_engine_without_a_base_image_saying_why(podman, caplog):
+    caplog.set_level(logging.INFO, logger="cifarflow")
+    assert choose("auto", UNPULLABLE) == "process"
+    (line,) = [r.getMessage() for r in caplog.records if "serving engine:" in r.getMessage()]
+    assert line.startswith("serving engine: auto took process (")
+    assert f"not podman: its base image {UNPULLABLE} is not here and cannot be pulled" in line
+    assert "containers/base/make-local-base.sh" in line
+    # an explicit engine is taken at its word: the build then fails on the missing image itself
+    assert choose("podman", UNPULLABLE) == "podman"
+
 
 # Another process on a port: `ready` answers every GET with 200 {"ready": true} (it would pass for our
 # server's readiness), `silent` listens and never answers, `reuseport` is silent with SO_REUSEPORT set
