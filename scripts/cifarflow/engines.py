@@ -218,12 +218,6 @@ def build(
 NETWORKS = ("private", "host")
 
 
-def free_port() -> int:
-    """A loopback port free right now (for tests/test_serving.py's own servers): may be taken before
-    a server binds it; `running` picks and retries through cifarflow.ports instead."""
-    return ports.pick(1)[0]
-
-
 @dataclass(frozen=True, kw_only=True)
 class ServerSpec:
     """What `running` starts: the served model (`image`, as Built.image), how, and where it listens.
