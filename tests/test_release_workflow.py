@@ -276,7 +276,15 @@ def test_the_serving_base_builds_serving_images_without_a_network(podman, tiny_m
         # cache: its pip step runs, and finds everything installed)
         offline = ["--network", "none", "--no-cache"]
         args = {"BASE_IMAGE": base}
-        built = engines.build("podman", tiny_model, served, args, {}, offline, tmp_path / "x.sif")
+        built = engines.build(
+            engine="podman",
+            model=tiny_model,
+            reference=served,
+            build_args=args,
+            labels={},
+            extra=offline,
+            sif=tmp_path / "x.sif",
+        )
         labels = subprocess.run(
             ["podman", "image", "inspect", served, "--format", "{{json .Config.Labels}}"],
             capture_output=True,
