@@ -2,10 +2,11 @@
 publishes the images on a version tag. No forge runs them here, so this checks what can be checked
 without one: both are valid GitHub Actions workflows (check-jsonschema's copy of the format's schema,
 and its rule that every job has a timeout); they start on what they should; the images the release
-pushes are exactly those that config/config.yaml and the README name, at pyproject.toml's version;
-the release's own shell steps, run here with bash, accept only the tag of that version and package
-an Apptainer recipe with every file it builds from; and the serving base it publishes (the serving
-image's dependency stage) builds a serving image with no network, with Podman.
+pushes are exactly those that config/config.yaml and docs/hpc-and-containers.md name, at
+pyproject.toml's version (the one every image tag in the README and docs/ carries); the release's own
+shell steps, run here with bash, accept only the tag of that version and package an Apptainer recipe
+with every file it builds from; and the serving base it publishes (the serving image's dependency
+stage) builds a serving image with no network, with Podman.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def test_a_version_tag_and_nothing_else_starts_the_release():
     assert fnmatch.fnmatch(f"v{VERSION}", pattern) and not fnmatch.fnmatch(VERSION, pattern)
 
 
-def test_the_release_pushes_the_images_that_config_and_readme_name():
+def test_the_release_pushes_the_images_that_config_and_docs_name():
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
     default = config["container"]["image"]
@@ -151,9 +152,14 @@ def test_the_release_pushes_the_images_that_config_and_readme_name():
         "pipeline-image": {f"{pipeline}-cuda", f"{pipeline}-cpu"},
         "serving-base": {f"{registry}/cifarflow-serving-base:{VERSION}"},
     }
-    readme = (ROOT / "README.md").read_text()
+    releases = (ROOT / "docs" / "hpc-and-containers.md").read_text()
     for image in set().union(*pushed.values()):
-        assert image in readme, f"the README does not name {image}, which the release pushes"
+        assert image in releases, f"docs/hpc-and-containers.md lacks {image}, which the release pushes"
+    # and no page names an image of another version (the release's how-to lists the places to bump)
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        tags = re.findall(r"cifarflow-(?:pipeline|serving-base):([0-9][\w.-]*)", page.read_text())
+        stale = sorted({tag for tag in tags if tag.removesuffix("-cuda").removesuffix("-cpu") != VERSION})
+        assert not stale, f"{page.relative_to(ROOT)} names images of version(s) {stale}, not {VERSION}"
 
     # each pushing job builds what it pushes: the pipeline image as `make pipeline-image` does, per variant
     jobs = workflow("release.yml")["jobs"]
