@@ -121,7 +121,10 @@ def test_every_push_runs_make_test():
     assert "debian:bookworm" in run and "--privileged" in run, run  # the system the tests are written for
     ci_run = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.strip()]
     assert ci_run[-1] == "make test", ci_run[-1]
-    assert (ROOT / "Makefile").read_text().count("\ntest: install") == 1
+    makefile = (ROOT / "Makefile").read_text()
+    assert makefile.count("\ntest:") == 1
+    recipe = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]  # the target's lines
+    assert "install" in recipe and "setup_system.py" in recipe and "pytest" in recipe, recipe
 
     # a version tag does not start test.yml (branches only) but release.yml, which runs it first
     release = workflow("release.yml")["jobs"]
@@ -179,7 +182,7 @@ def test_the_release_pushes_the_images_that_config_and_docs_name():
     # the serving base: the Dockerfile's dependency stage (test_the_serving_base_... builds it)
     env = job_env(jobs["serving-base"], {})
     build = expand(step(jobs["serving-base"], "Build the dependency stage of the serving image")["run"], env)
-    assert build[:4] == ["docker", "build", "--target", "dependencies"] and build[-1] == "containers/serving"
+    assert build[:4] == ["docker", "build", "--target", "dependencies"] and build[-1] == "build/serving-base"
     assert build[build.index("--tag") + 1] == env["IMAGE"] in pushed["serving-base"], build
     dockerfile = (ROOT / "containers" / "serving" / "Dockerfile").read_text()
     assert re.search(r"^FROM \$\{BASE_IMAGE\} AS dependencies$", dockerfile, re.M), dockerfile[:600]
@@ -212,6 +215,7 @@ def test_the_version_step_accepts_only_the_tag_of_pyprojects_version(tmp_path):
 
 def test_the_release_attaches_an_apptainer_recipe_with_every_file_it_builds_from(tmp_path):
     shutil.copytree(ROOT / "containers" / "pipeline", tmp_path / "containers" / "pipeline")
+    shutil.copy2(ROOT / "constraints.txt", tmp_path / "constraints.txt")
     package = run_step("release", "Package the Apptainer recipe", tmp_path)
     assert package.returncode == 0, package.stdout + package.stderr
     definition = (ROOT / "containers" / "pipeline" / "pipeline.def").read_text()
@@ -256,10 +260,15 @@ def test_the_serving_base_builds_serving_images_without_a_network(podman, tiny_m
     try:
         # what the release's serving-base job builds, here from the local Debian base; --format docker
         # as build_serving_image: its builds then share this layer cache (and the other way round)
+        checkout = tmp_path / "checkout"  # the job's context, assembled by its own step
+        shutil.copytree(ROOT / "containers" / "serving", checkout / "containers" / "serving")
+        shutil.copy2(ROOT / "constraints.txt", checkout / "constraints.txt")
+        assembled = run_step("serving-base", "Assemble the build context", checkout)
+        assert assembled.returncode == 0, assembled.stdout + assembled.stderr
         build = [
             "podman", "build", "--format", "docker", "--target", "dependencies", "--tag", base,
             "--build-arg", f"BASE_IMAGE={podman['base_image']}", *podman["build_options"],
-            str(ROOT / "containers" / "serving"),
+            str(checkout / "build" / "serving-base"),
         ]  # fmt: skip
         done = subprocess.run(build, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -270,7 +279,8 @@ def test_the_serving_base_builds_serving_images_without_a_network(podman, tiny_m
             capture_output=True,
             text=True,
         )
-        assert inside.returncode == 0 and inside.stdout.strip() == "['requirements.txt']", inside
+        assert inside.returncode == 0, inside
+        assert inside.stdout.strip() == "['constraints.txt', 'requirements.txt']", inside
 
         # a serving image from it, as build_serving_image builds one, with no network at all (and no
         # cache: its pip step runs, and finds everything installed)
