@@ -45,7 +45,7 @@ ui: install  ## browse every run's params and metrics (MLflow's default store: .
 	@echo "The runs table: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (MLflow 3.17 opens on its GenAI view otherwise; each run's end prints its experiment's link)"
 	mlflow ui
 
-# The pipeline image for snakemake --use-singularity (README, "Every rule in a container"), with Podman
+# The pipeline image for snakemake --use-singularity (docs/hpc-and-containers.md), with Podman
 # (else Docker): VARIANT=cuda (default) or cpu; BASE_IMAGE=... where Docker Hub is out of reach.
 VARIANT ?= cuda
 pipeline-image: install

@@ -39,13 +39,13 @@ def main(args: argparse.Namespace) -> None:
     uri = tracking_uri(settings["mlflow"]["tracking_uri"])
     use_experiment(uri, settings["mlflow"]["experiment"])
     record = register(
-        Path(args.model),
-        settings["register"]["model_name"],
-        settings["register"]["alias"],
-        tags,
-        figures["accuracy"],
-        uri,
-        Path(args.output).parent.parent / ".registry.lock",
+        model_path=Path(args.model),
+        name=settings["register"]["model_name"],
+        alias=settings["register"]["alias"],
+        tags=tags,
+        accuracy=figures["accuracy"],
+        uri=uri,
+        lock_file=Path(args.output).parent.parent / ".registry.lock",
     )
     metadata = {p.key: p.value for p in onnx.load(args.model, load_external_data=False).metadata_props}
     card = CardInputs(
