@@ -224,11 +224,14 @@ def test_optional_parts_missing(inputs):
     bare.versions = {}
     bare.export = {k: v for k, v in bare.export.items() if not k.startswith(("temperature", "test_ece"))}
     bare.manifest["source_revision"] = "unknown"
+    for key in mc.CALIBRATION_KEYS:  # an evaluation from before calibration was measured
+        del bare.evaluation[key]
     md, page = mc.render(bare)
     assert "No dataset audit ran in this workflow" in md
     assert "### Robustness\n\nNot measured in this run." in md
     assert "Hardest corruptions" not in md and "temperature-scaled" not in md
     assert "No job recorded its versions." in md and "unknown (not built from a git checkout)" in md
+    assert "### Calibration\n\n" + mc.NO_CALIBRATION in md and "Probabilities:" not in md
     assert "<h2>Limitations</h2>" in page
 
 

@@ -25,6 +25,11 @@ AUDIT_KEYS = (
 )
 CLEAN_ACCURACY_KEYS = ("clean_test_accuracy", "clean_accuracy")
 WORST = 3  # classes and corruptions named under Limitations
+CALIBRATION_KEYS = {"ece", "nll", "brier", "mean_confidence"}
+NO_CALIBRATION = (
+    "Not in this evaluation's metrics.json, written before evaluations measured calibration: "
+    "rerun evaluate_served_model (snakemake --forcerun evaluate_served_model)."
+)
 
 
 @dataclass
@@ -203,12 +208,16 @@ def _metrics_section(c: CardInputs, blocks: list[Block]) -> None:
         ),
         ("h3", "Calibration"),
     ]
-    rows = [
-        ["expected calibration error (15 bins, top label)", number(e["ece"])],
-        ["negative log likelihood", number(e["nll"])],
-        ["Brier score (multi-class, 0..2)", number(e["brier"])],
-        ["mean confidence (top probability)", pct(e["mean_confidence"])],
-    ]
+    rows = []
+    if e.keys() >= CALIBRATION_KEYS:
+        rows = [
+            ["expected calibration error (15 bins, top label)", number(e["ece"])],
+            ["negative log likelihood", number(e["nll"])],
+            ["Brier score (multi-class, 0..2)", number(e["brier"])],
+            ["mean confidence (top probability)", pct(e["mean_confidence"])],
+        ]
+    else:
+        blocks.append(("p", NO_CALIBRATION))
     if "temperature" in x:
         rows += [
             ["temperature (fitted on the validation split; 1 = none)", number(x["temperature"])],
@@ -217,7 +226,8 @@ def _metrics_section(c: CardInputs, blocks: list[Block]) -> None:
                 f"{number(x['test_ece_before'])} / {number(x['test_ece_after'])}",
             ],
         ]
-    blocks.append(("table", ["figure", "value"], rows))
+    if rows:
+        blocks.append(("table", ["figure", "value"], rows))
     blocks.append(("h3", "Robustness"))
     if c.robustness is None:
         blocks.append(("p", "Not measured in this run."))
@@ -295,12 +305,13 @@ def _limitations_section(c: CardInputs, blocks: list[Block]) -> None:
             + "; ".join(f"{n} (mean {pct(a)}, {pct(w)} at severity {top})" for n, a, w in worst)
             + f", against {pct(c.robustness['uncorrupted_accuracy'])} uncorrupted"
         )
-    gap = e["mean_confidence"] - e["accuracy"]
-    side = "over-confident" if gap > 0 else "under-confident"
-    items.append(
-        f"Probabilities: mean confidence {pct(e['mean_confidence'])} against accuracy {pct(e['accuracy'])}: "
-        f"{side} by {abs(gap) * 100:.2f} points on average (ECE {number(e['ece'])})"
-    )
+    if e.keys() >= CALIBRATION_KEYS:
+        gap = e["mean_confidence"] - e["accuracy"]
+        side = "over-confident" if gap > 0 else "under-confident"
+        items.append(
+            f"Probabilities: mean confidence {pct(e['mean_confidence'])} against accuracy "
+            f"{pct(e['accuracy'])}: {side} by {abs(gap) * 100:.2f} points on average (ECE {number(e['ece'])})"
+        )
     if c.audit is not None and "test_with_train_duplicate_fraction" in c.audit:
         items.append(
             f"{pct(c.audit['test_with_train_duplicate_fraction'])} of the test images have a near-duplicate "
