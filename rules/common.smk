@@ -149,7 +149,7 @@ def card_inputs(wildcards):
         "meta": f"{DATA_DIR}/meta.json",
         "robustness": rules.evaluate_robustness.output.table,
     }
-    if "audit_dataset" in {rule.name for rule in workflow.rules}:
+    if "audit_dataset" in {r.name for r in workflow.rules}:
         files["audit"] = rules.audit_dataset.output.metrics.format(dataset=DATASET_ID)
     return files
 

@@ -27,7 +27,7 @@ from types import SimpleNamespace
 
 import pytest
 from cifarflow import ports
-from conftest import ROOT, make_image_tree, snakemake, write_yaml
+from conftest import ROOT, make_image_tree, require_system_part, snakemake, write_yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from snakemake_interface_logger_plugins.common import LogEvent
@@ -360,16 +360,38 @@ def test_logs_to_a_tracking_server_over_http(workflow, mlflow_server):
     ] == "custom_model_development"
     url = f"{mlflow_server}/#/experiments/{experiment['experiment_id']}?workflowType=machine_learning"
     assert f"its runs table: {url}" in proc.stdout + proc.stderr
-    assert_ui_shows_runs_table(url, parent["info"]["run_name"])
 
 
-def assert_ui_shows_runs_table(url: str, parent_name: str) -> None:
-    """MLflow's own UI in headless Chromium: `url` shows the runs table with the parent run; the same
-    experiment without workflowType shows MLflow 3.17's GenAI overview (why the link carries it)."""
+def test_the_printed_link_opens_mlflow_ui_on_the_runs_table(mlflow_server, tmp_path, monkeypatch):
+    """MLflow's own UI in headless Chromium: the link each invocation ends with shows the runs table
+    with the invocation's run; the same experiment without workflowType shows MLflow 3.17's GenAI
+    overview, which is why the link carries it."""
     from playwright.sync_api import sync_playwright
-    from report_browser import ARGS, CHROMIUM, chromium_missing
+    from report_browser import ARGS, CHROMIUM
+    from snakemake_logger_plugin_mlflow.uri import runs_table_url
 
-    assert chromium_missing() is None, chromium_missing()
+    require_system_part("chromium")
+    monkeypatch.chdir(tmp_path)
+    Path("job.log").write_text("done\n")
+    handler = LogHandler(
+        SimpleNamespace(dryrun=False), LogHandlerSettings(tracking_uri=mlflow_server, experiment="ui")
+    )
+    job = dict(rule_name="train_model", jobid=1, input=[], output=[], log=["job.log"], wildcards={})
+    events = [
+        _event(LogEvent.WORKFLOW_STARTED, cmd="snakemake", config_md5="0" * 32, datetime="ui check"),
+        _event(LogEvent.RUN_INFO, stats={"train_model": 1, "total": 1}),
+        _event(LogEvent.JOB_INFO, **job),
+        _event(LogEvent.JOB_FINISHED, job_id=1),
+    ]
+    try:
+        for record in events:
+            handler.hook.capture(record)
+            handler.emit(record)
+    finally:
+        handler.close()
+    experiment = MlflowClient(mlflow_server).get_experiment_by_name("ui")
+    url = runs_table_url(mlflow_server, experiment.experiment_id)
+    parent_name = "snakemake ui check"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
