@@ -61,7 +61,7 @@ def ports_in(server_log: str) -> list[int]:
 def served(tmp_path_factory, podman):
     wf = copy_workflow(tmp_path_factory.mktemp("serve") / "wf")
     (wf / "local.yaml").write_text(yaml.safe_dump({"serving": podman}))
-    proc = snakemake(wf, REGISTRATION, "--configfile", "config/demo.yaml", "local.yaml")
+    proc = snakemake(wf, REGISTRATION, "--configfile", "config/demo.yaml", "local.yaml", timeout=1500)
     return wf, proc
 
 
