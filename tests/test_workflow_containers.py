@@ -74,7 +74,7 @@ def pipeline_image(podman) -> dict:
     return {**image, "ref": f"localhost/{image['image']}"}
 
 
-def snakemake(workdir: Path, *args: str, path: list[Path], env: dict | None = None, timeout: float = 900):
+def snakemake(workdir: Path, *args: str, path: list[Path], env: dict | None = None, timeout: float = 1500):
     env = dict(os.environ, **(env or {}), PATH=os.pathsep.join([*map(str, path), os.environ["PATH"]]))
     start = time.monotonic()
     proc = subprocess.run(
