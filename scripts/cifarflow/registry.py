@@ -162,8 +162,8 @@ def register(
     }
 
 
-# MLflow's UI opens an experiment of this kind on its runs table (parent and child runs), not on its
-# GenAI overview. The MLflow hook sets the same tag where it creates or finds the experiment.
+# The experiment is a model-training one, not GenAI (MLflow UIs that pick the view by this tag open
+# it on the runs table). The MLflow hook sets the same tag where it creates or finds the experiment.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 

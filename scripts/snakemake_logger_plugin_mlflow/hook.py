@@ -92,9 +92,10 @@ LOST = {
 }
 
 
-# What the experiment is, for MLflow's UI: model training, so it opens on the runs table (parent and
-# child runs) rather than its GenAI overview. Set when the experiment is created, or on an existing
-# one that has no kind or only the UI's own guess (`*_inferred`); a kind someone chose stays.
+# What the experiment is: model training, not GenAI. MLflow UIs that pick an experiment's view by this
+# tag open it on the runs table; 3.17's picks by its workflowType instead (uri.runs_table_url, the
+# link printed at the end). Set when the experiment is created, or on an existing one that has no
+# kind or only the UI's own guess (`*_inferred`); a kind someone chose stays.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
