@@ -17,7 +17,8 @@ rule train_model:
     container:
         PIPELINE_IMAGE
     threads: 2
-    # measured on real CIFAR-10, CPU: 1.9 GB, 66 s per epoch (12 epochs ~ 10 min); gpu: 1 for a CUDA recipe
+    # measured on real CIFAR-10, CPU: 1.9 GB, 66 s per epoch (12 epochs ~ 10 min). gpu: 1 for a CUDA
+    # recipe only; on Slurm it decides the partition (profiles/slurm/partitions.yaml), so no profile sets it.
     resources:
         mem_mb=by_attempt(8000),
         runtime=by_attempt(120),

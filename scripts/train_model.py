@@ -4,16 +4,16 @@ import argparse
 import json
 from pathlib import Path
 
+from cifarflow.config import Recipe
 from cifarflow.runtime import run_cli, write_metrics
 from cifarflow.training import train
 
 
 def main(args: argparse.Namespace) -> None:
     outdir = Path(args.outdir)
-    recipe = json.loads(args.recipe)
+    recipe = Recipe.from_config(json.loads(args.recipe))
     metrics = train(Path(args.data), recipe, outdir, threads=args.threads)
     write_metrics(outdir / "metrics.json", metrics)
-    (outdir / "resume.pt").unlink(missing_ok=True)  # finished: nothing left to resume
 
 
 if __name__ == "__main__":

@@ -69,13 +69,20 @@ def memory_mb() -> int:
 
 
 def profile_shape(profile: Path) -> dict:
-    """Partitions, GPU model and node features that a Snakemake Slurm profile asks for."""
+    """Partitions, GPU models and node features that a Snakemake Slurm profile asks for: partitions
+    from its slurm-partition-config file (and any slurm_partition it sets), GPU models from the
+    partitions with GPUs there (and any gpu_model), features from its constraints."""
     settings = yaml.safe_load((profile / "config.yaml").read_text())
     per_rule = [settings.get("default-resources", {}), *settings.get("set-resources", {}).values()]
-    partitions = [r["slurm_partition"] for r in per_rule if "slurm_partition" in r]
+    limits = {}
+    if "slurm-partition-config" in settings:
+        limits = yaml.safe_load((profile / settings["slurm-partition-config"]).read_text())["partitions"]
+    partitions = [*limits, *(r["slurm_partition"] for r in per_rule if "slurm_partition" in r)]
+    gpu_models = [m for p in limits.values() if p.get("max_gpu") for m in p.get("available_gpu_models", [])]
+    gpu_models += [r["gpu_model"] for r in per_rule if "gpu_model" in r]
     return {
         "partitions": list(dict.fromkeys(partitions)),  # first = the default partition
-        "gpu_models": sorted({str(r["gpu_model"]) for r in per_rule if "gpu_model" in r}),
+        "gpu_models": sorted({str(model) for model in gpu_models}),
         "features": sorted({str(r["constraint"]) for r in per_rule if "constraint" in r}),
     }
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import make_image_tree, snakemake, write_yaml
+from conftest import ROOT, make_image_tree, snakemake, write_yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from snakemake_interface_logger_plugins.common import LogEvent
@@ -522,6 +522,249 @@ def test_parallel_jobs_plots_directories_containers_and_retries(tmp_path):
     assert not any(key.startswith("params") for key in runs.named("boxed").data.params)  # it has none
 
 
+# ---- one bad moment: a job's files, a store that goes away ---------------------------------
+
+# Two jobs fail once and succeed on their retry (--retries 1); Snakemake removes a failed job's log
+# before it runs the job again. `flaky` leaves its log for that; `vanishing` removes its own log
+# before failing. `after` runs once both have succeeded.
+RETRY_SNAKEFILE = r"""
+rule all:
+    input:
+        "out/after.txt",
+
+
+rule after:
+    input:
+        "out/flaky.txt",
+        "out/vanishing.txt",
+    output:
+        "out/after.txt",
+    log:
+        "logs/after.log",
+    shell:
+        "cat {input} > {output}; echo after > {log}"
+
+
+rule flaky:
+    output:
+        "out/flaky.txt",
+    log:
+        "logs/flaky.log",
+    shell:
+        "if [ -e flaky.marker ]; then echo attempt 2 succeeds > {log}; echo ok > {output};"
+        " else touch flaky.marker; echo attempt 1 fails > {log}; exit 1; fi"
+
+
+rule vanishing:
+    output:
+        "out/vanishing.txt",
+    log:
+        "logs/vanishing.log",
+    shell:
+        "if [ -e vanishing.marker ]; then echo attempt 2 succeeds > {log}; echo ok > {output};"
+        " else touch vanishing.marker; echo attempt 1 > {log}; rm {log}; exit 1; fi"
+"""
+
+
+@pytest.mark.workflow
+def test_a_retried_job_keeps_its_failed_log_and_tracking_goes_on(tmp_path, monkeypatch):
+    work = tmp_path / "retry"
+    work.mkdir()
+    (work / "Snakefile").write_text(RETRY_SNAKEFILE)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # where the hook keeps its copies of job files
+    # A new store: the hook's thread spends seconds creating its tables while the jobs fail and are
+    # retried, so it reaches each failure only after Snakemake has removed (and rewritten) the log.
+    run = snakemake(work, "--logger", "mlflow", "--retries", "1")
+    output = run.stdout + run.stderr
+    assert "MLflow tracking stopped" not in output and "MLflow tracking is off" not in output
+    uri = sqlite_uri(work)
+    runs = runs_of(uri)
+    assert runs.parent.info.status == "FINISHED"
+    assert runs.names() == ["after", "flaky", "flaky", "vanishing", "vanishing"]  # every job, every attempt
+    assert runs.named("after").info.status == "FINISHED"
+    assert runs.parent.data.metrics["jobs_failed"] == 2
+    assert runs.parent.data.metrics["jobs_finished"] == 4  # `all` too
+    for name in ("flaky", "vanishing"):
+        attempts = {r.info.status: r for r in runs.children if r.info.run_name == name}
+        assert sorted(attempts) == ["FAILED", "FINISHED"]
+        logged = MlflowClient(uri).download_artifacts(attempts["FINISHED"].info.run_id, f"logs/{name}.log")
+        assert Path(logged).read_text() == "attempt 2 succeeds\n"
+    failed = next(r for r in runs.children if r.info.run_name == "flaky" and r.info.status == "FAILED")
+    logged = MlflowClient(uri).download_artifacts(failed.info.run_id, "logs/flaky.log")
+    assert Path(logged).read_text() == "attempt 1 fails\n"  # the attempt that failed, not its retry
+    failed = next(r for r in runs.children if r.info.run_name == "vanishing" and r.info.status == "FAILED")
+    assert failed.data.tags["hook.artifact:logs/vanishing.log"] == "not uploaded: no such file"
+    assert artifacts_of(uri, failed) == set()
+    assert not list((tmp_path / "tmp").iterdir())  # the hook's copies went with it
+
+
+# ---- what the hook finds on the installed Snakemake, and what it says when it finds nothing ---
+
+CONFIGURED_SNAKEFILE = r"""
+configfile: "config.yaml"
+
+
+rule all:
+    input:
+        "out/made.txt",
+
+
+rule make:
+    output:
+        "out/made.txt",
+    log:
+        "logs/make.log",
+    params:
+        greeting="hello",
+        recipe={"optimizer": "sgd"},
+    container:
+        "docker://example.org/stand-in:1.0"
+    shell:
+        "echo {params.greeting} > {output}; echo made > {log}"
+"""
+
+
+@pytest.mark.workflow
+def test_the_installed_snakemake_gives_the_hook_its_config_and_jobs(tmp_path):
+    """Snakemake's Workflow and Job objects are where the hook looks: the store and experiment come
+    from the config (not the fallbacks), the job's params (no benchmark file) and container image
+    from its Job object, and nothing was reported lost."""
+    work = tmp_path / "configured"
+    work.mkdir()
+    (work / "Snakefile").write_text(CONFIGURED_SNAKEFILE)
+    store = tmp_path / "elsewhere" / "store.db"
+    write_yaml(
+        work / "config.yaml", f"mlflow:\n  tracking_uri: sqlite:///{store}\n  experiment: from-config\n"
+    )
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "apptainer").write_text(FAKE_APPTAINER)
+    (fake / "apptainer").chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}")
+    run = subprocess.run(
+        [BIN / "snakemake", "--cores", "1", "--logger", "mlflow", "--sdm", "apptainer"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-6000:]
+    assert "object was not found" not in run.stdout + run.stderr
+    assert not (work / "mlflow.db").exists()  # not the fallback store
+    runs = runs_of(f"sqlite:///{store}", "from-config")  # the configured store and experiment
+    assert runs.parent.info.status == "FINISHED"
+    assert runs.parent.data.params["config.mlflow.experiment"] == "from-config"
+    made = runs.named("make")
+    assert made.data.params["params.greeting"] == "hello"  # from the Job object: no benchmark file
+    assert made.data.params["params.recipe.optimizer"] == "sgd"
+    assert made.data.tags["container.image"] == "docker://example.org/stand-in:1.0"
+
+
+def test_a_snakemake_object_not_found_is_named_once_per_kind(caplog, monkeypatch):
+    """Events logged from outside Snakemake's Workflow and Job (what a release that moved them
+    looks like): one warning per kind, saying what is lost and what to do; the store falls back."""
+    from snakemake_logger_plugin_mlflow.hook import MlflowHook
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    hook = MlflowHook(LogHandlerSettings(), logging.getLogger("test.lost"), dryrun=False)
+    job = dict(rule_name="make", input=[], output=[], log=[])
+    with caplog.at_level(logging.WARNING, logger="test.lost"):
+        hook.capture(_event(LogEvent.WORKFLOW_STARTED, snakemake_version="9.27.1"))
+        hook.capture(_event(LogEvent.RUN_INFO, stats={"make": 3, "total": 3}))
+        for jobid in (1, 2, 3):
+            assert hook.capture(_event(LogEvent.JOB_INFO, jobid=jobid, **job))
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2, warnings
+    workflow, job_lost = warnings
+    assert workflow.startswith("MLflow hook: Snakemake 9.27.1's Workflow object was not found")
+    assert "mlflow.tracking_uri and mlflow.experiment are not used" in workflow
+    assert "register_model may write to different stores" in workflow
+    assert "config.* params and config.json" in workflow
+    assert "--logger-mlflow-tracking-uri and --logger-mlflow-experiment" in workflow
+    assert job_lost.startswith("MLflow hook: Snakemake 9.27.1's Job object was not found")
+    assert "params when it has no --benchmark-extended benchmark file" in job_lost
+    assert "container.image tag" in job_lost and "Run with --benchmark-extended" in job_lost
+    assert hook.state.config is None and hook._tracking_uri().endswith("/mlflow.db")
+
+    import snakemake.api  # what the snakemake command loads first (snakemake.jobs alone is circular)
+    import snakemake.jobs
+
+    monkeypatch.delattr(snakemake.jobs, "Job")  # a release that renamed the class
+    moved = MlflowHook(LogHandlerSettings(), logging.getLogger("test.lost"), dryrun=False)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="test.lost"):
+        moved.capture(_event(LogEvent.JOB_INFO, jobid=1, **job))
+        moved.capture(_event(LogEvent.JOB_INFO, jobid=2, **job))
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "Job object was not found (no class snakemake.jobs.Job is loaded)" in message
+
+
+# ---- one place decides the store: the hook's and register_model's -------------------------
+
+# What the pipeline image is, for imports: MLflow, numpy, the scripts/ directory, no Snakemake.
+WITHOUT_SNAKEMAKE = """
+import sys
+
+class NoSnakemake:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "snakemake" or name.startswith("snakemake_interface"):
+            raise ImportError(f"No module named {name!r} (the pipeline image has no Snakemake)")
+
+sys.meta_path.insert(0, NoSnakemake())
+from cifarflow.registry import tracking_uri
+print(tracking_uri(""))
+import snakemake_logger_plugin_mlflow as plugin
+try:
+    plugin.LogHandler
+except ImportError as exc:
+    print(exc)
+print(sorted(name for name in sys.modules if name.startswith("snakemake")))
+"""
+
+
+def test_one_place_decides_the_store_and_it_needs_no_snakemake(tmp_path, monkeypatch):
+    from cifarflow import registry
+    from snakemake_interface_logger_plugins.registry import LoggerPluginRegistry
+    from snakemake_logger_plugin_mlflow import uri
+    from snakemake_logger_plugin_mlflow.hook import MlflowHook
+
+    assert registry.tracking_uri is uri.tracking_uri  # register_model's, re-exported
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    hook = MlflowHook(LogHandlerSettings(), logging.getLogger("test.uri"), dryrun=False)
+    assert hook._tracking_uri() == registry.tracking_uri("") == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert hook._tracking_uri() == registry.tracking_uri("") == "http://127.0.0.1:5000"
+    hook.state.config = {"mlflow": {"tracking_uri": "sqlite:///configured.db"}}
+    assert (
+        hook._tracking_uri() == registry.tracking_uri("sqlite:///configured.db") == "sqlite:///configured.db"
+    )
+    hook.settings = LogHandlerSettings(tracking_uri="http://127.0.0.1:5001")  # the hook's own setting
+    assert hook._tracking_uri() == "http://127.0.0.1:5001"
+
+    # The registry step imports it in the pipeline image, where Snakemake is not installed.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    run = subprocess.run(
+        [sys.executable, "-c", WITHOUT_SNAKEMAKE],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=str(ROOT / "scripts")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == [
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "No module named 'snakemake_interface_logger_plugins' (the pipeline image has no Snakemake)",
+        "['snakemake_logger_plugin_mlflow', 'snakemake_logger_plugin_mlflow.uri']",
+    ]
+    # ... and Snakemake still finds the plugin's two classes (they are loaded on first access).
+    plugin = LoggerPluginRegistry().get_plugin("mlflow")
+    assert plugin.log_handler is LogHandler and plugin.settings_cls is LogHandlerSettings
+
+
 # ---- unit level: the plugin's pieces, and its events against a real store --------------------
 
 
@@ -660,3 +903,143 @@ def test_strict_starts_no_further_job_once_logging_failed():
                 hook.capture(started)
         else:
             assert hook.capture(started)
+
+
+def _job(jobid: int, rule: str, output: list[str], log: list[str]) -> dict:
+    return dict(
+        rule_name=rule,
+        jobid=jobid,
+        input=[],
+        output=output,
+        log=log,
+        benchmark=None,
+        wildcards={},
+        resources={},
+        threads=1,
+        shellcmd=f"run {rule}",
+    )
+
+
+def test_a_job_file_that_cannot_be_read_is_a_warning_on_its_run(tmp_path, monkeypatch, caplog):
+    """A failed job whose log cannot be read (here: a directory where the log should be): its run
+    says so, one warning line, and the next job and the parent are logged as usual."""
+    monkeypatch.chdir(tmp_path)
+    Path("logs/broken.log").mkdir(parents=True)
+    Path("good.log").write_text("fine\n")
+    uri = f"sqlite:///{tmp_path / 'unit.db'}"
+    handler = LogHandler(
+        SimpleNamespace(dryrun=False), LogHandlerSettings(tracking_uri=uri, experiment="unit")
+    )
+    events = [
+        _event(LogEvent.RUN_INFO, stats={"total": 2}),
+        _event(LogEvent.JOB_INFO, **_job(1, "broken", ["out.txt"], ["logs/broken.log"])),
+        _event(LogEvent.JOB_ERROR, level=logging.ERROR, jobid=1, log=["logs/broken.log"]),
+        _event(LogEvent.JOB_INFO, **_job(2, "good", ["out.txt"], ["good.log"])),
+        _event(LogEvent.JOB_FINISHED, job_id=2),
+    ]
+    try:
+        with caplog.at_level(logging.WARNING, logger="snakemake.logging"):
+            for record in events:
+                handler.hook.capture(record)
+                handler.emit(record)
+    finally:
+        handler.close()
+    runs = runs_of(uri, "unit")
+    assert runs.parent.info.status == "FINISHED" and "hook.warning" not in runs.parent.data.tags
+    broken = runs.named("broken")
+    assert broken.info.status == "FAILED"
+    assert (
+        broken.data.tags["hook.artifact:logs/broken.log"] == "not uploaded: Is a directory: logs/broken.log"
+    )
+    assert runs.named("good").info.status == "FINISHED"
+    assert artifacts_of(uri, runs.named("good")) == {"good.log"}
+    warnings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("MLflow: ")]
+    assert warnings == [
+        "MLflow: logs/broken.log of run broken (job 1) not uploaded (Is a directory: logs/broken.log); "
+        "its run says so in a hook.artifact tag. Tracking carries on."
+    ]
+
+
+def _server_group(url: str) -> int:
+    """The process group of the `mlflow server` listening at `url` (the fixture's)."""
+    import psutil
+
+    port = str(urllib.parse.urlparse(url).port)
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "server" in cmdline and port in cmdline and "--backend-store-uri" in cmdline:
+            return os.getpgid(proc.pid)
+    raise AssertionError(f"no mlflow server process for {url}")
+
+
+@pytest.mark.workflow
+def test_a_store_that_stops_answering_ends_tracking_and_close_reconnects_once(
+    mlflow_server, tmp_path, monkeypatch, caplog
+):
+    """The tracking server stops answering mid-run (its processes are stopped: connections hang).
+    Tracking stops with one warning; the jobs after it are not logged. If the server answers again
+    by the end, close() ends the open runs and the parent; if not, it says why the parent stays
+    RUNNING and how to end it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail in seconds, not minutes
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    Path("one.log").write_text("one\n")
+    group = _server_group(mlflow_server)
+
+    def invocation(experiment: str, answers_at_the_end: bool) -> list[str]:
+        handler = LogHandler(
+            SimpleNamespace(dryrun=False),
+            LogHandlerSettings(tracking_uri=mlflow_server, experiment=experiment),
+        )
+        caplog.clear()
+        try:
+            with caplog.at_level(logging.WARNING, logger="snakemake.logging"):
+                for record in [
+                    _event(LogEvent.RUN_INFO, stats={"total": 3}),
+                    _event(LogEvent.JOB_INFO, **_job(1, "one", ["one.txt"], ["one.log"])),
+                ]:
+                    handler.hook.capture(record)
+                    handler.emit(record)
+                os.killpg(group, signal.SIGSTOP)  # the server stops answering
+                for record in [
+                    _event(LogEvent.JOB_FINISHED, job_id=1),
+                    _event(LogEvent.JOB_INFO, **_job(2, "two", ["two.txt"], [])),
+                    _event(LogEvent.JOB_FINISHED, job_id=2),
+                ]:
+                    handler.hook.capture(record)
+                    handler.emit(record)
+                if answers_at_the_end:
+                    os.killpg(group, signal.SIGCONT)
+                handler.close()
+        finally:
+            os.killpg(group, signal.SIGCONT)
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("MLflow tracking")]
+
+    warnings = invocation("comes-back", answers_at_the_end=True)
+    runs = runs_of(mlflow_server, "comes-back")
+    assert runs.parent.info.status == "FINISHED"
+    assert "tracking stopped mid-run (logging the finished job: " in runs.parent.data.tags["hook.warning"]
+    assert runs.parent.data.tags["hook.warning"].endswith("; 1 later job(s) not logged")
+    assert runs.parent.data.metrics["jobs_finished"] == 2  # counted although not logged
+    assert runs.names() == ["one"]  # job two started after the stop: no run
+    assert runs.named("one").info.status == "FINISHED"
+    assert runs.named("one").data.tags["hook.warning"].startswith("tracking stopped before this job ended")
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(
+        f"MLflow tracking stopped: logging the finished job failed on {mlflow_server}"
+    )
+    assert "the store cannot be reached" in warnings[0] and "connects once more" in warnings[0]
+
+    warnings = invocation("stays-away", answers_at_the_end=False)
+    assert len(warnings) == 2, warnings
+    parent = runs_of(mlflow_server, "stays-away").parent
+    assert parent.info.status == "RUNNING"  # as the warning says:
+    assert warnings[1].startswith(
+        f"MLflow tracking: parent run {parent.info.run_id} stays RUNNING in experiment 'stays-away' on "
+        f"{mlflow_server}: tracking stopped earlier (logging the finished job: "
+    )
+    assert "then ending it failed (reconnecting: " in warnings[1]
+    assert warnings[1].endswith(
+        f"Once the store is back: MlflowClient('{mlflow_server}').set_terminated('{parent.info.run_id}', "
+        "'FINISHED')."
+    )

@@ -44,6 +44,9 @@ def test_tracking_uri_follows_config_then_environment_then_the_working_directory
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking_uri("") == "http://127.0.0.1:5000"
     assert tracking_uri("sqlite:///elsewhere.db") == "sqlite:///elsewhere.db"
+    from snakemake_logger_plugin_mlflow.uri import tracking_uri as the_hooks
+
+    assert tracking_uri is the_hooks  # one place decides the store
 
 
 @pytest.mark.parametrize("engine", ["docker", "apptainer"])

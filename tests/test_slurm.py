@@ -1,7 +1,8 @@
 """profiles/slurm on a real Slurm cluster (tests/slurm_cluster.py starts munged, slurmctld and slurmd
 here): the offline demo submitted job by job with sbatch; a job that Slurm cancels fails the run
 with its Slurm log named; the rerun resumes without redoing finished jobs and retries a job that
-Slurm cancels; every job's placement comes from the profile; the results equal a local run's.
+Slurm cancels; every job's placement comes from the profile; only a CUDA recipe's training asks
+for a GPU and the GPU partition; the results equal a local run's.
 
 The profile runs unedited, with the flags this cluster needs (below). Its Apptainer setting stays
 on but does nothing here: the test empties config container.image (no Apptainer on Debian 12), so
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -234,7 +236,8 @@ def test_every_job_went_through_sbatch_with_the_profiles_resources(slurm_runs, s
     assert details("prepare_dataset")["Partition"] == "cpu"
     assert details("prepare_dataset")["MinMemoryNode"] == "4000M"
     train = details("train_model")
-    assert train["Partition"] == "gpu" and "gpu:a100:1" in train["TresPerJob"], train
+    # the demo recipe trains on device auto: no GPU asked for, so the CPU partition
+    assert train["Partition"] == "cpu" and "TresPerJob" not in train, train
     assert train["MinMemoryNode"] == "8000M" and train["TimeLimit"] == "02:00:00", train
     assert details("evaluate_served_model")["Features"] == "container"  # where an engine is
     assert details("export_onnx", 0)["MinMemoryNode"] == "4000M"  # the cancelled first attempt
@@ -278,3 +281,47 @@ def test_mlflow_logged_the_slurm_jobs_from_the_main_process(slurm_runs):
     assert [r.info.status for r in train] == ["FAILED", "FINISHED"]
     trained = json.loads((slurm_runs.workdir / "results/train/default/metrics.json").read_text())
     assert train[-1].data.metrics["test_accuracy"] == trained["test_accuracy"]
+
+
+def test_only_a_cuda_recipe_asks_for_a_gpu_and_the_gpu_partition(slurm_profile_cluster, tmp_path):  # noqa: F811
+    """Two experiments, one per device: each training job asks Slurm for what its recipe trains on.
+    This cluster's GPU is a GRES with no device behind it, so the requests are read from slurmctld
+    (scontrol) while the jobs are queued or running; then the run is interrupted (Ctrl-C), which
+    cancels its jobs: a training on `cuda` could only fail here."""
+    cluster = slurm_profile_cluster
+    workdir = copy_workflow(tmp_path / "wf")
+    env = dict(cluster.env, PATH=f"{BIN}{os.pathsep}{cluster.env['PATH']}")
+    devices = {"oncpu": "cpu", "oncuda": "cuda"}
+    experiments = {name: {"device": device} for name, device in devices.items()}
+    overrides = config_overrides()
+    targets = [f"results/train/{name}/model.pt" for name in devices]
+    args = (*slurm_args(cluster), *DEMO, "--retries", "0", *overrides, f"experiments={experiments!r}")
+    run = Run(workdir, "devices", (*targets, *args), env)  # targets first: --config takes what follows
+    try:
+        comments = {f"rule_train_model_wildcards_{name}": name for name in devices}
+        deadline = time.monotonic() + 180
+        while True:
+            found = {comments[j["comment"]]: i for i, j in cluster.jobs().items() if j["comment"] in comments}
+            if len(found) == len(devices):
+                break
+            ended = run.proc.poll() is not None
+            assert not ended, f"snakemake ended before both trainings were submitted:\n{run.output[-6000:]}"
+            assert time.monotonic() < deadline, f"not both submitted: {cluster.jobs()}\n{run.output[-6000:]}"
+            time.sleep(0.5)
+        requests = {name: cluster.job_details(job_id) for name, job_id in found.items()}
+    finally:
+        run.proc.send_signal(signal.SIGINT)  # snakemake cancels the jobs it submitted
+        run.wait(120)
+        cluster.cancel_all()
+
+    def tres(job: dict[str, str]) -> str:
+        """Every trackable resource the job asks for: TRES (cpu, mem, node), TresPerJob (--gpus), ..."""
+        return " ".join(f"{key}={value}" for key, value in job.items() if "tres" in key.lower())
+
+    cpu, cuda = requests["oncpu"], requests["oncuda"]
+    assert cpu["Partition"] == "cpu", cpu
+    assert "TresPerJob" not in cpu and "gpu" not in tres(cpu).lower(), tres(cpu)
+    assert cuda["Partition"] == "gpu", cuda
+    assert re.fullmatch(r"gres:gpu(:\w+)?:1", cuda["TresPerJob"]), tres(cuda)  # sbatch --gpus[=<model>:]1
+    # both are what the profile and the rule ask for otherwise
+    assert cpu["MinMemoryNode"] == cuda["MinMemoryNode"] == "8000M", requests

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+# The store register_model writes to is the one the hook logs to, decided in one place (re-exported
+# for register_model.py). That module needs neither Snakemake nor this library.
+from snakemake_logger_plugin_mlflow.uri import tracking_uri  # noqa: F401
+
 log = logging.getLogger("cifarflow")
-
-
-def tracking_uri(configured: str) -> str:
-    """config mlflow.tracking_uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here (as the hook)."""
-    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{os.path.abspath('mlflow.db')}"
 
 
 def signature(model):

@@ -2,87 +2,31 @@
 
 Found by Snakemake because the package is named `snakemake_logger_plugin_<name>` and lies on
 `sys.path`; enabled with `--logger mlflow` (this project: `logger: [mlflow]` in
-profiles/default/config.yaml). Settings, as `--logger-mlflow-<field>` options, are below.
-What is logged where: README, "Tracking with MLflow"; the MLflow side lives in `hook.py`.
+profiles/default/config.yaml). Its settings, as `--logger-mlflow-<field>` options, are in
+`plugin.py`; the MLflow side lives in `hook.py`. What is logged where: README, "Tracking with MLflow".
 
-This module is imported by every `snakemake` command (plugin discovery), so it imports nothing
-heavy: MLflow is imported only once an invocation has jobs to run.
+- `plugin.py`: `LogHandler`, `LogHandlerSettings` (Snakemake's side; imports its plugin interface)
+- `hook.py`: the MLflow runs (imports MLflow only once an invocation has jobs to run)
+- `content.py`: what is read from a job's files (plain data)
+- `uri.py`: which store a workflow logs to, for this hook and for the registry step alike
+
+This module imports nothing itself. `uri.py` is imported where Snakemake is not installed (the
+registry step runs in the pipeline image, which has MLflow but no Snakemake), so the two classes
+Snakemake's plugin registry reads from this package (with getattr: snakemake_interface_common's
+`PluginRegistryBase.validate_plugin` and `LoggerPluginRegistry.load_plugin`) are loaded on first
+access, by the module-level `__getattr__` below (PEP 562), not at import.
 """
 
-# No `from __future__ import annotations` here: Snakemake reads the settings' field types at
-# runtime (a string annotation such as 'bool' would not become a --flag).
-import logging
-from dataclasses import dataclass, field
-from typing import Optional
-
-from snakemake_interface_logger_plugins.base import LogHandlerBase
-from snakemake_interface_logger_plugins.settings import LogHandlerSettingsBase
+__all__ = ["LogHandler", "LogHandlerSettings"]
 
 
-@dataclass
-class LogHandlerSettings(LogHandlerSettingsBase):
-    tracking_uri: Optional[str] = field(  # noqa: UP045 - Snakemake parses Optional[...], not X | None
-        default=None,
-        metadata={
-            "help": "MLflow tracking URI (default: config key mlflow.tracking_uri if set, else "
-            "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory).",
-        },
-    )
-    experiment: Optional[str] = field(  # noqa: UP045
-        default=None,
-        metadata={
-            "help": "MLflow experiment name (default: config key mlflow.experiment if set, else the "
-            "name of the working directory).",
-        },
-    )
-    strict: bool = field(
-        default=False,
-        metadata={
-            "help": "Fail the workflow when the tracking store cannot be used (default: one warning "
-            "and the workflow carries on without tracking).",
-        },
-    )
+def __getattr__(name: str):
+    if name in __all__:
+        from . import plugin
+
+        return getattr(plugin, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class LogHandler(LogHandlerBase):
-    """Feeds Snakemake's log events to `MlflowHook` (nothing at all in a dry run)."""
-
-    def __post_init__(self) -> None:
-        from snakemake.logging import logger
-
-        from .hook import MlflowHook
-
-        self._logger = logger
-        self.hook = MlflowHook(
-            self.settings or LogHandlerSettings(), logger, dryrun=self.common_settings.dryrun
-        )
-        if not self.common_settings.dryrun:
-            logger.addFilter(self.hook.capture)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.hook.handle(record)
-
-    def close(self) -> None:
-        self._logger.removeFilter(self.hook.capture)
-        self.hook.close()
-        super().close()
-
-    @property
-    def writes_to_stream(self) -> bool:
-        return False
-
-    @property
-    def writes_to_file(self) -> bool:
-        return False
-
-    @property
-    def has_filter(self) -> bool:
-        return True  # every event, whatever --quiet says: the default filter would drop some
-
-    @property
-    def has_formatter(self) -> bool:
-        return True  # records are read, never formatted
-
-    @property
-    def needs_rulegraph(self) -> bool:
-        return False
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

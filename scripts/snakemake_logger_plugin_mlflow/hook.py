@@ -14,6 +14,15 @@ Threads (see snakemake/logging.py, LoggerManager):
 
 Jobs never talk to MLflow: everything is read from the files they leave behind (benchmark, logs,
 metrics.json, plots) by the main Snakemake process.
+
+What goes wrong, and what it stops:
+- A job's files are read once, into the hook's own copy, and that copy is uploaded. A file that
+  vanished or cannot be read is that job's problem: a `hook.artifact:<path>` tag on its run and one
+  warning line. A failed job's logs are copied at once by `capture`, before Snakemake removes them
+  to retry the job (--retries), so its run keeps the log of the attempt that failed.
+- A store that cannot be reached (no connection, no answer, HTTP 5xx, a database error) stops
+  tracking for the rest of the invocation; `close()` then connects once more to end the runs left
+  open. A store that answers but refuses one request (HTTP 4xx) is again that job's problem.
 """
 
 from __future__ import annotations
@@ -23,8 +32,10 @@ import logging
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -47,12 +58,37 @@ from .content import (
     safe_key,
     truncate,
 )
+from .uri import tracking_uri
 
 PLOT_SUFFIXES = {".png", ".svg", ".jpg", ".jpeg", ".pdf"}
 PLOT_LIMIT = 5 << 20  # plots larger than 5 MiB are not uploaded
 LOG_LIMIT = 50 << 20  # nor logs larger than 50 MiB
 MAX_FILE_TAGS = 200  # input/output files tagged (and hashed) per direction and job
 HTTP_PROBE_TIMEOUT = 10
+OVER_LIMIT = {  # size limit -> the tag that says a file was not uploaded
+    PLOT_LIMIT: ("hook.plot", "not uploaded: larger than 5 MiB"),
+    LOG_LIMIT: ("hook.artifact", "not uploaded: > 50 MiB"),
+}
+
+# What is lost when Snakemake's Workflow or Job object is not where `_caller_instance` looks, and
+# what to do about it (the warning `MlflowHook._lost` prints once per kind).
+LOST = {
+    "Workflow": (
+        "the workflow's config: its mlflow.tracking_uri and mlflow.experiment are not used (the store "
+        "falls back to --logger-mlflow-tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db "
+        "here; the experiment to --logger-mlflow-experiment, else the working directory's name), so "
+        "this hook and register_model may write to different stores; and the parent run's config.* "
+        "params and config.json",
+        "Give the store and experiment explicitly (--logger-mlflow-tracking-uri and "
+        "--logger-mlflow-experiment, or MLFLOW_TRACKING_URI), or use the Snakemake version this "
+        "plugin is tested with (pyproject.toml)",
+    ),
+    "Job": (
+        "each job's params when it has no --benchmark-extended benchmark file, and its container.image tag",
+        "Run with --benchmark-extended (the params are then read from the benchmark file), or use "
+        "the Snakemake version this plugin is tested with (pyproject.toml)",
+    ),
+}
 
 
 def _ms(seconds: float | None = None) -> int:
@@ -65,13 +101,57 @@ class TrackingStoreError(ApiError):
     logging internals that raised it)."""
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and those it was raised from or while handling (MLflow wraps the requests error)."""
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def _connection_error(exc: BaseException) -> BaseException | None:
+    """The error in `exc`'s chain that says no connection was made or no answer came, if any."""
+    try:
+        from requests.exceptions import ConnectionError as RequestsConnectionError
+        from requests.exceptions import RetryError, Timeout
+    except ImportError:  # MLflow (and so requests) not importable: the failure is not a connection
+        return None
+    kinds = (RequestsConnectionError, Timeout, RetryError, ConnectionError, TimeoutError)
+    return next((err for err in _chain(exc) if isinstance(err, kinds)), None)
+
+
+def _store_unreachable(exc: BaseException) -> bool:
+    """Whether a failed MLflow call means the store cannot be used: no connection or no answer, an
+    HTTP 5xx, a database error (MLflow raises those as 5xx-coded MlflowExceptions), or an OSError
+    (the store's own files: the job's files are read into the hook's copy first, see `_upload`).
+    False when the store answered and refused this one request (HTTP 4xx), and for anything else
+    (a bug in this hook must not end tracking either)."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import HTTPError
+
+    if _connection_error(exc) is not None:
+        return True
+    for err in _chain(exc):
+        if isinstance(err, HTTPError) and err.response is not None:  # an artifact upload's answer
+            return err.response.status_code >= 500
+        if isinstance(err, MlflowException):  # error codes map to HTTP statuses, also for local stores
+            return err.get_http_status_code() >= 500
+    return isinstance(exc, OSError)
+
+
 def _describe(exc: BaseException) -> str:
-    """A one-line reason: the OS error for connection failures, else the exception's first line."""
-    text = str(exc)
-    errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
-    if errno:
-        return f"cannot connect: {errno.group(1).strip()}"
-    lines = text.strip().splitlines()
+    """A one-line reason: 'cannot connect: <OS error>' for connection failures, the OS error and
+    its file for local file errors, else the exception's first line."""
+    connection = _connection_error(exc)
+    if connection is not None:
+        for text in (str(exc), str(connection)):
+            errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+            if errno:
+                return f"cannot connect: {errno.group(1).strip()}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
 
 
@@ -79,8 +159,9 @@ def _caller_instance(cls: type, max_depth: int = 40) -> Any:
     """The nearest `self` of type `cls` up the current thread's stack (None if not found).
 
     Snakemake's events do not carry the workflow's config or a job's container image; the
-    objects that logged them do. Looking them up is best effort: without them the hook still
-    logs everything the events and files hold.
+    objects that logged them do (Workflow.execute logs RUN_INFO, Job.log_info JOB_INFO). Without
+    them the hook still logs everything the events and files hold, and says once what it lost
+    (`MlflowHook._lost`): a Snakemake release that moves them must not go unnoticed.
     """
     frame = sys._getframe(1)
     for _ in range(max_depth):
@@ -117,6 +198,7 @@ class _Job:
     log: list[str]
     benchmark: str | None
     params: dict[str, Any] | None  # from the Job object: used when the benchmark has none
+    jobid: int
 
 
 @dataclass
@@ -150,6 +232,11 @@ class MlflowHook:
         self.workflow_error: str | None = None
         self.counts = {"finished": 0, "failed": 0}
         self.closed = False
+        self.lost: set[str] = set()  # Snakemake objects not found (warned once each)
+        self.unended: list[tuple[str, str, int]] = []  # (run id, status, end ms) of jobs ended after a stop
+        self.not_logged = 0  # jobs started after tracking stopped
+        self.copies: str | None = None  # the hook's copies of job files (a temporary directory)
+        self.copies_lock = threading.Lock()  # made by whichever thread needs it first
 
     # ---- synchronous part: runs in the thread that logs the event ----------------------------
 
@@ -189,6 +276,12 @@ class MlflowHook:
                 record.mlflow_inputs = self._hash_later("input", list(record.input or []))
         elif event == LogEvent.JOB_FINISHED and record.job_id in self.outputs:
             record.mlflow_outputs = self._hash_later("output", self.outputs.pop(record.job_id))
+        elif event == LogEvent.JOB_ERROR and not self.broken:
+            # Now, before Snakemake removes the logs to retry the job: the run keeps the failed attempt's.
+            record.mlflow_logs = self._keep_all(list(record.log or []))
+        elif event == LogEvent.GROUP_ERROR and not self.broken:
+            for info in getattr(record, "job_error_info", []):
+                info["mlflow_logs"] = self._keep_all(list(info.get("log") or []))
         elif event == LogEvent.JOB_STARTED and self.settings.strict and self.broken:
             raise TrackingStoreError(
                 f"MLflow logging failed ({self.broken}) and --logger-mlflow-strict is on: "
@@ -199,43 +292,65 @@ class MlflowHook:
     def _capture_workflow(self, record: logging.LogRecord) -> None:
         stats = getattr(record, "stats", None) or {}
         self.state.jobs_planned = stats.get("total")
+        workflow = self._snakemake_object("snakemake.workflow", "Workflow")
+        if workflow is None:
+            return
         try:
-            from snakemake.workflow import Workflow
-
-            workflow = _caller_instance(Workflow)
-            if workflow is None:
-                return
             if workflow.touch:  # --touch runs no job: nothing to log
                 self.disabled = True
                 return
-            self.state.config = json.loads(json.dumps(workflow.config, default=str))
-            self.state.basedir = str(workflow.basedir)
-        except Exception:  # noqa: BLE001 - best effort, see _caller_instance
-            pass
+            config = json.loads(json.dumps(workflow.config, default=str))
+            basedir = str(workflow.basedir)
+        except Exception as exc:  # noqa: BLE001 - the object is there but no longer looks as expected
+            self._lost("Workflow", f"reading its touch/config/basedir failed: {_describe(exc)}")
+            return
+        self.state.config, self.state.basedir = config, basedir
 
     def _capture_job(self) -> dict[str, Any]:
+        job = self._snakemake_object("snakemake.jobs", "Job")
+        if job is None:
+            return {}
         try:
-            from snakemake.jobs import Job
-
-            job = _caller_instance(Job)
-            if job is None:
-                return {}
             extra: dict[str, Any] = {"params": {key: value for key, value in job.params.items()}}
             if job.container_img is not None:  # only when Snakemake runs it in a container
                 extra["container"] = str(job.container_img_url)
-            return extra
-        except Exception:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001
+            self._lost("Job", f"reading its params/container_img failed: {_describe(exc)}")
             return {}
+        return extra
+
+    def _snakemake_object(self, module: str, name: str) -> Any:
+        """The Snakemake `module.name` object that logged the current event, or None (said once).
+        The class is taken from the modules Snakemake loaded, not imported: an object of it can be
+        up the stack only if it is loaded (and importing snakemake.workflow alone is circular)."""
+        cls = getattr(sys.modules.get(module), name, None)
+        if not isinstance(cls, type):
+            self._lost(name, f"no class {module}.{name} is loaded")
+            return None
+        found = _caller_instance(cls)
+        if found is None:
+            self._lost(name, f"no {module}.{name} up the stack of the thread that logged the event")
+        return found
+
+    def _lost(self, kind: str, why: str) -> None:
+        if kind in self.lost:
+            return
+        self.lost.add(kind)
+        lost, fix = LOST[kind]
+        version = self.state.info.get("snakemake_version") or "this"
+        self.logger.warning(
+            f"MLflow hook: Snakemake {version}'s {kind} object was not found ({why}); this Snakemake "
+            f"release may have moved it. Not logged for this invocation: {lost}. {fix}."
+        )
 
     # ---- opening the store --------------------------------------------------------------------
 
     def _tracking_uri(self) -> str:
-        """--logger-mlflow-tracking-uri, else config mlflow.tracking_uri (register_model's store too),
-        else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here."""
+        """--logger-mlflow-tracking-uri first, then what register_model uses too (uri.py)."""
         section = (self.state.config or {}).get("mlflow")
         configured = section.get("tracking_uri") if isinstance(section, dict) else None
-        uri = self.settings.tracking_uri or configured or os.environ.get("MLFLOW_TRACKING_URI")
-        return uri or f"sqlite:///{os.path.abspath('mlflow.db')}"
+        configured = configured if isinstance(configured, str) else None
+        return tracking_uri(configured, override=self.settings.tracking_uri)
 
     def _experiment_name(self) -> str:
         if self.settings.experiment:
@@ -363,35 +478,75 @@ class MlflowHook:
             if self.state.jobs_planned != 0:
                 self.start()
             return
-        if self.parent_id is None or self.broken:
+        if self.parent_id is None:
             return
         if event == LogEvent.JOB_INFO:
-            self._guard("starting the run of a job", self._job_started, record)
+            if self.broken:
+                self.not_logged += bool(record.output or record.log)
+            else:
+                self._step("starting the run", record.jobid, self._job_started, record)
         elif event == LogEvent.JOB_FINISHED:
-            self._guard("logging a finished job", self._job_finished, record)
+            self._end_job(record.job_id, "FINISHED", _ms(record.created), self._job_finished, record)
         elif event == LogEvent.JOB_ERROR:
-            self._guard("logging a failed job", self._job_failed, record.jobid, list(record.log), record)
+            logs = list(record.log or [])
+            kept = getattr(record, "mlflow_logs", None)
+            self._end_job(record.jobid, "FAILED", _ms(record.created), self._job_failed, logs, kept)
         elif event == LogEvent.GROUP_ERROR:
             for info in getattr(record, "job_error_info", []):
-                self._guard(
-                    "logging a failed job", self._job_failed, info["jobid"], list(info["log"]), record
-                )
+                logs, kept = list(info["log"]), info.get("mlflow_logs")
+                self._end_job(info["jobid"], "FAILED", _ms(record.created), self._job_failed, logs, kept)
 
-    def _guard(self, what: str, func, *args) -> None:
+    def _end_job(self, jobid: int, status: str, end: int, log_step, *args) -> None:
+        """Log what a job left (`log_step`), then end its run; after a stop, `close()` ends it."""
+        job = self.jobs.pop(jobid, None)
+        if job is None:
+            return
+        if not self.broken:
+            self._step(f"logging the {status.lower()} job", job, log_step, job, *args)
+        if not self.broken:
+            self._step("ending the run", job, self.client.set_terminated, job.run_id, status, end)
+        if self.broken:
+            self.unended.append((job.run_id, status, end))
+
+    def _step(self, what: str, job: _Job | int, func, *args) -> None:
+        """One MLflow step for one job. A store that cannot be reached stops tracking (`_stop`);
+        any other failure is this job's alone: one warning line, a `hook.warning` tag on its run."""
         try:
             func(*args)
         except Exception as exc:  # noqa: BLE001 - logging must never break the workflow
-            self.broken = f"{what}: {_describe(exc)}"
-            consequence = (
-                "no further jobs are started (--logger-mlflow-strict)"
-                if self.settings.strict
-                else "the workflow carries on"
-            )
+            if _store_unreachable(exc):
+                self._stop(what, exc)
+                return
+            if isinstance(job, int):  # starting: the run may exist already (its params failed)
+                job = self.jobs.get(job, job)
+            name = f"run {job.name} (job {job.jobid})" if isinstance(job, _Job) else f"job {job}"
             self.logger.warning(
-                f"MLflow tracking stopped: {what} failed on {self.state.uri} ({_describe(exc)}). "
-                f"Not logged from here on: the remaining jobs of this invocation and the final status "
-                f"of parent run {self.parent_id} (experiment '{self.state.experiment}'); {consequence}."
+                f"MLflow: {what} of {name} failed ({_describe(exc)}); that run may lack some of its "
+                "fields. Tracking carries on."
             )
+            if isinstance(job, _Job):
+                self._tag_problem(job, f"{what} failed: {_describe(exc)}")
+
+    def _tag_problem(self, job: _Job, text: str) -> None:
+        try:
+            self._batch(job.run_id, tags={"hook.warning": text})
+        except Exception as exc:  # noqa: BLE001 - the warning line already told
+            if _store_unreachable(exc):
+                self._stop("tagging a job's problem", exc)
+
+    def _stop(self, what: str, exc: BaseException) -> None:
+        self.broken = f"{what}: {_describe(exc)}"
+        consequence = (
+            "No further jobs are started (--logger-mlflow-strict)."
+            if self.settings.strict
+            else "The workflow carries on."
+        )
+        self.logger.warning(
+            f"MLflow tracking stopped: {what} failed on {self.state.uri} ({_describe(exc)}): the store "
+            f"cannot be reached. Not logged from here on: the remaining jobs of this invocation "
+            f"(experiment '{self.state.experiment}', parent run {self.parent_id}); at the end the hook "
+            f"connects once more to end that run and the runs left open. {consequence}"
+        )
 
     def _batch(self, run_id: str, metrics=(), params=None, tags=None, timestamp: int | None = None) -> None:
         """log_batch in chunks within MLflow's limits (1000 metrics, 100 params, 100 tags)."""
@@ -460,7 +615,9 @@ class MlflowHook:
             self.experiment_id, start_time=_ms(record.created), tags=tags, run_name=name
         )
         run_id = run.info.run_id
-        self.jobs[record.jobid] = _Job(run_id, name, output, log, record.benchmark, extra.get("params"))
+        self.jobs[record.jobid] = _Job(
+            run_id, name, output, log, record.benchmark, extra.get("params"), record.jobid
+        )
         params = {f"wildcards.{key}": value for key, value in wildcards.items()}
         params["threads"] = record.threads
         resources = record.resources
@@ -469,10 +626,7 @@ class MlflowHook:
         tags = self._hashed(record, "mlflow_inputs", "input", list(record.input or []))
         self._batch(run_id, params=params, tags=tags)
 
-    def _job_finished(self, record: logging.LogRecord) -> None:
-        job = self.jobs.pop(record.job_id, None)
-        if job is None:
-            return
+    def _job_finished(self, job: _Job, record: logging.LogRecord) -> None:
         timestamp = _ms(record.created)
         tags = self._hashed(record, "mlflow_outputs", "output", job.output)
         metrics: list[tuple[str, float, int]] = []
@@ -491,7 +645,7 @@ class MlflowHook:
             params = flatten(job.params, "params") if job.params else {}
         else:
             tags["hook.params"] = "not available: no benchmark file with --benchmark-extended"
-        artifacts = [f for f in job.log if os.path.isfile(local_path(f))]
+        artifacts = {f: LOG_LIMIT for f in job.log if os.path.isfile(local_path(f))}
         for file in job.output:
             path = local_path(file)
             if os.path.basename(path) == "metrics.json" and os.path.isfile(path):
@@ -499,39 +653,83 @@ class MlflowHook:
                     with open(path) as handle:
                         data = json.load(handle)
                     metrics += metrics_from_json(data) if isinstance(data, dict) else []
-                    artifacts.append(path)
+                    artifacts[path] = LOG_LIMIT
                 except (OSError, ValueError) as exc:
                     tags[f"hook.metrics:{os.path.normpath(path)}"] = f"unreadable: {_describe(exc)}"
             elif os.path.splitext(path)[1].lower() in PLOT_SUFFIXES and os.path.isfile(path):
-                if os.path.getsize(path) <= PLOT_LIMIT:
-                    artifacts.append(path)
-                else:
-                    tags[f"hook.plot:{os.path.normpath(path)}"] = "not uploaded: larger than 5 MiB"
+                artifacts[path] = PLOT_LIMIT
         if job.benchmark and os.path.isfile(job.benchmark):
-            artifacts.append(job.benchmark)
+            artifacts[job.benchmark] = LOG_LIMIT
         self._batch(job.run_id, metrics=metrics, params=params, tags=tags, timestamp=timestamp)
-        self._upload(job.run_id, artifacts)
-        self.client.set_terminated(job.run_id, "FINISHED", end_time=timestamp)
+        self._batch(job.run_id, tags=self._upload(job, artifacts))
 
-    def _job_failed(self, jobid: int, logs: list[str], record: logging.LogRecord) -> None:
-        job = self.jobs.pop(jobid, None)
-        if job is None:
-            return
+    def _job_failed(self, job: _Job, logs: list[str], kept: dict | None) -> None:
+        """`kept`: what `capture` copied of the logs when the job failed (None: it did not see it)."""
         tags = {"snakemake.error": f"job failed; see {', '.join(logs) or 'the Snakemake log'}"}
         params = flatten(job.params, "params") if job.params else {}
+        kept = self._keep_all(logs) if kept is None else kept
+        for file in logs:
+            if isinstance(kept.get(file), FileNotFoundError):  # not written, or removed by the job itself
+                tags[f"hook.artifact:{os.path.normpath(local_path(file))}"] = "not uploaded: no such file"
         self._batch(job.run_id, params=params, tags=tags)
-        self._upload(job.run_id, [f for f in logs if os.path.isfile(local_path(f))])
-        self.client.set_terminated(job.run_id, "FAILED", end_time=_ms(record.created))
+        present = {f: LOG_LIMIT for f in logs if not isinstance(kept.get(f), FileNotFoundError)}
+        self._batch(job.run_id, tags=self._upload(job, present, kept))
 
-    def _upload(self, run_id: str, files: list[str]) -> None:
-        for file in dict.fromkeys(files):
-            path = local_path(file)
-            if os.path.getsize(path) > LOG_LIMIT:
-                self._batch(
-                    run_id, tags={f"hook.artifact:{os.path.normpath(path)}": "not uploaded: > 50 MiB"}
+    # ---- a job's files: read once, into the hook's own copy, which is uploaded ----------------
+
+    def _keep(self, file: str, limit: int) -> str | None:
+        """A private copy of `file`, or None when it is larger than `limit`. Raises OSError when the
+        file cannot be read (FileNotFoundError: it is not there): the job's problem, not the store's."""
+        path = local_path(file)
+        if os.path.getsize(path) > limit:
+            return None
+        with self.copies_lock:
+            if self.copies is None:
+                self.copies = tempfile.mkdtemp(prefix="snakemake-mlflow-")
+        folder = tempfile.mkdtemp(dir=self.copies)  # one folder per copy: it keeps the file's name
+        try:
+            return shutil.copyfile(path, os.path.join(folder, os.path.basename(path)))
+        except OSError:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def _keep_all(self, files: list[str]) -> dict[str, str | OSError | None]:
+        """`_keep` for each of a failed job's logs, in `capture`: a copy, None, or why not."""
+        kept: dict[str, str | OSError | None] = {}
+        for file in files:
+            try:
+                kept[file] = self._keep(file, LOG_LIMIT)
+            except OSError as exc:
+                kept[file] = exc
+        return kept
+
+    def _upload(self, job: _Job, files: dict[str, int], kept: dict | None = None) -> dict[str, str]:
+        """Each file (-> its size limit) to the job's run, from the hook's copy (`kept` ones as they
+        were then); returns the tags that say which were not uploaded and why. Only the store's
+        failures raise: a file that vanished or cannot be read is one warning line and a tag."""
+        tags: dict[str, str] = {}
+        for file, limit in files.items():
+            path = os.path.normpath(local_path(file))
+            try:
+                copy = kept[file] if kept is not None and file in kept else self._keep(file, limit)
+                if isinstance(copy, OSError):
+                    raise copy
+            except OSError as exc:
+                tags[f"hook.artifact:{path}"] = f"not uploaded: {_describe(exc)}"
+                self.logger.warning(
+                    f"MLflow: {path} of run {job.name} (job {job.jobid}) not uploaded ({_describe(exc)}); "
+                    "its run says so in a hook.artifact tag. Tracking carries on."
                 )
                 continue
-            self.client.log_artifact(run_id, path, artifact_dir(path))
+            if copy is None:
+                key, text = OVER_LIMIT[limit]
+                tags[f"{key}:{path}"] = text
+                continue
+            try:
+                self.client.log_artifact(job.run_id, copy, artifact_dir(path))
+            finally:
+                shutil.rmtree(os.path.dirname(copy), ignore_errors=True)
+        return tags
 
     # ---- the end: main thread, after the listener has drained the queue ----------------------
 
@@ -541,26 +739,66 @@ class MlflowHook:
         self.closed = True
         if self.hasher is not None:
             self.hasher.shutdown(wait=True, cancel_futures=True)
-        if self.parent_id is None or self.broken:
-            return
         try:
-            for job in self.jobs.values():  # still running when Snakemake stopped
-                self.client.set_terminated(job.run_id, "KILLED")
-            if self.workflow_error:
-                status = "FAILED"
-            elif self.jobs:  # no error reported, yet jobs never ended: interrupted
-                status = "KILLED"
-            else:
-                status = "FINISHED"
-            metrics = [
-                ("jobs_finished", float(self.counts["finished"]), 0),
-                ("jobs_failed", float(self.counts["failed"]), 0),
-            ]
-            tags = {"snakemake.error": truncate(self.workflow_error, 5000)} if self.workflow_error else {}
-            self._batch(self.parent_id, metrics=metrics, tags=tags)
-            self.client.set_terminated(self.parent_id, status)
-        except Exception as exc:  # noqa: BLE001
-            self.logger.warning(
-                f"MLflow tracking: ending parent run {self.parent_id} on {self.state.uri} failed "
-                f"({_describe(exc)}); it stays RUNNING in experiment '{self.state.experiment}'."
+            if self.parent_id is not None:
+                self._end_runs()
+        finally:
+            if self.copies is not None:
+                shutil.rmtree(self.copies, ignore_errors=True)
+
+    def _end_runs(self) -> None:
+        """End the parent run and the runs left open; once more on a fresh connection when the
+        store could not be reached (now, or earlier: then that is the only attempt)."""
+        reason = self.broken
+        for reconnect in (True,) if self.broken else (False, True):
+            try:
+                if reconnect:
+                    self._reconnect()
+                self._end_open_runs()
+                return
+            except Exception as exc:  # noqa: BLE001 - the workflow's outcome must not depend on it
+                reason = f"{'reconnecting: ' if reconnect else ''}{_describe(exc)}"
+                if not _store_unreachable(exc):
+                    break
+        earlier = f"tracking stopped earlier ({self.broken}), then " if self.broken else ""
+        self.logger.warning(
+            f"MLflow tracking: parent run {self.parent_id} stays RUNNING in experiment "
+            f"'{self.state.experiment}' on {self.state.uri}: {earlier}ending it failed ({reason}). Once "
+            f"the store is back: MlflowClient({self.state.uri!r}).set_terminated({self.parent_id!r}, "
+            f"{self._parent_status()!r})."
+        )
+
+    def _reconnect(self) -> None:
+        from mlflow import MlflowClient
+
+        if self.state.uri.startswith(("http://", "https://")):
+            self._probe_http(self.state.uri, self.state.experiment)
+        client = MlflowClient(tracking_uri=self.state.uri)
+        client.get_run(self.parent_id)  # the store answers
+        self.client = client
+
+    def _parent_status(self) -> str:
+        if self.workflow_error:
+            return "FAILED"
+        return "KILLED" if self.jobs else "FINISHED"  # jobs never ended, no error: interrupted
+
+    def _end_open_runs(self) -> None:
+        stopped = "tracking stopped before this job ended: its outputs, metrics and files were not logged"
+        while self.unended:
+            run_id, status, end = self.unended[0]
+            self._batch(run_id, tags={"hook.warning": stopped})
+            self.client.set_terminated(run_id, status, end_time=end)
+            self.unended.pop(0)
+        for job in self.jobs.values():  # still running when Snakemake stopped
+            self.client.set_terminated(job.run_id, "KILLED")
+        metrics = [
+            ("jobs_finished", float(self.counts["finished"]), 0),
+            ("jobs_failed", float(self.counts["failed"]), 0),
+        ]
+        tags = {"snakemake.error": truncate(self.workflow_error, 5000)} if self.workflow_error else {}
+        if self.broken:
+            tags["hook.warning"] = (
+                f"tracking stopped mid-run ({self.broken}); {self.not_logged} later job(s) not logged"
             )
+        self._batch(self.parent_id, metrics=metrics, tags=tags)
+        self.client.set_terminated(self.parent_id, self._parent_status())
