@@ -24,8 +24,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "scripts")]
 
-from planted_pairs import planted_dataset  # noqa: E402
-
 from cifarflow.audit import (  # noqa: E402
     AuditSettings,
     NeighbourIndex,
@@ -33,6 +31,7 @@ from cifarflow.audit import (  # noqa: E402
     descriptors,
     low_frequencies,
 )
+from planted_pairs import planted_dataset  # noqa: E402
 
 
 def generated(size: int, seed: int = 0) -> tuple[dict, dict]:
@@ -75,10 +74,14 @@ def search_scaling(images: dict, threads: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[15000, 30000, 60000])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--images", type=Path, help="an [N, 32, 32, 3] uint8 .npy instead of generated scenes")
+    parser.add_argument(
+        "--images", type=Path, help="an [N, 32, 32, 3] uint8 .npy instead of generated scenes"
+    )
     parser.add_argument("--no-brute-force", action="store_true", help="skip the brute-force comparison")
     args = parser.parse_args()
     print(f"cores {os.cpu_count()}, load average before {os.getloadavg()}", flush=True)
@@ -93,8 +96,9 @@ def main() -> None:
         m = result.metrics
         line = (
             f"{size:>6,} images: audit {seconds:6.1f} s ({size / seconds:,.0f} images/s); "
-            f"pairs {m['duplicate_pairs']:,} (exact {m['exact_duplicate_pairs']:,}, near {m['near_duplicate_pairs']:,},"
-            f" mirrored {m['mirrored_duplicate_pairs']:,}); data made in {made:.0f} s"
+            f"pairs {m['duplicate_pairs']:,} (exact {m['exact_duplicate_pairs']:,},"
+            f" near {m['near_duplicate_pairs']:,}, mirrored {m['mirrored_duplicate_pairs']:,});"
+            f" data made in {made:.0f} s"
         )
         if not args.no_brute_force:
             hnsw, brute = search_scaling(images, args.threads)
