@@ -122,6 +122,7 @@ def registry_settings(wildcards):
 
 def final_targets():
     targets = [f"{DATA_DIR}/meta.json"]
+    targets += audit_targets()  # rules/audit.smk
     targets += expand("results/export/{experiment}/model.onnx", experiment=EXPERIMENTS)
     if EXPORT["quantize"] == "int8":
         targets += expand(

@@ -43,6 +43,7 @@ they take part only in exact matching and are reported as anomalies.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
@@ -294,6 +295,7 @@ class NeighbourIndex:
     same images always give the same graph and the same candidates; queries use `threads`."""
 
     def __init__(self, descriptors: np.ndarray, dimensions: int = 64, threads: int = 1) -> None:
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU probing is no news
         import faiss  # here: only the candidate search needs it
 
         self.faiss, self.threads = faiss, max(1, threads)
@@ -650,3 +652,39 @@ def audit(
     balance = class_balance(labels, class_names)
     metrics = summary(pairs, found, balance, {name: len(images) for name, images in splits.items()})
     return AuditResult(pairs, found, balance, metrics, asdict(settings))
+
+
+def leakage_report(metrics: Mapping[str, float], max_test_leakage: float | None) -> tuple[str, bool]:
+    """(message, gate failed): the test leakage figures, and whether they exceed the gate."""
+    count, fraction = (
+        metrics["test_with_train_duplicate_count"],
+        metrics["test_with_train_duplicate_fraction"],
+    )
+    text = (
+        f"test leakage: {count:,} test images ({fraction:.2%}) have a near-duplicate or copy in train or val"
+        f" (test-train pairs {metrics.get('test_train_duplicate_pairs', 0):,},"
+        f" test-val {metrics.get('test_val_duplicate_pairs', 0):,}; within train"
+        f" {metrics.get('train_internal_duplicate_pairs', 0):,} pairs)"
+    )
+    if max_test_leakage is None:
+        return text + "; no gate (audit.max_test_leakage: null)", False
+    if fraction > max_test_leakage:
+        return (
+            text + f", above audit.max_test_leakage {max_test_leakage:.2%}: the run stops before training."
+            " Remove the duplicates from the test split (duplicates.parquet lists them once the gate"
+            " passes), or raise audit.max_test_leakage deliberately",
+            True,
+        )
+    return text + f", within audit.max_test_leakage {max_test_leakage:.2%}", False
+
+
+def clean_accuracy(labels: np.ndarray, predicted: np.ndarray, clean: np.ndarray) -> dict[str, float]:
+    """Accuracy on the clean test images (no near-duplicate in train or val) next to the count."""
+    labels, predicted, clean = np.asarray(labels), np.asarray(predicted), np.asarray(clean, dtype=bool)
+    correct = labels == predicted
+    return {
+        "clean_accuracy": round(float(correct[clean].mean()), 6) if clean.any() else 0.0,
+        "clean_images": int(clean.sum()),
+        "leaked_images": int((~clean).sum()),
+        "leaked_accuracy": round(float(correct[~clean].mean()), 6) if (~clean).any() else 0.0,
+    }
