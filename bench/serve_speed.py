@@ -3,7 +3,7 @@
     python bench/serve_speed.py [--model model.onnx] [--engine process|podman|docker [--base-image ...]]
 
 Without --model it exports the default recipe's network (fast, widths 32/96/192) after one epoch on
-small synthetic data: speed does not depend on the weights. Targets (issue 4): served throughput at
+small synthetic data: speed does not depend on the weights. Targets: served throughput at
 batch 256 >= 70% of in-process ONNX Runtime; batch-1 p50 <= 3 ms on loopback; 32 concurrent clients
 for 20 s with zero errors and bounded server memory.
 """
@@ -25,7 +25,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from cifarflow.engines import build, container_name, running  # noqa: E402
 from cifarflow.evaluation import Client, latencies_ms  # noqa: E402
-from cifarflow.serving import INPUT, OUTPUTS, load_session  # noqa: E402
+from cifarflow.inference import INPUT, OUTPUTS, load_session  # noqa: E402
+from cifarflow.logs import setup_logging  # noqa: E402
 
 
 def default_model(out: Path) -> Path:
@@ -150,6 +151,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--load-seconds", type=float, default=20)
     args = parser.parse_args()
+    setup_logging()  # training, export and the image build report progress on stderr; figures: stdout
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or default_model(Path(tmp))

@@ -2,7 +2,6 @@
 # (scripts/cifarflow/audit.py). It runs beside training; with audit.max_test_leakage set, training
 # waits for it (train_model's input), so that a leaky dataset stops the run before any training.
 AUDIT = config["audit"]
-AUDIT_DIR = f"results/audit/{DATASET_ID}"
 
 
 def audit_settings(wildcards):
@@ -15,11 +14,16 @@ def audit_gate(wildcards):
     rerun of the audit (other settings) does not retrain; it only has to have passed."""
     if AUDIT["max_test_leakage"] is None:
         return {}
-    return {"audit": ancient(f"{AUDIT_DIR}/metrics.json")}
+    return {"audit": ancient(audit_output("metrics"))}
+
+
+def audit_output(name):
+    """This dataset's path of one of audit_dataset's outputs (called once every rule exists)."""
+    return expand(getattr(rules.audit_dataset.output, name), dataset=DATASET_ID)[0]
 
 
 def audit_targets():
-    return [f"{AUDIT_DIR}/metrics.json"]
+    return [audit_output("metrics")]
 
 
 rule audit_dataset:

@@ -121,54 +121,50 @@ def registry_settings(wildcards):
 
 
 def final_targets():
-    targets = [f"{DATA_DIR}/meta.json"]
+    """rule all's input (Snakefile). Called after every include, when rules.<name> exist for all rules."""
+    targets = expand(rules.prepare_dataset.output.meta, dataset=DATASET_ID)
     targets += audit_targets()  # rules/audit.smk
-    targets += expand("results/export/{experiment}/model.onnx", experiment=EXPERIMENTS)
+    targets += expand(rules.export_onnx.output.onnx, experiment=EXPERIMENTS)
     if EXPORT["quantize"] == "int8":
-        targets += expand(
-            "results/quantize/{experiment}/model.int8.onnx", experiment=EXPERIMENTS
-        )
-    targets += expand(
-        "results/register/{experiment}/registration.json", experiment=EXPERIMENTS
-    )
+        targets += expand(rules.quantize_onnx.output.onnx, experiment=EXPERIMENTS)
+    targets += expand(rules.register_model.output.registration, experiment=EXPERIMENTS)
     targets += report_targets()  # rules/report.smk
     return targets
 
 
-# The report (rules/report.smk): its targets and its rules' inputs and arguments.
-SERVED_FILES = {
-    "evaluate": "results/evaluate/{experiment}/metrics.json",
-    "manifest": "results/image/{experiment}/manifest.json",
-    "registration": "results/register/{experiment}/registration.json",
-}
-COMPARISON_FILES = ["comparison.html", "comparison.png", "recipes.html"]
-
-
+# The report (rules/report.smk): its targets and its rules' inputs and arguments. They live here,
+# not beside its rules (snakemake --lint: no functions in a file of rules), and name other rules'
+# files as rules.<name>.output: resolved when called, after every rule is defined.
 def report_targets():
     """Every report item of this config, each named (appended to final_targets): --report needs
     them all, and a job whose other outputs exist is not rerun for one that is missing.
     """
     per_experiment = [
-        "results/report/train/{experiment}/curves.png",
-        "results/report/train/{experiment}/history.html",
-        "results/report/export/{experiment}/export.html",
-        "results/report/serve/{experiment}/manifest.html",
-        "results/report/evaluate/{experiment}/per_class.html",
-        "results/report/evaluate/{experiment}/confidently_wrong.png",
+        *rules.plot_training.output,
+        *rules.tabulate_export.output,
+        *rules.tabulate_manifest.output,
+        *rules.plot_evaluation.output,
     ]
+    # compare_experiments' report items; its summary.rst and metrics.json come with them
+    compare = rules.compare_experiments.output
     return [
-        f"results/report/data/{DATASET_ID}/samples.png",
-        f"results/report/data/{DATASET_ID}/class_counts.html",
+        *expand(rules.plot_dataset.output, dataset=DATASET_ID),
         *expand(per_experiment, experiment=EXPERIMENTS),
-        *expand("results/report/compare/{file}", file=COMPARISON_FILES),
+        compare.table,
+        compare.chart,
+        compare.recipes,
     ]
 
 
 def export_table_inputs(wildcards):
-    files = {"metrics": f"results/export/{wildcards.experiment}/metrics.json"}
+    """export_onnx's metrics, and quantize_onnx's when export.quantize is int8."""
+    files = {"metrics": rules.export_onnx.output.metrics}
     if EXPORT["quantize"] == "int8":
-        files["quantize"] = f"results/quantize/{wildcards.experiment}/metrics.json"
-    return files
+        files["quantize"] = rules.quantize_onnx.output.metrics
+    return {
+        name: path.format(experiment=wildcards.experiment)
+        for name, path in files.items()
+    }
 
 
 def quantize_arg(wildcards, input):
@@ -178,22 +174,9 @@ def quantize_arg(wildcards, input):
 
 
 def test_split_files(wildcards):
-    """What plot_evaluation reads of the dataset: class names and the test images."""
-    return {
-        "meta": f"{DATA_DIR}/meta.json",
-        "test_images": f"{DATA_DIR}/test_images.npy",
-        "test_labels": f"{DATA_DIR}/test_labels.npy",
-    }
-
-
-def comparison_inputs(wildcards):
-    """Every experiment's metrics of each stage, in EXPERIMENTS order (compare_experiments)."""
-    files = {
-        "train": rules.train_model.output.metrics,
-        "export": rules.export_onnx.output.metrics,
-        **SERVED_FILES,
-    }
-    return {part: expand(path, experiment=EXPERIMENTS) for part, path in files.items()}
+    """What plot_evaluation reads of the dataset: class names (meta.json) and the test split."""
+    files = dataset_files(wildcards)
+    return {name: files[name] for name in ("meta", "test_images", "test_labels")}
 
 
 def recipes_json(wildcards):

@@ -35,7 +35,7 @@ rule evaluate_served_model:
         unpack(dataset_files),
         manifest=rules.build_serving_image.output.manifest,
         model=rules.export_onnx.output.onnx,
-        duplicates=f"{AUDIT_DIR}/duplicates.parquet",  # the clean test accuracy
+        duplicates=audit_output("duplicates"),  # rules/audit.smk: the clean test accuracy
     output:
         metrics="results/evaluate/{experiment}/metrics.json",
         predictions="results/evaluate/{experiment}/predictions.parquet",
@@ -81,7 +81,7 @@ rule register_model:
         manifest=rules.build_serving_image.output.manifest,
         evaluation=rules.evaluate_served_model.output.metrics,
     output:
-        "results/register/{experiment}/registration.json",
+        registration="results/register/{experiment}/registration.json",
     log:
         "logs/register_model/{experiment}.log",
     benchmark:
@@ -96,5 +96,5 @@ rule register_model:
         settings=registry_settings,
     shell:
         "python scripts/register_model.py --model {input.model:q} --manifest {input.manifest:q}"
-        " --evaluation {input.evaluation:q} --settings {params.settings:q} --output {output:q}"
+        " --evaluation {input.evaluation:q} --settings {params.settings:q} --output {output.registration:q}"
         " --log {log:q}"

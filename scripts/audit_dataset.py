@@ -3,13 +3,16 @@ and the leakage gate (audit.max_test_leakage)."""
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from cifarflow.audit import AuditSettings, audit, leakage_report
 from cifarflow.dataset import load_meta, load_split
 from cifarflow.errors import PipelineError
 from cifarflow.plots import class_balance_chart, duplicate_pair_grid, save_png
-from cifarflow.runtime import atomic_path, log, run_cli, write_metrics
+from cifarflow.runtime import atomic_path, run_cli, write_metrics
+
+log = logging.getLogger("cifarflow")
 
 SPLIT_ORDER = ("test", "val", "train")  # pairs name the evaluation side first
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from cifarflow import __version__
 from cifarflow.engines import build, choose
+from cifarflow.inference import load_session
 from cifarflow.runtime import run_cli, sha256_file, write_json, write_metrics
-from cifarflow.serving import load_session
 
 log = logging.getLogger("cifarflow")
 
@@ -34,7 +34,7 @@ def source_revision() -> str:
 def main(args: argparse.Namespace) -> None:
     settings = json.loads(args.settings)
     model = Path(args.model)
-    engine = choose(settings["engine"])
+    engine = choose(settings["engine"], settings["base_image"])
     model_sha256 = sha256_file(model)
     dataset_id = load_session(model).get_modelmeta().custom_metadata_map.get("dataset_id", "unknown")
     revision = source_revision()

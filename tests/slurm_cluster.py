@@ -24,38 +24,14 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from conftest import require_system_part
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
-DAEMONS = ("munged", "slurmctld", "slurmd")
-CLIENTS = ("sbatch", "srun", "squeue", "scancel", "scontrol", "sinfo")
 SBIN = ("/usr/sbin", "/sbin")  # daemons live here, which a non-login PATH may lack
 
 
 def find_binary(name: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path=os.pathsep.join(SBIN))
-
-
-def install_slurm() -> None:
-    """Install Slurm from Debian when a part is missing; skip (not as root) or fail (as root)."""
-    missing = [name for name in DAEMONS + CLIENTS if not find_binary(name)]
-    if not missing:
-        return
-    command = ["apt-get", "install", "-y", *PACKAGES]
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip(
-            f"Slurm is not installed ({', '.join(missing)} missing) and this is not root with apt-get: "
-            f"run `sudo {' '.join(command)}` (CI, as root, installs it)"
-        )
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = subprocess.run(command, env=env, capture_output=True, text=True)
-    if install.returncode != 0:  # a fresh machine may have no package lists yet
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True)
-        install = subprocess.run(command, env=env, capture_output=True, text=True)
-    if install.returncode != 0:
-        pytest.fail(f"`{' '.join(command)}` failed:\n{install.stdout[-3000:]}\n{install.stderr[-3000:]}")
-    still = [name for name in DAEMONS + CLIENTS if not find_binary(name)]
-    assert not still, f"installed {PACKAGES} but {still} are still missing"
 
 
 def free_port() -> int:
@@ -259,7 +235,7 @@ def slurm_cluster(
     root: Path, partitions: list[str], gpu_models: list[str] = (), features: list[str] = ()
 ) -> Iterator[SlurmCluster]:
     """Start munged, slurmctld and slurmd; on exit cancel every job and stop exactly those daemons."""
-    install_slurm()
+    require_system_part("slurm")  # Debian's Slurm and munge: tests/setup_system.py
     if os.geteuid() != 0:
         pytest.skip("slurmd and slurmctld run as root here (SlurmUser=root); run the Slurm tests as root")
     assert partitions, "a cluster needs at least one partition"

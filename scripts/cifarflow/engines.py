@@ -1,7 +1,8 @@
 """Container engines for the serving image: pick one, build the image, run it, always stop it.
 
 `serving.engine`: auto | docker | podman | apptainer | process. `auto` takes the first that works
-here, in that order, and says which and why the others were passed over. `process` runs the same
+here, in that order (docker and podman only with the base image at hand or pullable: offline, they
+would fail at FROM), and says which and why the others were passed over. `process` runs the same
 server code (scripts/serve.py) as a local subprocess, for machines with no container engine.
 """
 
@@ -34,8 +35,17 @@ OCI = ("docker", "podman")
 CONTAINERS = Path(__file__).resolve().parents[2] / "containers" / "serving"
 SCRIPTS = Path(__file__).resolve().parents[1]
 # What the image carries from this repository; a change to any of these rebuilds it.
-SERVING_CODE = ("serve.py", "cifarflow/__init__.py", "cifarflow/serving.py", "cifarflow/images.py")
+SERVING_CODE = (
+    "serve.py",
+    "cifarflow/__init__.py",
+    "cifarflow/inference.py",
+    "cifarflow/logs.py",
+    "cifarflow/serving.py",
+    "cifarflow/images.py",
+)
 RECIPE_FILES = ("Dockerfile", "serving.def", "requirements.txt")
+# The lock (make lock): the exact versions requirements.txt installs at, direct and transitive.
+LOCK = CONTAINERS.parents[1] / "constraints.txt"
 # serving.def takes the model's labels as build arguments of these names.
 APPTAINER_ARGS = {
     "io.cifarflow.model.sha256": "MODEL_SHA256",
@@ -45,17 +55,17 @@ APPTAINER_ARGS = {
 
 
 def serving_sources() -> list[Path]:
-    return [SCRIPTS / name for name in SERVING_CODE] + [CONTAINERS / name for name in RECIPE_FILES]
+    return [SCRIPTS / name for name in SERVING_CODE] + [CONTAINERS / name for name in RECIPE_FILES] + [LOCK]
 
 
-def _probe(cmd: list[str]) -> str | None:
+def _probe(cmd: list[str], timeout: float = 30) -> str | None:
     """None when `cmd` runs and exits 0, else why not (one line)."""
     if shutil.which(cmd[0]) is None:
         return f"`{cmd[0]}` is not on PATH"
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return f"`{' '.join(cmd)}` did not answer in 30 s"
+        return f"`{' '.join(cmd)}` did not answer in {timeout:.0f} s"
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()
         return f"`{' '.join(cmd)}` failed: {detail[-1] if detail else f'exit {proc.returncode}'}"
@@ -74,8 +84,20 @@ def unavailable(engine: str) -> str | None:
     raise PipelineError(f"unknown serving engine {engine!r}; choose one of auto, {', '.join(ENGINES)}")
 
 
-def choose(requested: str) -> str:
-    """Resolve `serving.engine`; an explicit engine that does not work here is an error."""
+def no_base_image(engine: str, image: str) -> str | None:
+    """None when `engine` has `image` or can pull it now, else why not (one line)."""
+    if _probe([engine, "image", "inspect", image]) is None:
+        return None
+    reason = _probe([engine, "pull", "--quiet", image], timeout=600)
+    if reason is None:
+        return None
+    local = "containers/base/make-local-base.sh builds a local one for serving.base_image"
+    return f"its base image {image} is not here and cannot be pulled ({reason}; {local})"
+
+
+def choose(requested: str, base_image: str | None = None) -> str:
+    """Resolve `serving.engine`; an explicit engine that does not work here is an error. `auto`
+    passes over docker and podman when they have not got `base_image` and cannot pull it."""
     if requested != "auto":
         reason = unavailable(requested)
         if reason:
@@ -88,6 +110,8 @@ def choose(requested: str) -> str:
     passed = []
     for engine in ENGINES:
         reason = unavailable(engine)
+        if reason is None and engine in OCI and base_image:
+            reason = no_base_image(engine, base_image)
         if reason is None:
             log.info("serving engine: auto took %s%s", engine, f" ({'; '.join(passed)})" if passed else "")
             return engine
@@ -120,6 +144,7 @@ def assemble_context(model: Path, target: Path) -> Path:
     """The build context: the recipe files, the serving code and the model, nothing else."""
     for name in RECIPE_FILES:
         shutil.copy2(CONTAINERS / name, target / name)
+    shutil.copy2(LOCK, target / LOCK.name)
     for name in SERVING_CODE:
         (target / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(SCRIPTS / name, target / name)
