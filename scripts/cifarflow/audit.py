@@ -7,13 +7,14 @@ images (no all-pairs comparison):
 
 1. Candidates. Every image is reduced to its low spatial frequencies: per-channel mean removed, a
    Hann window (so that the image's borders do not wrap around), a 2-D DFT of which only the
-   coefficients up to `frequencies` cycles per image are kept. The candidate descriptor is the log
-   magnitude of those coefficients. A translation changes only the phase of a Fourier coefficient,
+   coefficients up to `descriptor_frequencies` cycles per image are kept. The candidate descriptor
+   is the log magnitude of those coefficients. A translation changes only the phase of a Fourier coefficient,
    so a 1-2 pixel shift (another crop of the same shot) hardly moves the descriptor; JPEG
    re-encoding mostly changes the high frequencies, which are left out; a brightness or colour
    gain is a constant in log space, which the normalisation removes. Each image's `neighbours`
-   nearest descriptors come from a faiss HNSW graph (O(N log N) to build and query); mirrored
-   copies come from querying with the mirrored image's descriptor.
+   nearest descriptors (projected on their first `dimensions` principal components) come from a
+   faiss HNSW graph (O(N log N) to build and query); mirrored copies come from querying with the
+   mirrored image's descriptor (computed from the same coefficients, no second DFT).
 2. Verification. A candidate pair is compared as images: the normalised cross-correlation of the
    two windowed images at every shift of up to `max_shift` pixels, integer first, then in
    `shift_step` steps (sub-pixel) for the pairs that come close, evaluated from the same kind of
@@ -273,17 +274,6 @@ class Verifier:
             corr[close[better]] = fine_corr[better]
             dy[close[better]], dx[close[better]] = fy[fine_arg[better]], fx[fine_arg[better]]
         return corr, dy, dx
-
-
-def verify(
-    coefficients_a: np.ndarray,
-    coefficients_b: np.ndarray,
-    pairs: np.ndarray,
-    settings: AuditSettings,
-    size: int = 32,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Verifier(settings, size).verify(...): (corr, shift_y, shift_x) of each pair."""
-    return Verifier(settings, size).verify(coefficients_a, coefficients_b, pairs)
 
 
 class NeighbourIndex:
