@@ -44,7 +44,7 @@ lock:  ## constraints.txt (and envs/*.yaml's pins) from a fresh resolve of pypro
 ui: install  ## browse every run's params and metrics (MLflow's default store: ./mlflow.db)
 	mlflow ui
 
-# The pipeline image for snakemake --use-singularity (README, "Every rule in a container"), with Podman
+# The pipeline image for snakemake --use-singularity (docs/hpc-and-containers.md), with Podman
 # (else Docker): VARIANT=cuda (default) or cpu; BASE_IMAGE=... where Docker Hub is out of reach.
 VARIANT ?= cuda
 pipeline-image: install

@@ -54,7 +54,7 @@ rule audit_dataset:
     container:
         PIPELINE_IMAGE
     threads: 2
-    # measured on 60,000 CIFAR-sized images: README, "The dataset audit"
+    # measured on 60,000 CIFAR-sized images: docs/audit.md, "Speed"
     resources:
         mem_mb=by_attempt(4000),
         runtime=by_attempt(15),

@@ -42,7 +42,7 @@ if (
     logger.warning(
         "software-deployment-method apptainer is on, but config container.image is empty: every "
         "rule runs in the environment its job inherits (the venv on PATH), not in a container. "
-        "Set container.image (README, 'Every rule in a container') to run the rules in the image."
+        "Set container.image (docs/hpc-and-containers.md) to run the rules in the image."
     )
 
 

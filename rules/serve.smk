@@ -29,7 +29,7 @@ rule build_serving_image:
         " --manifest {output.manifest:q} --metrics {output.metrics:q} --log {log:q}"
 
 
-# Starts the image on free loopback ports, sends the test split, always stops it; fails below the gate.
+# Starts the image on free ports of serving.host, sends the test split, always stops it; fails below the gate.
 rule evaluate_served_model:
     input:
         unpack(dataset_files),

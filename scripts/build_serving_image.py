@@ -52,12 +52,12 @@ def main(args: argparse.Namespace) -> None:
     manifest_path = Path(args.manifest)
     start = time.perf_counter()
     built = build(
-        engine,
-        model,
-        reference,
-        build_args,
-        labels,
-        settings["build_options"],
+        engine=engine,
+        model=model,
+        reference=reference,
+        build_args=build_args,
+        labels=labels,
+        extra=settings["build_options"],
         sif=manifest_path.parent / "serving.sif",
     )
     seconds = round(time.perf_counter() - start, 2)

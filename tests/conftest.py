@@ -201,7 +201,8 @@ def podman() -> dict:
     assert build.returncode == 0, build.stdout + build.stderr
     return {
         "base_image": LOCAL_BASE,
-        # pip inside the build reaches PyPI only with the host's CA bundle (ENVIRONMENT.md)
+        # the host's CA bundle, for pip inside the build: where PyPI is reached through a CA that only the
+        # host trusts (e.g. a TLS-inspecting proxy), the base image's own bundle fails verification
         "build_options": ["-v", "/etc/ssl/certs:/etc/ssl/certs:ro"],
     }
 

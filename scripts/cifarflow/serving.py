@@ -409,6 +409,10 @@ class HostGRPCServer(GRPCServer):
             futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
             options=[
+                # KServe's server shares its port (SO_REUSEPORT): a second server on the same port
+                # would start without an error and take part of the first one's requests. Ours
+                # owns its port: a bind on a taken port fails, loudly.
+                ("grpc.so_reuseport", 0),
                 ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
                 ("grpc.max_receive_message_length", self._kwargs.get("grpc_max_receive_message_length")),
             ],
