@@ -226,6 +226,7 @@ def versions_logs(wildcards):
 def final_targets():
     """rule all's input (Snakefile). Called after every include, when rules.<name> exist for all rules."""
     targets = expand(rules.prepare_dataset.output.meta, dataset=DATASET_ID)
+    targets += audit_targets()  # rules/audit.smk
     targets += expand(rules.export_onnx.output.onnx, experiment=EXPERIMENTS)
     if EXPORT["quantize"] == "int8":
         targets += expand(rules.quantize_onnx.output.onnx, experiment=EXPERIMENTS)

@@ -161,8 +161,10 @@ def _data_section(c: CardInputs, blocks: list[Block]) -> None:
             items.append(f"{label}: {shown}")
     clean = clean_accuracy(c.evaluation)
     if clean is not None:
+        count = c.evaluation.get("clean_images")
+        on = f" on {number(count)} images" if isinstance(count, int) else ""
         items.append(
-            f"accuracy as served on the test images without such a near-duplicate: {pct(clean)} "
+            f"accuracy as served on the test images without such a near-duplicate: {pct(clean)}{on} "
             f"(all test images: {pct(c.evaluation['accuracy'])})"
         )
     blocks.append(("ul", items))
