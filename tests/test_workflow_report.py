@@ -167,6 +167,16 @@ def test_the_model_card_shows_the_runs_own_figures_and_is_in_the_registry(report
         assert "| served = offline ONNX Runtime, every test image | yes |" in card
         assert f"`{manifest['model_sha256']}`" in card
         assert "| train_model | export_onnx | evaluate_robustness |" in card  # versions of each job
+        # the dataset audit's figures and the clean test accuracy
+        (audit_file,) = (reported / "results/audit").glob("*/metrics.json")
+        audit = json.loads(audit_file.read_text())
+        leaked = mc.number(audit["test_with_train_duplicate_count"])
+        assert f"test images with a near-duplicate in train or val: {leaked}" in card
+        assert f"share of the test split: {mc.pct(audit['test_with_train_duplicate_fraction'])}" in card
+        assert (
+            f"without such a near-duplicate: {mc.pct(evaluation['clean_accuracy'])} on "
+            f"{mc.number(evaluation['clean_images'])} images" in card
+        )
         # the card is a file of the registered version, read back from the store
         store = f"sqlite:///{reported / 'mlflow.db'}"
         mlflow.set_registry_uri(store)  # models:/ resolves through the registry (reset after the test)
