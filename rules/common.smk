@@ -196,6 +196,8 @@ def card_logs(wildcards):
 def versioned_jobs():
     """(job name, rule, wildcards) of every job that computes (the report's own jobs aside)."""
     jobs = [("prepare_dataset", "prepare_dataset", {})]
+    if "audit_dataset" in {r.name for r in workflow.rules}:
+        jobs.append(("audit_dataset", "audit_dataset", {}))
     per_experiment = ["train_model", "export_onnx"]
     per_experiment += ["quantize_onnx"] if EXPORT["quantize"] == "int8" else []
     per_experiment += [

@@ -292,6 +292,8 @@ def robustness_heatmap(robustness, title: str) -> Figure:
         f"{robustness.mean_corruption_accuracy:.1%} (relative drop {robustness.relative_drop:.1%})",
         fontsize=9,
     )
+    fig.tight_layout()
+    return fig
 
 
 def duplicate_pair_grid(
