@@ -214,7 +214,7 @@ def test_the_versions_table_lists_what_each_job_ran_with(reported):
     for package in ("torch", "onnxruntime", "mlflow", "numpy", "kserve", "snakemake"):
         assert versions[package] == importlib.metadata.version(package), package
     jobs = {row[0] for row in rows if len(row) == 2 and row[1] == "host"}
-    assert {f"train_model/{n}" for n in EXPERIMENTS} <= jobs and "prepare_dataset" in jobs
+    assert {f"train_model/{n}" for n in EXPERIMENTS} <= jobs and {"prepare_dataset", "audit_dataset"} <= jobs
     assert {f"register_model/{n}" for n in EXPERIMENTS} <= jobs
 
 
