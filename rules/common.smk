@@ -30,6 +30,7 @@ DATASET_ID = dataset_id(DATASET)
 DATA_DIR = f"results/data/{DATASET_ID}"
 EXPERIMENTS = sorted(config["experiments"])
 EXPORT = config["export"]
+AUDIT = config["audit"]
 # The pipeline image (containers/pipeline) every rule runs in under --use-singularity (= --sdm
 # apptainer; profiles/slurm), except the two serving rules that drive a container engine themselves
 # (rules/serve.smk). None = the environment the job inherits (the venv). One image for CPU and GPU
@@ -291,3 +292,26 @@ def recipes_json(wildcards):
     """Every experiment's resolved recipe (compare_experiments shows them side by side)."""
     recipes = {name: recipe(config, name).asdict() for name in EXPERIMENTS}
     return json.dumps(recipes, sort_keys=True)
+
+
+# The dataset audit's settings, gate and outputs (rules/audit.smk).
+def audit_settings(wildcards):
+    """What audit_dataset decides with; a change reruns the audit (and the evaluation reading it)."""
+    return json.dumps(AUDIT, sort_keys=True)
+
+
+def audit_gate(wildcards):
+    """train_model's extra input when the leakage gate is on: the audit's metrics. ancient(): a
+    rerun of the audit (other settings) does not retrain; it only has to have passed."""
+    if AUDIT["max_test_leakage"] is None:
+        return {}
+    return {"audit": ancient(audit_output("metrics"))}
+
+
+def audit_output(name):
+    """This dataset's path of one of audit_dataset's outputs (called once every rule exists)."""
+    return expand(getattr(rules.audit_dataset.output, name), dataset=DATASET_ID)[0]
+
+
+def audit_targets():
+    return [audit_output("metrics")]

@@ -40,6 +40,7 @@ HOST_RULES = {"build_serving_image", "evaluate_served_model"}
 # only; it needs the internet or a hand-placed archive, so this offline test cannot run it).
 DEMO_RULES = {
     "prepare_dataset",
+    "audit_dataset",
     "train_model",
     "export_onnx",
     "quantize_onnx",
