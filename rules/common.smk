@@ -141,22 +141,14 @@ def model_config_sha256(wildcards):
 
 
 def card_inputs(wildcards):
-    """What register_model's model card reads besides the model, the manifest and the evaluation;
-    the dataset audit's metrics.json too in a workflow that has the audit_dataset rule.
-    """
-    files = {
+    """What register_model's model card reads besides the model, the manifest and the evaluation."""
+    return {
         "export": rules.export_onnx.output.metrics,
         "train": rules.train_model.output.metrics,
         "meta": f"{DATA_DIR}/meta.json",
         "robustness": rules.evaluate_robustness.output.table,
+        "audit": audit_output("metrics"),
     }
-    if "audit_dataset" in {r.name for r in workflow.rules}:
-        files["audit"] = rules.audit_dataset.output.metrics.format(dataset=DATASET_ID)
-    return files
-
-
-def audit_arg(wildcards, input):
-    return f"--audit {shlex.quote(input.audit)}" if "audit" in input.keys() else ""
 
 
 # Each job's log records the software versions it ran with (cifarflow.runtime.run_cli). The model card
@@ -196,9 +188,10 @@ def card_logs(wildcards):
 
 def versioned_jobs():
     """(job name, rule, wildcards) of every job that computes (the report's own jobs aside)."""
-    jobs = [("prepare_dataset", "prepare_dataset", {})]
-    if "audit_dataset" in {r.name for r in workflow.rules}:
-        jobs.append(("audit_dataset", "audit_dataset", {}))
+    jobs = [
+        ("prepare_dataset", "prepare_dataset", {}),
+        ("audit_dataset", "audit_dataset", {}),
+    ]
     per_experiment = ["train_model", "export_onnx"]
     per_experiment += ["quantize_onnx"] if EXPORT["quantize"] == "int8" else []
     per_experiment += [

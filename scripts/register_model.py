@@ -82,7 +82,7 @@ if __name__ == "__main__":
     parser.add_argument("--train", required=True, help="results/train/<experiment>/metrics.json")
     parser.add_argument("--meta", required=True, help="results/data/<dataset-id>/meta.json")
     parser.add_argument("--robustness", help="results/robustness/<experiment>/robustness.json")
-    parser.add_argument("--audit", help="the dataset audit's metrics.json, when the workflow has one")
+    parser.add_argument("--audit", required=True, help="the dataset audit's metrics.json")
     parser.add_argument("--logs", nargs="*", default=[], help="JOB=LOG of the jobs that made the model")
     parser.add_argument("--config-sha256", required=True, help="of the settings that made this model")
     parser.add_argument("--settings", required=True, help="the `register` and `mlflow` config, JSON")
