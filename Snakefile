@@ -13,8 +13,10 @@ report: "report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/audit.smk"
 include: "rules/train.smk"
 include: "rules/export.smk"
+include: "rules/robustness.smk"
 include: "rules/serve.smk"
 include: "rules/report.smk"
 

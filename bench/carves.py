@@ -13,6 +13,7 @@ Each carve is prepared once (prepare_dataset, the folder source) and cached.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tarfile
@@ -21,9 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "bench")]
 
-from prepare_speed import folder_settings, run_prepare  # noqa: E402
+from prepare_speed import ARCHIVE_ENV, folder_settings, jpeg_archive, run_prepare  # noqa: E402
 
-ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-train-jpeg.tar.gz"
+# The real CIFAR-10 training JPEGs (not in the repository): --archive, or this variable's path.
+ARCHIVE = Path(os.environ[ARCHIVE_ENV]) if os.environ.get(ARCHIVE_ENV) else None
 # carve -> (train images per class, test images per class taken from the end, val fraction, copy)
 CARVES = {
     "accuracy": (4500, 500, 1 / 9, False),
@@ -52,12 +54,11 @@ def _carve_folder(archive: Path, root: Path, carve: str) -> None:
                 shutil.copyfile(path, target / path.name)
 
 
-def prepare_carve(carve: str, cache: Path, archive: Path = ARCHIVE, threads: int = 2) -> Path:
+def prepare_carve(carve: str, cache: Path, archive: Path | None = ARCHIVE, threads: int = 2) -> Path:
     """results of prepare_dataset for `carve` under cache/<carve>/data (made once)."""
     data = cache / carve / "data"
     if not (data / "meta.json").exists():
-        if not archive.exists():
-            raise SystemExit(f"{archive} not found: pass --archive with the CIFAR-10 training JPEGs (tar.gz)")
+        archive = jpeg_archive(archive, "--archive")  # exits naming what is missing
         jpeg = cache / carve / "jpeg"
         shutil.rmtree(jpeg, ignore_errors=True)
         _carve_folder(archive, jpeg, carve)

@@ -2,7 +2,8 @@
 
     python bench/train_cifar10.py --carve accuracy|timing [--set epochs=12 --set widths=[48,128,256] ...]
 
-Uses the real 50,000 training JPEGs (--archive), carved as bench/carves.py describes: `accuracy`
+Uses the real 50,000 training JPEGs (--archive or $CIFARFLOW_JPEG_ARCHIVE: a tarball of
+train/<class>/<nnnn>.jpg), carved as bench/carves.py describes: `accuracy`
 (40,000 train / 5,000 val / 5,000 test never used for a choice) or `timing` (45,000 train /
 5,000 val, as users train on CIFAR-10). Prepares the carve once (cached under --cache), then runs
 the rule's own command (`python scripts/train_model.py ...`, timed from process start to exit)
@@ -80,7 +81,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--archive", type=Path, default=ARCHIVE, help="the CIFAR-10 training JPEGs")
+    parser.add_argument(
+        "--archive", type=Path, default=ARCHIVE, help="the CIFAR-10 training JPEGs ($CIFARFLOW_JPEG_ARCHIVE)"
+    )
     parser.add_argument("--carve", choices=sorted(CARVES), default="accuracy")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/cifarflow-bench"))
     parser.add_argument("--configfile", type=Path, help="a config overlay whose train keys apply")

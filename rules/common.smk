@@ -1,4 +1,5 @@
 # Config lookups and paths shared by the rules. No logic beyond wiring: the library decides.
+import hashlib
 import json
 import re
 import shlex
@@ -29,6 +30,7 @@ DATASET_ID = dataset_id(DATASET)
 DATA_DIR = f"results/data/{DATASET_ID}"
 EXPERIMENTS = sorted(config["experiments"])
 EXPORT = config["export"]
+AUDIT = config["audit"]
 # The pipeline image (containers/pipeline) every rule runs in under --use-singularity (= --sdm
 # apptainer; profiles/slurm), except the two serving rules that drive a container engine themselves
 # (rules/serve.smk). None = the environment the job inherits (the venv). One image for CPU and GPU
@@ -42,7 +44,7 @@ if (
     logger.warning(
         "software-deployment-method apptainer is on, but config container.image is empty: every "
         "rule runs in the environment its job inherits (the venv on PATH), not in a container. "
-        "Set container.image (README, 'Every rule in a container') to run the rules in the image."
+        "Set container.image (docs/hpc-and-containers.md) to run the rules in the image."
     )
 
 
@@ -78,10 +80,13 @@ def recipe_json(wildcards):
 
 
 def export_settings(wildcards):
-    """What export_onnx reads; quantisation settings are not among them, so they never re-export."""
-    return json.dumps(
-        {"opset": EXPORT["opset"], "parity": EXPORT["parity"]}, sort_keys=True
-    )
+    """What export_onnx reads; quantisation settings are not among them, so they never re-export.
+    calibrate only when on: an export made before the setting existed is not redone for it.
+    """
+    settings = {"opset": EXPORT["opset"], "parity": EXPORT["parity"]}
+    if EXPORT["calibrate"] != "none":
+        settings["calibrate"] = EXPORT["calibrate"]
+    return json.dumps(settings, sort_keys=True)
 
 
 def by_attempt(amount):
@@ -120,54 +125,148 @@ def registry_settings(wildcards):
     )
 
 
-def final_targets():
-    targets = [f"{DATA_DIR}/meta.json"]
-    targets += expand("results/export/{experiment}/model.onnx", experiment=EXPERIMENTS)
-    if EXPORT["quantize"] == "int8":
-        targets += expand(
-            "results/quantize/{experiment}/model.int8.onnx", experiment=EXPERIMENTS
-        )
-    targets += expand(
-        "results/register/{experiment}/registration.json", experiment=EXPERIMENTS
+def model_config_sha256(wildcards):
+    """sha256 of the settings that made this experiment's model, as the model card shows it: the
+    dataset's, the recipe, export, serving, evaluation and robustness (each already reruns its step).
+    """
+    made_by = {
+        "dataset": prepare_settings(DATASET),
+        "recipe": recipe(config, wildcards.experiment).asdict(),
+        "export": json.loads(export_settings(wildcards)),
+        "serving": json.loads(serving_settings(wildcards)),
+        "evaluate": config["evaluate"],
+        "robustness": config["robustness"],
+    }
+    return hashlib.sha256(json.dumps(made_by, sort_keys=True).encode()).hexdigest()
+
+
+def card_inputs(wildcards):
+    """What register_model's model card reads besides the model, the manifest and the evaluation."""
+    return {
+        "export": rules.export_onnx.output.metrics,
+        "train": rules.train_model.output.metrics,
+        "meta": f"{DATA_DIR}/meta.json",
+        "robustness": rules.evaluate_robustness.output.table,
+        "audit": audit_output("metrics"),
+    }
+
+
+# Each job's log records the software versions it ran with (cifarflow.runtime.run_cli). The model card
+# and the report's versions table read them from the logs: named as params, not inputs, because a
+# missing log would make Snakemake rerun its job (retrain, for a log deleted by hand); the jobs
+# themselves are inputs through their outputs, so their logs are written before they are read.
+CARD_JOBS = (
+    "prepare_dataset",
+    "train_model",
+    "export_onnx",
+    "evaluate_robustness",
+    "build_serving_image",
+    "evaluate_served_model",
+)
+
+
+def job_file(name, kind, **wildcards):
+    """The first log (kind "log") or output (kind "output") of rule `name`, for these wildcards."""
+    return str(getattr(getattr(rules, name), kind)[0]).format(
+        dataset=DATASET_ID, **wildcards
     )
+
+
+def job_logs(jobs):
+    """JOB=LOG arguments (--logs) of the scripts that read the versions."""
+    return " ".join(shlex.quote(f"{job}={log}") for job, log in jobs.items())
+
+
+def card_logs(wildcards):
+    return job_logs(
+        {
+            job: job_file(job, "log", experiment=wildcards.experiment)
+            for job in CARD_JOBS
+        }
+    )
+
+
+def versioned_jobs():
+    """(job name, rule, wildcards) of every job that computes (the report's own jobs aside)."""
+    jobs = [
+        ("prepare_dataset", "prepare_dataset", {}),
+        ("audit_dataset", "audit_dataset", {}),
+    ]
+    per_experiment = ["train_model", "export_onnx"]
+    per_experiment += ["quantize_onnx"] if EXPORT["quantize"] == "int8" else []
+    per_experiment += [
+        "evaluate_robustness",
+        "build_serving_image",
+        "evaluate_served_model",
+        "register_model",
+    ]
+    for experiment in EXPERIMENTS:
+        jobs += [
+            (f"{rule}/{experiment}", rule, {"experiment": experiment})
+            for rule in per_experiment
+        ]
+    return jobs
+
+
+def versions_inputs(wildcards):
+    """One output of every such job: the table is made after them, and again when one reruns."""
+    return [job_file(rule, "output", **w) for _, rule, w in versioned_jobs()]
+
+
+def versions_logs(wildcards):
+    return job_logs(
+        {name: job_file(rule, "log", **w) for name, rule, w in versioned_jobs()}
+    )
+
+
+def final_targets():
+    """rule all's input (Snakefile). Called after every include, when rules.<name> exist for all rules."""
+    targets = expand(rules.prepare_dataset.output.meta, dataset=DATASET_ID)
+    targets += audit_targets()  # rules/audit.smk
+    targets += expand(rules.export_onnx.output.onnx, experiment=EXPERIMENTS)
+    if EXPORT["quantize"] == "int8":
+        targets += expand(rules.quantize_onnx.output.onnx, experiment=EXPERIMENTS)
+    targets += expand(rules.register_model.output.registration, experiment=EXPERIMENTS)
     targets += report_targets()  # rules/report.smk
     return targets
 
 
-# The report (rules/report.smk): its targets and its rules' inputs and arguments.
-SERVED_FILES = {
-    "evaluate": "results/evaluate/{experiment}/metrics.json",
-    "manifest": "results/image/{experiment}/manifest.json",
-    "registration": "results/register/{experiment}/registration.json",
-}
-COMPARISON_FILES = ["comparison.html", "comparison.png", "recipes.html"]
-
-
+# The report (rules/report.smk): its targets and its rules' inputs and arguments. They live here,
+# not beside its rules (snakemake --lint: no functions in a file of rules), and name other rules'
+# files as rules.<name>.output: resolved when called, after every rule is defined.
 def report_targets():
     """Every report item of this config, each named (appended to final_targets): --report needs
     them all, and a job whose other outputs exist is not rerun for one that is missing.
     """
     per_experiment = [
-        "results/report/train/{experiment}/curves.png",
-        "results/report/train/{experiment}/history.html",
-        "results/report/export/{experiment}/export.html",
-        "results/report/serve/{experiment}/manifest.html",
-        "results/report/evaluate/{experiment}/per_class.html",
-        "results/report/evaluate/{experiment}/confidently_wrong.png",
+        *rules.plot_training.output,
+        *rules.tabulate_export.output,
+        *rules.tabulate_manifest.output,
+        *rules.plot_evaluation.output,
+        *rules.plot_robustness.output,
+        rules.register_model.output.card_html,
     ]
+    # compare_experiments' report items; its summary.rst and metrics.json come with them
+    compare = rules.compare_experiments.output
     return [
-        f"results/report/data/{DATASET_ID}/samples.png",
-        f"results/report/data/{DATASET_ID}/class_counts.html",
+        *rules.tabulate_versions.output,
+        *expand(rules.plot_dataset.output, dataset=DATASET_ID),
         *expand(per_experiment, experiment=EXPERIMENTS),
-        *expand("results/report/compare/{file}", file=COMPARISON_FILES),
+        compare.table,
+        compare.chart,
+        compare.recipes,
     ]
 
 
 def export_table_inputs(wildcards):
-    files = {"metrics": f"results/export/{wildcards.experiment}/metrics.json"}
+    """export_onnx's metrics, and quantize_onnx's when export.quantize is int8."""
+    files = {"metrics": rules.export_onnx.output.metrics}
     if EXPORT["quantize"] == "int8":
-        files["quantize"] = f"results/quantize/{wildcards.experiment}/metrics.json"
-    return files
+        files["quantize"] = rules.quantize_onnx.output.metrics
+    return {
+        name: path.format(experiment=wildcards.experiment)
+        for name, path in files.items()
+    }
 
 
 def quantize_arg(wildcards, input):
@@ -177,25 +276,35 @@ def quantize_arg(wildcards, input):
 
 
 def test_split_files(wildcards):
-    """What plot_evaluation reads of the dataset: class names and the test images."""
-    return {
-        "meta": f"{DATA_DIR}/meta.json",
-        "test_images": f"{DATA_DIR}/test_images.npy",
-        "test_labels": f"{DATA_DIR}/test_labels.npy",
-    }
-
-
-def comparison_inputs(wildcards):
-    """Every experiment's metrics of each stage, in EXPERIMENTS order (compare_experiments)."""
-    files = {
-        "train": rules.train_model.output.metrics,
-        "export": rules.export_onnx.output.metrics,
-        **SERVED_FILES,
-    }
-    return {part: expand(path, experiment=EXPERIMENTS) for part, path in files.items()}
+    """What plot_evaluation reads of the dataset: class names (meta.json) and the test split."""
+    files = dataset_files(wildcards)
+    return {name: files[name] for name in ("meta", "test_images", "test_labels")}
 
 
 def recipes_json(wildcards):
     """Every experiment's resolved recipe (compare_experiments shows them side by side)."""
     recipes = {name: recipe(config, name).asdict() for name in EXPERIMENTS}
     return json.dumps(recipes, sort_keys=True)
+
+
+# The dataset audit's settings, gate and outputs (rules/audit.smk).
+def audit_settings(wildcards):
+    """What audit_dataset decides with; a change reruns the audit (and the evaluation reading it)."""
+    return json.dumps(AUDIT, sort_keys=True)
+
+
+def audit_gate(wildcards):
+    """train_model's extra input when the leakage gate is on: the audit's metrics. ancient(): a
+    rerun of the audit (other settings) does not retrain; it only has to have passed."""
+    if AUDIT["max_test_leakage"] is None:
+        return {}
+    return {"audit": ancient(audit_output("metrics"))}
+
+
+def audit_output(name):
+    """This dataset's path of one of audit_dataset's outputs (called once every rule exists)."""
+    return expand(getattr(rules.audit_dataset.output, name), dataset=DATASET_ID)[0]
+
+
+def audit_targets():
+    return [audit_output("metrics")]

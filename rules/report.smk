@@ -5,9 +5,9 @@
 
 rule plot_dataset:
     input:
-        meta="results/data/{dataset}/meta.json",
-        train_images="results/data/{dataset}/train_images.npy",
-        train_labels="results/data/{dataset}/train_labels.npy",
+        meta=rules.prepare_dataset.output.meta,
+        train_images=rules.prepare_dataset.output.train_images,
+        train_labels=rules.prepare_dataset.output.train_labels,
     output:
         samples=report(
             "results/report/data/{dataset}/samples.png",
@@ -71,7 +71,7 @@ rule tabulate_export:
     input:
         unpack(export_table_inputs),
     output:
-        report(
+        table=report(
             "results/report/export/{experiment}/export.html",
             caption="../report/export.rst",
             category="Export",
@@ -91,14 +91,14 @@ rule tabulate_export:
         quantize=quantize_arg,
     shell:
         "python scripts/tabulate_export.py --metrics {input.metrics:q} {params.quantize}"
-        " --parity {params.parity:q} --experiment {wildcards.experiment} --out {output:q} --log {log:q}"
+        " --parity {params.parity:q} --experiment {wildcards.experiment} --out {output.table:q} --log {log:q}"
 
 
 rule tabulate_manifest:
     input:
-        manifest=SERVED_FILES["manifest"],
+        manifest=rules.build_serving_image.output.manifest,
     output:
-        report(
+        table=report(
             "results/report/serve/{experiment}/manifest.html",
             caption="../report/manifest.rst",
             category="Serving",
@@ -115,14 +115,14 @@ rule tabulate_manifest:
         PIPELINE_IMAGE
     shell:
         "python scripts/tabulate_manifest.py --manifest {input.manifest:q} --experiment {wildcards.experiment}"
-        " --out {output:q} --log {log:q}"
+        " --out {output.table:q} --log {log:q}"
 
 
 rule plot_evaluation:
     input:
         unpack(test_split_files),
-        metrics=SERVED_FILES["evaluate"],
-        predictions="results/evaluate/{experiment}/predictions.parquet",
+        metrics=rules.evaluate_served_model.output.metrics,
+        predictions=rules.evaluate_served_model.output.predictions,
     output:
         per_class=report(
             "results/report/evaluate/{experiment}/per_class.html",
@@ -139,6 +139,12 @@ rule plot_evaluation:
             category="Evaluation",
             labels={"experiment": "{experiment}", "figure": "most confidently wrong"},
         ),
+        reliability=report(
+            "results/report/evaluate/{experiment}/reliability.png",
+            caption="../report/reliability.rst",
+            category="Evaluation",
+            labels={"experiment": "{experiment}", "figure": "reliability diagram"},
+        ),
     log:
         "logs/plot_evaluation/{experiment}.log",
     benchmark:
@@ -153,12 +159,77 @@ rule plot_evaluation:
     shell:
         "python scripts/plot_evaluation.py --metrics {input.metrics:q} --predictions {input.predictions:q}"
         " --data {params.data:q} --experiment {wildcards.experiment} --per-class {output.per_class:q}"
-        " --wrong {output.wrong:q} --log {log:q}"
+        " --wrong {output.wrong:q} --reliability {output.reliability:q} --log {log:q}"
+
+
+rule plot_robustness:
+    input:
+        table=rules.evaluate_robustness.output.table,
+    output:
+        table=report(
+            "results/report/robustness/{experiment}/corruption_accuracy.html",
+            caption="../report/corruption_accuracy.rst",
+            category="Robustness",
+            labels={"experiment": "{experiment}", "figure": "accuracy table"},
+        ),
+        heatmap=report(
+            "results/report/robustness/{experiment}/corruption_heatmap.png",
+            caption="../report/corruption_heatmap.rst",
+            category="Robustness",
+            labels={"experiment": "{experiment}", "figure": "heat map"},
+        ),
+    log:
+        "logs/plot_robustness/{experiment}.log",
+    benchmark:
+        "benchmarks/plot_robustness/{experiment}.tsv"
+    localrule: True
+    conda:
+        "../envs/report.yaml"
+    container:
+        PIPELINE_IMAGE
+    shell:
+        "python scripts/plot_robustness.py --table {input.table:q} --experiment {wildcards.experiment}"
+        " --html {output.table:q} --heatmap {output.heatmap:q} --log {log:q}"
+
+
+rule tabulate_versions:
+    input:
+        versions_inputs,
+    output:
+        report(
+            "results/report/versions/software_versions.html",
+            caption="../report/software_versions.rst",
+            category="Software versions",
+            labels={"experiment": "all", "figure": "every job"},
+        ),
+    log:
+        "logs/tabulate_versions/tabulate_versions.log",
+    benchmark:
+        "benchmarks/tabulate_versions/tabulate_versions.tsv"
+    localrule: True
+    conda:
+        "../envs/report.yaml"
+    container:
+        PIPELINE_IMAGE
+    params:
+        logs=versions_logs,
+    shell:
+        "python scripts/tabulate_versions.py --logs {params.logs} --out {output:q} --log {log:q}"
 
 
 rule compare_experiments:
     input:
-        unpack(comparison_inputs),
+        train=expand(rules.train_model.output.metrics, experiment=EXPERIMENTS),
+        export=expand(rules.export_onnx.output.metrics, experiment=EXPERIMENTS),
+        evaluate=expand(
+            rules.evaluate_served_model.output.metrics, experiment=EXPERIMENTS
+        ),
+        manifest=expand(
+            rules.build_serving_image.output.manifest, experiment=EXPERIMENTS
+        ),
+        registration=expand(
+            rules.register_model.output.registration, experiment=EXPERIMENTS
+        ),
     output:
         table=report(
             "results/report/compare/comparison.html",

@@ -29,12 +29,13 @@ rule build_serving_image:
         " --manifest {output.manifest:q} --metrics {output.metrics:q} --log {log:q}"
 
 
-# Starts the image on free loopback ports, sends the test split, always stops it; fails below the gate.
+# Starts the image on free ports of serving.host, sends the test split, always stops it; fails below the gate.
 rule evaluate_served_model:
     input:
         unpack(dataset_files),
         manifest=rules.build_serving_image.output.manifest,
         model=rules.export_onnx.output.onnx,
+        duplicates=audit_output("duplicates"),  # rules/audit.smk: the clean test accuracy
     output:
         metrics="results/evaluate/{experiment}/metrics.json",
         predictions="results/evaluate/{experiment}/predictions.parquet",
@@ -69,18 +70,27 @@ rule evaluate_served_model:
     shell:
         "python scripts/evaluate_served_model.py --manifest {input.manifest:q}"
         " --model {input.model:q} --data {params.data:q} --experiment {wildcards.experiment}"
-        " --settings {params.settings:q} --outdir {params.outdir:q}"
+        " --settings {params.settings:q} --outdir {params.outdir:q} --duplicates {input.duplicates:q}"
         " --server-log {log.server:q} --log {log.rule:q}"
 
 
 # Only after the gate (its input is the evaluation). Runs where Snakemake runs, beside the MLflow store.
+# The model card reads what the run measured (and the versions each job's log records).
 rule register_model:
     input:
+        unpack(card_inputs),
         model=rules.export_onnx.output.onnx,
         manifest=rules.build_serving_image.output.manifest,
         evaluation=rules.evaluate_served_model.output.metrics,
     output:
-        "results/register/{experiment}/registration.json",
+        registration="results/register/{experiment}/registration.json",
+        card="results/register/{experiment}/model_card.md",
+        card_html=report(
+            "results/register/{experiment}/model_card.html",
+            caption="../report/model_card.rst",
+            category="Model card",
+            labels={"experiment": "{experiment}", "figure": "model card"},
+        ),
     log:
         "logs/register_model/{experiment}.log",
     benchmark:
@@ -93,7 +103,12 @@ rule register_model:
     threads: 1
     params:
         settings=registry_settings,
+        config_sha256=model_config_sha256,
+        logs=card_logs,
     shell:
         "python scripts/register_model.py --model {input.model:q} --manifest {input.manifest:q}"
-        " --evaluation {input.evaluation:q} --settings {params.settings:q} --output {output:q}"
+        " --evaluation {input.evaluation:q} --export {input.export:q} --train {input.train:q}"
+        " --meta {input.meta:q} --robustness {input.robustness:q} --audit {input.audit:q} --logs {params.logs}"
+        " --config-sha256 {params.config_sha256} --settings {params.settings:q}"
+        " --output {output.registration:q} --card {output.card:q} --card-html {output.card_html:q}"
         " --log {log:q}"

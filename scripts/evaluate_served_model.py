@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from cifarflow.audit import clean_accuracy, clean_mask
+from cifarflow.calibration import calibration_metrics
 from cifarflow.dataset import load_meta, load_split
-from cifarflow.engines import container_name, running
+from cifarflow.engines import ServerSpec, container_name, running
 from cifarflow.errors import PipelineError
 from cifarflow.evaluation import (
     Client,
@@ -41,17 +43,17 @@ def main(args: argparse.Namespace) -> None:
             f"serving.max_request_mb ({serving['max_request_mb']}): lower one or raise the other"
         )
 
-    name = container_name(args.experiment, Path.cwd())
-    with running(
-        manifest["engine"],
-        manifest["image"],
-        name,
-        threads,
-        serving["max_request_mb"],
-        manifest["model_name"],
-        evaluate["ready_timeout_s"],
-        Path(args.server_log),
-    ) as server:
+    spec = ServerSpec(
+        engine=manifest["engine"],
+        image=manifest["image"],
+        name=container_name(args.experiment, Path.cwd()),
+        model_name=manifest["model_name"],
+        threads=threads,
+        max_request_mb=serving["max_request_mb"],
+        host=serving["host"],
+        network=serving["network"],
+    )
+    with running(spec, log_file=Path(args.server_log), ready_timeout_s=evaluate["ready_timeout_s"]) as server:
         client = Client(server.grpc_url, manifest["model_name"], max_bytes)
         try:
             log.info(
@@ -72,6 +74,9 @@ def main(args: argparse.Namespace) -> None:
     predicted = served.argmax(1)
     matrix = confusion(labels, predicted, len(class_names))
     figures |= classification_metrics(matrix, class_names)
+    figures |= calibration_metrics(served, labels)  # of the served probabilities: ece, nll, brier
+    # the test images without a near-duplicate in train or val (the audit's pairs)
+    figures |= clean_accuracy(labels, predicted, clean_mask(pd.read_parquet(args.duplicates), len(labels)))
     served_ips, offline_ips = len(images) / served_s, len(images) / offline_s
     figures |= {
         "images": len(images),
@@ -85,9 +90,19 @@ def main(args: argparse.Namespace) -> None:
         "concurrency": evaluate["concurrency"],
     }
     log.info(
-        "as served: accuracy %.4f, macro F1 %.4f; latency p50 %.2f / p95 %.2f / p99 %.2f ms; "
+        "calibration as served: ECE %.4f, NLL %.4f, Brier %.4f, mean confidence %.4f",
+        figures["ece"],
+        figures["nll"],
+        figures["brier"],
+        figures["mean_confidence"],
+    )
+    log.info(
+        "as served: accuracy %.4f (clean test images: %.4f on %d), macro F1 %.4f; "
+        "latency p50 %.2f / p95 %.2f / p99 %.2f ms; "
         "%.0f images/s = %.0f%% of in-process ONNX Runtime (%.0f images/s)",
         figures["accuracy"],
+        figures["clean_accuracy"],
+        figures["clean_images"],
         figures["macro_f1"],
         figures["latency_ms_p50"],
         figures["latency_ms_p95"],
@@ -127,5 +142,6 @@ if __name__ == "__main__":
     parser.add_argument("--experiment", required=True)
     parser.add_argument("--settings", required=True, help="the `serving` and `evaluate` config, JSON")
     parser.add_argument("--outdir", required=True, help="results/evaluate/<experiment>")
+    parser.add_argument("--duplicates", required=True, help="results/audit/<dataset-id>/duplicates.parquet")
     parser.add_argument("--server-log", required=True, help="where the server's own output goes")
     run_cli(main, parser)

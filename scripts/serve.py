@@ -6,7 +6,6 @@ The serving image runs exactly this (containers/serving/Dockerfile). Stop it wit
 """
 
 import argparse
-import logging
 import os
 import sys
 import warnings
@@ -17,6 +16,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cifarflow.images import MAX_PIXELS  # noqa: E402  (no KServe)
+from cifarflow.logs import setup_logging  # noqa: E402
 
 
 def main() -> None:
@@ -75,7 +75,7 @@ def main() -> None:
         parser.error(f"--model {args.model!r} is not a file: pass the exported model.onnx")
     # KServe 0.21 answers with FastAPI's ORJSONResponse, which FastAPI now calls deprecated on every request.
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging()
     sys.argv = sys.argv[:1]  # KServe parses sys.argv when imported; our flags are not its flags
     from cifarflow.serving import UntestedKServe, serve  # imports KServe: only now
 

@@ -22,8 +22,9 @@ import pytest
 import schemathesis
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from cifarflow import ports
 from cifarflow.dataset import load_meta, load_split
-from cifarflow.engines import assemble_context, free_port
+from cifarflow.engines import assemble_context
 from cifarflow.export import export
 from cifarflow.training import train
 from conftest import ROOT
@@ -52,7 +53,7 @@ def start_server(model, *extra: str, env: dict | None = None, host: str = "127.0
 
     Returns (process, HTTP port, gRPC port) once /v2/health/ready answers on `host`.
     """
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port = ports.pick(2)
     log = model.parent / f"server-{http_port}.log"
     proc = subprocess.Popen(
         [
@@ -428,6 +429,21 @@ def test_sigterm_stops_the_server_and_frees_both_ports(model):
     assert port_free(http_port) and port_free(grpc_port)
 
 
+def test_a_second_server_on_a_taken_grpc_port_fails_instead_of_sharing_it(server, model):
+    """KServe's own gRPC server binds with SO_REUSEPORT: a second one on the same port started without
+    an error and took part of the first one's requests. Ours does not share its port."""
+    first, _, grpc_port = server
+    http_port = ports.pick(1)[0]
+    cmd = [sys.executable, str(ROOT / "scripts" / "serve.py"), "--model", str(model), "--name", NAME]
+    cmd += ["--port", str(http_port), "--grpc-port", str(grpc_port), "--threads", "1"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and ports.bind_failed(run.stdout + run.stderr), run.stdout + run.stderr
+    assert port_free(http_port)
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    assert client.is_model_ready(NAME)  # the first server still has its port to itself
+    assert ports.listeners(grpc_port) == {first.pid}
+
+
 def test_a_missing_model_is_a_clear_cli_error(tmp_path):
     run = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "serve.py"), "--model", str(tmp_path / "no.onnx")],
@@ -500,7 +516,7 @@ def test_serve_py_on_an_untested_kserve_exits_with_the_reason_and_serves_nothing
     info.mkdir(parents=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kserve\nVersion: 0.22.0\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(info.parent), os.environ.get("PYTHONPATH", "")])}
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port = ports.pick(2)
     cmd = [sys.executable, str(ROOT / "scripts" / "serve.py"), "--model", str(model)]
     cmd += ["--port", str(http_port), "--grpc-port", str(grpc_port)]
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)

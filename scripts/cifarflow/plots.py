@@ -213,3 +213,147 @@ def comparison_chart(table: pd.DataFrame) -> Figure:
             ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     fig.tight_layout()
     return fig
+
+
+def reliability_diagram(bins: list[dict], figures: dict[str, float], title: str) -> Figure:
+    """calibration.reliability()'s bins: accuracy against mean confidence per confidence bin (bars,
+    the gap to the bin's mean confidence hatched), and how many predictions fall in each bin (below)."""
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(5.6, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    width = bins[0]["upper"] - bins[0]["lower"]
+    lower = np.array([b["lower"] for b in bins])
+    filled = [i for i, b in enumerate(bins) if b["count"]]
+    accuracy = np.array([bins[i]["accuracy"] for i in filled])
+    confidence = np.array([bins[i]["confidence"] for i in filled])
+    top.bar(
+        lower[filled],
+        accuracy,
+        width=width,
+        align="edge",
+        color="#4c72b0",
+        edgecolor="white",
+        label="accuracy",
+    )
+    top.bar(
+        lower[filled],
+        confidence - accuracy,
+        bottom=accuracy,
+        width=width,
+        align="edge",
+        fill=False,
+        hatch="//",
+        edgecolor="#c44e52",
+        linewidth=0.8,
+        label="gap to the mean confidence",
+    )
+    top.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1, label="perfectly calibrated")
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy in the bin")
+    top.legend(loc="upper left", fontsize=8)
+    top.text(
+        0.98,
+        0.04,
+        f"ECE {figures['ece']:.4f}\nNLL {figures['nll']:.4f}\nBrier {figures['brier']:.4f}",
+        transform=top.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=9,
+        bbox={"facecolor": "white", "edgecolor": "#ccc"},
+    )
+    top.set_title(title, fontsize=10)
+    counts = np.array([b["count"] for b in bins])
+    bottom.bar(lower, counts, width=width, align="edge", color="#8c8c8c", edgecolor="white")
+    bottom.set_yscale("symlog")
+    bottom.set_ylabel("predictions")
+    bottom.set_xlabel(f"confidence (top probability), {len(bins)} equal-width bins")
+    bottom.set_xlim(0, 1)
+    fig.tight_layout()
+    return fig
+
+
+def robustness_heatmap(robustness, title: str) -> Figure:
+    """Accuracy per corruption (rows) and severity (columns), with the uncorrupted accuracy and each
+    row's mean; `robustness` is a robustness.Robustness."""
+    names, severities = list(robustness.accuracy), robustness.severities
+    table = np.array([[robustness.accuracy[n][s] for s in severities] for n in names])
+    means = robustness.by_corruption()
+    fig, ax = plt.subplots(figsize=(1.1 * len(severities) + 4.2, 0.42 * len(names) + 1.6))
+    image = ax.imshow(table, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(severities)), [f"severity {s}" for s in severities])
+    ax.set_yticks(range(len(names)), [f"{n} (mean {means[n]:.1%})" for n in names])
+    for i in range(len(names)):
+        for j in range(len(severities)):
+            value = table[i, j]
+            ax.text(j, i, f"{value:.1%}", ha="center", va="center", fontsize=8, color="black")
+    fig.colorbar(image, ax=ax, label="accuracy", format=matplotlib.ticker.PercentFormatter(1.0))
+    ax.set_title(
+        f"{title}: uncorrupted {robustness.uncorrupted_accuracy:.1%}, mean under corruption "
+        f"{robustness.mean_corruption_accuracy:.1%} (relative drop {robustness.relative_drop:.1%})",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def duplicate_pair_grid(
+    pairs: pd.DataFrame,
+    images: dict[str, np.ndarray],
+    class_names: list[str],
+    title: str,
+    columns: int = 4,
+) -> Figure:
+    """Pairs side by side (the audit's duplicates.parquet rows, in their order), each titled with
+    split, index and class of both images, kind and distance; pixels unsmoothed."""
+    if pairs.empty:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, title + "\n(no pairs)", ha="center", va="center")
+        return fig
+    rows = math.ceil(len(pairs) / columns)
+    height = rows * 1.75 + 0.6
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 2.6, height), squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.6 / height, hspace=0.6, wspace=0.1)
+    for ax in axes.flat:
+        ax.axis("off")
+
+    def name(label: int) -> str:
+        return class_names[label] if 0 <= label < len(class_names) else "?"
+
+    for ax, row in zip(axes.flat, pairs.itertuples(index=False), strict=False):
+        a = images[row.split_a][int(row.index_a)]
+        b = images[row.split_b][int(row.index_b)]
+        gap = np.full((a.shape[0], 2, 3), 255, dtype=np.uint8)
+        ax.imshow(np.concatenate([a, gap, b], axis=1), interpolation="nearest")
+        ax.set_title(
+            f"{row.split_a} #{int(row.index_a)} | {row.split_b} #{int(row.index_b)}\n"
+            f"{name(int(row.label_a))} | {name(int(row.label_b))}\n{row.kind}, d={row.distance:.3f}",
+            fontsize=7,
+        )
+    fig.suptitle(title, fontsize=10, y=1 - 0.15 / height, va="top")
+    return fig
+
+
+def class_balance_chart(balance: pd.DataFrame, title: str) -> Figure:
+    """Share of each class per split (grouped bars), with each split's image count in the legend."""
+    shares = balance / balance.sum().replace(0, 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(balance) + 2), 3.6))
+    width = 0.8 / max(len(shares.columns), 1)
+    x = np.arange(len(shares))
+    colors = plt.get_cmap("tab10").colors
+    for k, split in enumerate(shares.columns):
+        ax.bar(
+            x + (k - (len(shares.columns) - 1) / 2) * width,
+            shares[split],
+            width,
+            label=f"{split} ({int(balance[split].sum()):,})",
+            color=colors[k % len(colors)],
+        )
+    ax.axhline(1 / max(len(balance), 1), color="black", linewidth=0.8, linestyle=":", label="balanced")
+    ax.set_xticks(x, balance.index, rotation=45, ha="right")
+    ax.set_ylabel("share of the split")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

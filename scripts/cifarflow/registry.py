@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import logging
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,22 @@ def exclusive(lock_file: Path):
         yield
 
 
+# What a version is: set once, when the version is created. Every other tag describes one evaluation.
+IDENTITY = ("model_sha256", "dataset_id")
+
+
+def evaluation_tags(tags: dict[str, str]) -> dict[str, str]:
+    """This evaluation's tags, namespaced by its engine (eval.<engine>.<key>): beside the version's
+    own tags, never over them, and one set per engine, so `process` and `podman` evaluations of the
+    same model both stay visible on its page in the registry."""
+    engine = tags["engine"]
+    recorded = {key: value for key, value in tags.items() if key not in (*IDENTITY, "engine")}
+    recorded["recorded_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return {f"eval.{engine}.{key}": value for key, value in recorded.items()}
+
+
 def register(
+    *,
     model_path: Path,
     name: str,
     alias: str,
@@ -51,7 +67,14 @@ def register(
     uri: str,
     lock_file: Path,
 ) -> dict:
-    """Register (or find, by model sha256) the version; move `alias` when it beats the champion."""
+    """Register the model at `model_path` as a version of `name` (or find its version by sha256) and
+    move `alias` to it when its accuracy beats the alias's version on the same dataset.
+
+    `tags`: the model's identity (model_sha256, dataset_id) and this evaluation's provenance and
+    figures (engine, image, image_id, experiment, macro_f1, ...). A new version gets them as its
+    tags, with `accuracy`. A version never has them rewritten: a later evaluation of the same model
+    (another engine, a rebuilt image) is recorded beside them as eval.<engine>.* tags.
+    """
     import mlflow
     import onnx
     from mlflow import MlflowClient
@@ -70,11 +93,14 @@ def register(
         if existing:
             version = str(existing[0].version)
             log.info(
-                "model %s version %s already holds this model (sha256 %s)",
+                "model %s version %s already holds this model (sha256 %s): its tags stay as first "
+                "written; this evaluation goes beside them as eval.%s.*",
                 name,
                 version,
                 tags["model_sha256"][:12],
+                tags["engine"],
             )
+            written = evaluation_tags(tags)
         else:
             model = onnx.load(str(model_path))
             info = mlflow.onnx.log_model(
@@ -85,12 +111,17 @@ def register(
             )
             version = str(info.registered_model_version)
             log.info("registered %s version %s (%s)", name, version, info.model_uri)
-        for key, value in tags.items():
+            written = {**tags, **evaluation_tags(tags)}
+        for key, value in written.items():
             client.set_model_version_tag(name, version, key, value)
         try:
             champion = client.get_model_version_by_alias(name, alias)
         except MlflowException:
             champion = None
+        # Accuracy as served is the model's accuracy on the dataset's test split, whichever engine
+        # served it (the evaluation checks every served prediction against offline ONNX Runtime):
+        # comparable across engines, not across datasets. The champion's figure is the one it was
+        # registered with; latency and throughput depend on the engine and never decide.
         if champion is None:
             moved, reason = True, f"no '{alias}' yet"
         elif str(champion.version) == version:
@@ -118,12 +149,60 @@ def register(
     return {
         "name": name,
         "version": int(version),
+        "new_version": not existing,
         "champion": moved,
         "champion_version": int(current.version),
         "champion_reason": reason,
         "accuracy": accuracy,
         "dataset_id": tags["dataset_id"],
+        "engine": tags["engine"],
         "image": tags["image"],
         "tracking_uri": uri,
         "model_uri": f"models:/{name}/{version}",
     }
+
+
+# The experiment is a model-training one, not GenAI (MLflow UIs that pick the view by this tag open
+# it on the runs table). The MLflow hook sets the same tag where it creates or finds the experiment.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def use_experiment(uri: str, name: str) -> str:
+    """Make `name` (config mlflow.experiment, where the hook logs the runs) the experiment the
+    registered model is logged in: created when missing, tagged as a model-training experiment
+    unless someone chose another kind (MLflow's own guesses, `*_inferred`, are replaced)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(tracking_uri=uri)
+    key, kind = EXPERIMENT_KIND
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        experiment_id = client.create_experiment(name, tags={key: kind})
+    else:
+        experiment_id = found.experiment_id
+        current = found.tags.get(key)
+        if not current or current.endswith("_inferred") or current == "no_inferred_type":
+            client.set_experiment_tag(experiment_id, key, kind)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def log_card(uri: str, name: str, version: int, files: list[Path], engine: str) -> str:
+    """Attach the model card files to the registered version (the files of its logged model, beside
+    MLONNX's): at the top the first time, so `models:/<name>/<version>/model_card.md` is the card it
+    was registered with; a later evaluation's card goes to evaluations/<engine>/, as its tags do.
+    Returns where they went, relative to the version's files."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    registered = client.get_model_version(name, str(version))
+    # MLflow 3's SQL registry leaves model_id empty; the version's source names its logged model
+    model_id = registered.model_id or registered.source.removeprefix("models:/")
+    present = {info.path for info in client.list_logged_model_artifacts(model_id)}
+    folder = None if files[0].name not in present else f"evaluations/{engine}"
+    for file in files:
+        client.log_model_artifact(model_id, str(file), folder)
+    log.info("model card of %s version %s in its files at %s", name, version, folder or "the top")
+    return folder or ""

@@ -21,26 +21,13 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from .errors import PipelineError
+from .logs import setup_logging
+from .versions import log_line, software_versions
 
 log = logging.getLogger("cifarflow")
 T = TypeVar("T")
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
-
-
-def setup_logging(log_file: str | os.PathLike | None) -> None:
-    """Log to the rule's log file (when given) and to stderr, before anything else happens."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="w"))
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-        handlers=handlers,
-        force=True,
-    )
 
 
 class _ProgressToLog:
@@ -109,7 +96,8 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_metrics(path: str | os.PathLike, metrics: dict[str, Any]) -> None:
     """Write a rule's metrics.json: flat name -> finite number, plus an optional `history` list.
 
-    This file is the contract between rules and the MLflow hook (DESIGN.md, "Tracking").
+    This file is the contract between rules and the MLflow hook, which logs the numbers as the job's
+    metrics and `history` as per-step series (snakemake_logger_plugin_mlflow.content.metrics_from_json).
     """
     for key, value in metrics.items():
         if key == "history":
@@ -134,6 +122,8 @@ def run_cli(main: Callable[[argparse.Namespace], None], parser: argparse.Argumen
     args = parser.parse_args()
     setup_logging(args.log)
     log.info("%s", where_running())
+    # What made this job's outputs; the MLflow hook tags the job's run with it, the report tabulates it.
+    log.info("%s", log_line(software_versions()))
     # Snakemake stops jobs with SIGTERM: unwind like Ctrl-C, so cleanups run (servers, partial files).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     start = time.perf_counter()

@@ -9,7 +9,7 @@ What it serves, on one HTTP port and one gRPC port, both on one address (loopbac
 Requests over `max_body_bytes` get 413, bad tensors/framing/images 4xx, and the server keeps serving.
 KServe's model-repository extension (unauthenticated load/unload) is off unless asked for, and the
 server is ready only while its model is.
-No torch here: this module, inference.py and images.py are all the serving image carries from the library.
+No torch here: the serving image carries only this module and the few it needs (engines.SERVING_CODE).
 """
 
 import asyncio
@@ -41,7 +41,7 @@ from PIL import UnidentifiedImageError
 from .images import MAX_PIXELS, SIZE, TooLarge, open_limited, to_rgb32
 from .inference import IMAGE_SHAPE, INPUT, OUTPUTS, check_images, load_session, ort_runner
 
-log = logging.getLogger("cifarflow.serving")
+log = logging.getLogger("cifarflow")
 
 PROVENANCE = ("dataset_id", "model_type", "recipe_sha256", "normalization", "input_format")
 # The KServe release series the mends below (the Host*Server classes, ServingRepository,
@@ -420,6 +420,10 @@ class HostGRPCServer(GRPCServer):
             futures.ThreadPoolExecutor(max_workers=max_workers),
             interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor()),
             options=[
+                # KServe's server shares its port (SO_REUSEPORT): a second server on the same port
+                # would start without an error and take part of the first one's requests. Ours
+                # owns its port: a bind on a taken port fails, loudly.
+                ("grpc.so_reuseport", 0),
                 ("grpc.max_send_message_length", self._kwargs.get("grpc_max_send_message_length")),
                 ("grpc.max_receive_message_length", self._kwargs.get("grpc_max_receive_message_length")),
             ],
