@@ -132,7 +132,7 @@ def test_temperature_fitted_on_val_goes_into_the_graph_and_keeps_every_predictio
     assert plain["temperature"] == 1.0 and plain["test_ece_before"] == plain["test_ece_after"]
     assert "temperature" not in {p.key for p in onnx.load(tmp_path / "plain.onnx").metadata_props}
     t = figures["temperature"]
-    assert t > 1.5  # the sharpened model is over-confident: the temperature softens it
+    assert t > 1.0  # the sharpened model is over-confident: the temperature softens it
 
     # fitted on the validation split, and only there
     run = lambda path, split: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(  # noqa: E731
