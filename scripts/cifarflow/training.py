@@ -22,7 +22,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from .config import recipe_hash
 from .dataset import load_meta, load_split
-from .errors import PipelineError
+from .errors import PipelineError, TrainingDiverged, TrainingFailed
 from .models import FastNet, build_model, count_parameters
 from .runtime import atomic_path, progress
 
@@ -184,7 +184,7 @@ def train(data_dir: Path, recipe: dict, outdir: Path, threads: int = 0) -> dict:
     labels = {name: torch.from_numpy(np.array(s.labels)).to(device) for name, s in splits.items()}
     n_train, batch = len(labels["train"]), recipe["batch_size"]
     if n_train < batch:
-        raise PipelineError(f"train.batch_size {batch} is larger than the training split ({n_train} images)")
+        raise TrainingFailed(f"train.batch_size {batch} is larger than the training split ({n_train} images)")
     if isinstance(model.body, FastNet):
         model.body.init_whitening(model.normalize(to_float(images["train"][:5000])))
 
@@ -339,7 +339,7 @@ def _check_finite(
     if len(bad):
         first = int(bad[0])
         lr = lr_at(epoch * steps_per_epoch + first, total, recipe)
-        raise PipelineError(
+        raise TrainingDiverged(
             f"training diverged: loss is {window[first].item()} at epoch {epoch + 1}, step {first + 1} "
             f"(lr {lr:.4g}). Lower train.lr or raise train.warmup, then rerun."
         )
@@ -361,6 +361,11 @@ def _write_history(path: Path, history: list[dict]) -> None:
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the trained model (eval mode, CPU) from model.pt, loaded with weights_only=True."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if "weights" not in checkpoint:  # record_failure's: a sweep trial that did not finish
+        raise PipelineError(
+            f"{path} holds no model: its training {checkpoint.get('outcome', 'failed')} "
+            f"({checkpoint.get('reason')}). Only a training that finished can be exported or served."
+        )
     recipe = checkpoint["recipe"]
     model = build_model(
         recipe["model"],
@@ -372,3 +377,50 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     )
     model.load_state_dict(checkpoint["weights"])
     return model.eval(), checkpoint
+
+
+# history.csv's columns, as train() writes them
+HISTORY_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+    "seconds",
+    "images_per_second",
+]
+
+
+def record_failure(outdir: Path, recipe: dict, dataset_id: str, error: TrainingFailed) -> dict:
+    """The outputs of a sweep trial whose training stopped (diverged, or failed): they say so instead
+    of holding a model, so that its job succeeds and the sweep's ranking lists it with the reason.
+
+    model.pt holds no weights (load_checkpoint refuses it, naming the reason); history.csv and the
+    returned metrics hold the epochs completed before, from resume.pt, which is then removed:
+    the same recipe would stop the same way, so there is nothing to resume.
+    """
+    resume_path = outdir / "resume.pt"
+    history, seconds = [], 0.0
+    if resume_path.exists():
+        saved = torch.load(resume_path, map_location="cpu", weights_only=True)
+        if (saved.get("recipe_sha256"), saved.get("dataset_id")) == (recipe_hash(recipe), dataset_id):
+            history, seconds = saved["history"], saved["seconds"]
+    reason = str(error)
+    with atomic_path(outdir / "model.pt") as tmp:
+        marker = {"format": 1, "outcome": error.outcome, "reason": reason, "recipe": recipe}
+        torch.save({**marker, "recipe_sha256": recipe_hash(recipe), "dataset_id": dataset_id}, tmp)
+    with atomic_path(outdir / "history.csv") as tmp, open(tmp, "w", newline="") as fh:
+        out = csv.DictWriter(fh, fieldnames=list(history[0]) if history else HISTORY_COLUMNS)
+        out.writeheader()
+        out.writerows(history)
+    (outdir / "tensorboard").mkdir(parents=True, exist_ok=True)
+    resume_path.unlink(missing_ok=True)
+    log.warning("training %s: %s; recorded as this trial's outcome", error.outcome, reason)
+    return {
+        "outcome": error.outcome,
+        "reason": reason,
+        "epochs": len(history),
+        "train_seconds": round(seconds, 3),
+        "history": history,
+    }
