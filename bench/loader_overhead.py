@@ -24,19 +24,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from cifarflow import synthetic  # noqa: E402
-from cifarflow.config import validate_config  # noqa: E402
+from cifarflow.config import Recipe, validate_config  # noqa: E402
 from cifarflow.dataset import load_meta, write_dataset  # noqa: E402
 from cifarflow.models import build_model  # noqa: E402
 from cifarflow.training import make_optimizer, train  # noqa: E402
 
 
-def minimal_loop(recipe: dict, meta: dict, n_images: int, epochs: int) -> float:
+def minimal_loop(recipe: Recipe, meta: dict, n_images: int, epochs: int) -> float:
     torch.manual_seed(0)
-    model = build_model(recipe["model"], meta["mean"], meta["std"], 10, recipe["widths"], False)
+    model = build_model(recipe.model, meta["mean"], meta["std"], 10, recipe.widths, False)
     model = model.to(memory_format=torch.channels_last).train()
     optimizer = make_optimizer(model, recipe)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"])
-    batch = recipe["batch_size"]
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    batch = recipe.batch_size
     steps = n_images // batch
     batches = [
         torch.rand(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last) for _ in range(steps)
@@ -64,7 +64,7 @@ def main() -> None:
     config = validate_config(
         yaml.safe_load((ROOT / "config/config.yaml").read_text()), ROOT / "config/schema.yaml"
     )
-    recipe = {**config["train"], "epochs": args.epochs, "device": "cpu"}
+    recipe = Recipe.from_config({**config["train"], "epochs": args.epochs, "device": "cpu"})
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         per_class = args.images // 9  # 10% goes to val
@@ -79,16 +79,16 @@ def main() -> None:
         results = {"minimal": [], "train_model": []}
         for _ in range(2):  # interleaved, to even out machine noise
             results["minimal"].append(minimal_loop(recipe, meta, n_train, args.epochs))
+            # a finished train() leaves no resume.pt behind: the next round trains from scratch
             metrics = train(data, recipe, Path(tmp) / "run", threads=args.threads)
-            (Path(tmp) / "run" / "resume.pt").unlink()
             results["train_model"].append(metrics["images_per_second"])
     best = {k: max(v) for k, v in results.items()}
     print(
         json.dumps(
             {
                 "images": n_train,
-                "batch_size": recipe["batch_size"],
-                "widths": recipe["widths"],
+                "batch_size": recipe.batch_size,
+                "widths": list(recipe.widths),
                 "images_per_second": results,
                 "ratio": round(best["train_model"] / best["minimal"], 3),
             }

@@ -30,7 +30,7 @@ from cifarflow.serving import INPUT, OUTPUTS, load_session  # noqa: E402
 
 def default_model(out: Path) -> Path:
     from cifarflow import synthetic
-    from cifarflow.config import validate_config
+    from cifarflow.config import Recipe, validate_config
     from cifarflow.dataset import write_dataset
     from cifarflow.export import export
     from cifarflow.training import train
@@ -42,7 +42,8 @@ def default_model(out: Path) -> Path:
         dataset_id="synthetic-bench",
         settings={"source": "synthetic", "val_fraction": 0.1, "seed": 0},
     )
-    train(out / "data", {**config["train"], "epochs": 1, "device": "cpu"}, out, threads=2)
+    recipe = Recipe.from_config({**config["train"], "epochs": 1, "device": "cpu"})
+    train(out / "data", recipe, out, threads=2)
     export(out / "model.pt", out / "data", out / "model.onnx", config["export"], threads=2)
     return out / "model.onnx"
 

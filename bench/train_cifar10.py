@@ -23,7 +23,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "bench")]
 
-from cifarflow.config import validate_config  # noqa: E402
+from cifarflow.config import Recipe, validate_config  # noqa: E402
 from prepare_speed import folder_settings, run_prepare, split_jpeg_archive  # noqa: E402
 
 
@@ -55,13 +55,13 @@ def main() -> None:
     config = validate_config(
         yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), ROOT / "config" / "schema.yaml"
     )
-    recipe = dict(config["train"])
+    train = dict(config["train"])
     if args.configfile:
-        recipe |= yaml.safe_load(args.configfile.read_text()).get("train", {})
+        train |= yaml.safe_load(args.configfile.read_text()).get("train", {})
     for item in args.set:
         key, _, value = item.partition("=")
-        recipe[key] = yaml.safe_load(value)
-    validate_config({"train": recipe}, ROOT / "config" / "schema.yaml")
+        train[key] = yaml.safe_load(value)
+    recipe = Recipe.from_config(validate_config({"train": train}, ROOT / "config" / "schema.yaml")["train"])
     outdir = args.cache / "runs" / args.name
     (outdir / "resume.pt").unlink(missing_ok=True)
     start = time.perf_counter()
@@ -72,7 +72,7 @@ def main() -> None:
             "--data",
             data,
             "--recipe",
-            json.dumps(recipe),
+            recipe.to_json(),
             "--outdir",
             outdir,
             "--threads",
@@ -87,7 +87,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "recipe": recipe,
+                "recipe": recipe.asdict(),
                 "wall_seconds": round(wall, 1),
                 "train_seconds": metrics["train_seconds"],
                 "test_accuracy": metrics["test_accuracy"],

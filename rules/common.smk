@@ -74,7 +74,7 @@ def dataset_files(wildcards):
 
 def recipe_json(wildcards):
     """The experiment's resolved recipe; only a change to it retrains."""
-    return json.dumps(recipe(config, wildcards.experiment), sort_keys=True)
+    return recipe(config, wildcards.experiment).to_json()
 
 
 def export_settings(wildcards):
@@ -99,7 +99,7 @@ def train_gpus(wildcards):
     """GPUs a training job asks for: one when its recipe trains on CUDA (training uses one device),
     none for cpu or auto (auto trains on whatever the node has: on Slurm, no GPU is waited for).
     """
-    return 1 if recipe(config, wildcards.experiment)["device"] == "cuda" else 0
+    return 1 if recipe(config, wildcards.experiment).device == "cuda" else 0
 
 
 def serving_settings(wildcards):
@@ -197,5 +197,5 @@ def comparison_inputs(wildcards):
 
 def recipes_json(wildcards):
     """Every experiment's resolved recipe (compare_experiments shows them side by side)."""
-    recipes = {name: recipe(config, name) for name in EXPERIMENTS}
+    recipes = {name: recipe(config, name).asdict() for name in EXPERIMENTS}
     return json.dumps(recipes, sort_keys=True)

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import torch
+from cifarflow.config import Recipe
 from cifarflow.dataset import load_meta
 from cifarflow.errors import TrainingFailed
 from cifarflow.runtime import run_cli, write_metrics
@@ -13,21 +14,16 @@ from cifarflow.training import record_failure, train
 
 def main(args: argparse.Namespace) -> None:
     outdir = Path(args.outdir)
-    recipe = json.loads(args.recipe)
+    recipe = Recipe.from_config(json.loads(args.recipe))
     try:
         metrics = {"outcome": "ok", **train(Path(args.data), recipe, outdir, threads=args.threads)}
-    except torch.cuda.OutOfMemoryError as err:  # a setting (width, batch) too large for the GPU
+    except (TrainingFailed, torch.cuda.OutOfMemoryError) as err:
         if args.on_failure == "fail":
             raise
-        first = str(err).splitlines()[0] if str(err) else ""
-        failure = TrainingFailed(f"out of GPU memory: {first}")
-        metrics = record_failure(outdir, recipe, load_meta(Path(args.data))["dataset_id"], failure)
-    except TrainingFailed as err:
-        if args.on_failure == "fail":
-            raise
+        if not isinstance(err, TrainingFailed):  # a setting (widths, batch) too large for the GPU
+            err = TrainingFailed(f"out of GPU memory: {str(err).splitlines()[0] if str(err) else ''}")
         metrics = record_failure(outdir, recipe, load_meta(Path(args.data))["dataset_id"], err)
     write_metrics(outdir / "metrics.json", metrics)
-    (outdir / "resume.pt").unlink(missing_ok=True)  # finished: nothing left to resume
 
 
 if __name__ == "__main__":

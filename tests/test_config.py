@@ -1,10 +1,14 @@
-"""Config: schema defaults, errors that name the key, and the dataset id's stability."""
+"""Config: schema defaults, errors that name the key, the dataset id's stability, the typed recipe."""
 
 import copy
+import hashlib
+import json
+import typing
+from dataclasses import fields, replace
 
 import pytest
 import yaml
-from cifarflow.config import dataset_id, validate_config
+from cifarflow.config import Recipe, dataset_id, recipe, validate_config
 from cifarflow.errors import PipelineError
 from conftest import ROOT
 
@@ -71,3 +75,69 @@ def test_dataset_id_changes_with_source_and_split_settings_only():
     synthetic = {**base, "source": "synthetic"}
     bigger = {**synthetic, "synthetic": {**base["synthetic"], "train_per_class": 7}}
     assert dataset_id(bigger) != dataset_id(synthetic)
+
+
+def test_recipe_fields_are_the_schema_train_keys_with_their_types_and_choices():
+    train = yaml.safe_load(SCHEMA.read_text())["properties"]["train"]["properties"]
+    hints = typing.get_type_hints(Recipe)
+    assert [f.name for f in fields(Recipe)] == list(hints) and set(hints) == set(train)
+    python_type = {"integer": int, "number": float, "boolean": bool}
+    for name, hint in hints.items():
+        spec = train[name]
+        if "enum" in spec:
+            assert (
+                typing.get_origin(hint) is typing.Literal and list(typing.get_args(hint)) == spec["enum"]
+            ), name
+        elif spec["type"] == "array":
+            items = (python_type[spec["items"]["type"]],) * spec["maxItems"]
+            assert typing.get_origin(hint) is tuple and typing.get_args(hint) == items, name
+        else:
+            assert hint is python_type[spec["type"]], name
+
+
+def test_recipe_keeps_the_config_json_and_hash_byte_for_byte():
+    config = defaults()
+    config["experiments"] = {"default": {}, "big": {"lr": 1, "widths": [64, 256, 256], "ema": 0}}
+    for name, overrides in config["experiments"].items():
+        plain = {**config["train"], **overrides}  # the dict the rules used before the dataclass
+        typed = recipe(config, name)
+        assert typed.asdict() == plain and Recipe.from_config(typed.asdict()) == typed
+        assert typed.to_json() == json.dumps(plain, sort_keys=True)
+        assert typed.sha256() == hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()
+    big = recipe(config, "big")
+    assert (big.lr, big.widths, big.model) == (1, (64, 256, 256), "fast")
+    assert '"lr": 1,' in big.to_json() and '"ema": 0,' in big.to_json()  # ints stay ints: same JSON
+    assert list(big.asdict()) == sorted(big.asdict())
+    assert replace(big, seed=1).sha256() != big.sha256()
+    with pytest.raises(
+        PipelineError, match=r"unknown experiment 'nope'; config `experiments` has: big, default"
+    ):
+        recipe(config, "nope")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"lr": "fast"}, r"recipe key 'lr' = 'fast' is invalid: expected a number"),
+        ({"lr": True}, r"recipe key 'lr' = True is invalid: expected a number"),
+        ({"epochs": 2.0}, r"recipe key 'epochs' = 2\.0 is invalid: expected an integer"),
+        ({"nesterov": 1}, r"recipe key 'nesterov' = 1 is invalid: expected true or false"),
+        ({"widths": [8, 16]}, r"recipe key 'widths' = \[8, 16\] is invalid: expected a list of 3 integers"),
+        ({"widths": [8, 16, 1.5]}, r"recipe key 'widths' = \[8, 16, 1\.5\] is invalid"),
+        ({"model": "vgg19"}, r"recipe key 'model' = 'vgg19' is invalid: expected one of 'fast', 'simple'"),
+        ({"lr_max": 0.1}, r"unknown recipe key 'lr_max'; known keys: batch_size, device, ema, epochs"),
+    ],
+)
+def test_recipe_rejects_a_bad_key_naming_it(change, message):
+    with pytest.raises(PipelineError, match=message):
+        Recipe.from_config({**defaults()["train"], **change})
+
+
+def test_recipe_without_a_key_names_it():
+    train = defaults()["train"]
+    del train["seed"]
+    with pytest.raises(PipelineError, match=r"the recipe lacks key 'seed': give every key"):
+        Recipe.from_config(train)
+    del train["lr"]
+    with pytest.raises(PipelineError, match=r"the recipe lacks keys 'lr', 'seed': give every key"):
+        Recipe.from_config(train)

@@ -1,12 +1,13 @@
 """Training pieces: schedule, augmentation, divergence errors, models, checkpoints, resume."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from cifarflow import synthetic, training
-from cifarflow.config import validate_config
+from cifarflow.config import Recipe, validate_config
 from cifarflow.dataset import write_dataset
 from cifarflow.errors import PipelineError
 from cifarflow.models import MODELS, build_model
@@ -22,9 +23,10 @@ def without_timings(metrics: dict) -> dict:
     return {**{k: v for k, v in metrics.items() if k not in timing}, "history": history}
 
 
-def base_recipe(**overrides) -> dict:
+def base_recipe(**overrides) -> Recipe:
     train_ = validate_config({}, SCHEMA)["train"]
-    return {**train_, "widths": [8, 16, 16], "epochs": 2, "batch_size": 64, "device": "cpu", **overrides}
+    small = {"widths": [8, 16, 16], "epochs": 2, "batch_size": 64, "device": "cpu"}
+    return Recipe.from_config({**train_, **small, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +46,8 @@ def test_onecycle_schedule_warms_up_peaks_and_ends_at_zero():
     lrs = [lr_at(s, 100, recipe) for s in range(101)]
     assert lrs[0] == pytest.approx(0.1) and max(lrs) == pytest.approx(1.0) and lrs[20] == pytest.approx(1.0)
     assert lrs[100] == pytest.approx(0.0) and all(a >= b for a, b in zip(lrs[20:], lrs[21:], strict=False))
-    assert lr_at(100, 100, {**recipe, "schedule": "cosine"}) == pytest.approx(0.0)
-    assert lr_at(90, 100, {**recipe, "schedule": "constant"}) == pytest.approx(1.0)
+    assert lr_at(100, 100, replace(recipe, schedule="cosine")) == pytest.approx(0.0)
+    assert lr_at(90, 100, replace(recipe, schedule="constant")) == pytest.approx(1.0)
 
 
 def test_augment_flips_and_translates_without_changing_content():
@@ -100,6 +102,8 @@ def test_same_seed_same_result_and_resume_is_exact(tiny_data, tmp_path, monkeypa
     full = train(tiny_data, recipe, tmp_path / "a", threads=2)
     again = train(tiny_data, recipe, tmp_path / "b", threads=2)
     assert without_timings(full) == without_timings(again)
+    # the same weights make the same file, byte for byte (and so the same hash in the MLflow lineage)
+    assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
 
     # Interrupt the next run during epoch 2, after epoch 1's checkpoint was written.
     real_write_epoch = training._write_epoch
@@ -109,16 +113,23 @@ def test_same_seed_same_result_and_resume_is_exact(tiny_data, tmp_path, monkeypa
             raise KeyboardInterrupt
         real_write_epoch(writer, row)
 
-    monkeypatch.setattr(training, "_write_epoch", interrupt_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_data, recipe, tmp_path / "c", threads=2)
-    assert torch.load(tmp_path / "c" / "resume.pt", weights_only=True)["epoch"] == 1
-    monkeypatch.setattr(training, "_write_epoch", real_write_epoch)
+    def interrupted_run(outdir):
+        monkeypatch.setattr(training, "_write_epoch", interrupt_in_epoch_2)
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny_data, recipe, outdir, threads=2)
+        assert torch.load(outdir / "resume.pt", weights_only=True)["epoch"] == 1
+        monkeypatch.setattr(training, "_write_epoch", real_write_epoch)
+
+    interrupted_run(tmp_path / "c")
     resumed = train(tiny_data, recipe, tmp_path / "c", threads=2)
     assert without_timings(resumed) == without_timings(full)
-    # a checkpoint made with another recipe is not resumed from
-    other = train(tiny_data, {**recipe, "seed": 1}, tmp_path / "c", threads=2)
+    assert not (tmp_path / "c" / "resume.pt").exists()  # finished: nothing left to resume
+    # a checkpoint made with another recipe is not resumed from: the run is a fresh one
+    interrupted_run(tmp_path / "d")
+    other = train(tiny_data, replace(recipe, seed=1), tmp_path / "d", threads=2)
+    fresh = train(tiny_data, replace(recipe, seed=1), tmp_path / "e", threads=2)
     assert len(other["history"]) == 3 and without_timings(other) != without_timings(full)
+    assert without_timings(other) == without_timings(fresh)
 
 
 def test_divergence_names_epoch_step_and_lr(tiny_data, tmp_path):

@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 from cifarflow import training
+from cifarflow.config import Recipe
 from cifarflow.errors import PipelineError, TrainingDiverged
 from cifarflow.training import load_checkpoint, record_failure, train
 from conftest import ROOT
@@ -18,10 +19,10 @@ from test_training import base_recipe, tiny_data  # noqa: F401  (fixture)
 DIVERGING = {"lr": 1e30, "warmup": 0.0, "ema": 0.0, "label_smoothing": 0.0}
 
 
-def train_model(data, recipe: dict, outdir, *extra: str) -> subprocess.CompletedProcess:
+def train_model(data, recipe: Recipe, outdir, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "train_model.py"), "--data", str(data)]
-        + ["--recipe", json.dumps(recipe), "--outdir", str(outdir), "--threads", "2", *extra],
+        + ["--recipe", recipe.to_json(), "--outdir", str(outdir), "--threads", "2", *extra],
         capture_output=True,
         text=True,
         env={"PYTHONPATH": str(ROOT / "scripts"), "PATH": "/usr/bin:/bin"},

@@ -1,4 +1,5 @@
-"""Config validation against config/schema.yaml (defaults filled in) and the dataset id.
+"""Config validation against config/schema.yaml (defaults filled in), the dataset id and the
+typed training recipe.
 
 Imported by the Snakefile at parse time, so it stays light: no numpy, no torch.
 """
@@ -9,8 +10,10 @@ import copy
 import hashlib
 import json
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 from jsonschema import Draft202012Validator
@@ -96,14 +99,112 @@ def dataset_id(dataset: dict) -> str:
     return f"{dataset['source']}-{hashlib.sha256(blob).hexdigest()[:10]}"
 
 
-def recipe(config: dict, experiment: str) -> dict:
+@dataclass(frozen=True)
+class Recipe:
+    """One experiment's resolved training recipe: the typed view that the code reads.
+
+    config/schema.yaml validates the config file and supplies the defaults; this class has none
+    (a second set would drift), so every field must be given. Values keep the type they were
+    given (an int `lr` stays an int), so the canonical JSON, its hash and every file made from it
+    are the same as the config's own JSON.
+    """
+
+    # the network
+    model: Literal["fast", "simple", "vgg11", "vgg16", "resnet18"]
+    widths: tuple[int, int, int]  # channels of fast's three conv groups (the others ignore it)
+    tta: bool  # mirror test-time augmentation, inside the model (and so the ONNX graph)
+    # optimisation
+    epochs: int  # passes over the training split
+    batch_size: int  # images per optimiser step
+    optimizer: Literal["sgd", "adamw"]
+    lr: float  # peak learning rate, per mean-reduced loss
+    momentum: float  # SGD momentum, or AdamW's beta1
+    nesterov: bool  # Nesterov momentum (sgd only)
+    weight_decay: float  # coupled (sgd) or decoupled (adamw); not on biases and norms
+    schedule: Literal["onecycle", "cosine", "constant"]  # after the warm-up
+    warmup: float  # fraction of all steps, linear from lr/10 to lr
+    label_smoothing: float  # of the cross-entropy targets
+    ema: float  # per-step decay of the evaluated and exported weight average; 0 = off
+    # augmentation
+    flip: bool  # random horizontal flips
+    translate: int  # random shift, pixels (reflect padding)
+    # where and how
+    device: Literal["auto", "cpu", "cuda"]  # auto = cuda when available
+    seed: int  # of initialisation, shuffling, augmentation and dropout
+
+    @classmethod
+    def from_config(cls, values: Mapping[str, Any]) -> Recipe:
+        """The recipe of a plain mapping (the config's `train` with overrides, the rule's JSON, a
+        checkpoint's dict); PipelineError names any unknown, missing or mistyped key."""
+        hints = get_type_hints(cls)
+        unknown = sorted(set(values) - set(hints))
+        if unknown:
+            raise PipelineError(
+                f"unknown recipe {_keys(unknown)}; known keys: {', '.join(sorted(hints))}. "
+                "Remove or rename it (config/schema.yaml describes each key)."
+            )
+        missing = [name for name in hints if name not in values]
+        if missing:
+            raise PipelineError(
+                f"the recipe lacks {_keys(missing)}: give every key of config/schema.yaml's `train` "
+                "(a config that validate_config() checked has them all, from the schema's defaults)."
+            )
+        for name, hint in hints.items():
+            if not _has_type(values[name], hint):
+                raise PipelineError(
+                    f"recipe key {name!r} = {values[name]!r} is invalid: expected {_type_name(hint)}."
+                )
+        return cls(**{name: tuple(values["widths"]) if name == "widths" else values[name] for name in hints})
+
+    def asdict(self) -> dict[str, Any]:
+        """Plain values, keys sorted (widths a list, as in the config): the form that checkpoints
+        store and that from_config() reads back to an equal recipe."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return dict(sorted((values | {"widths": list(self.widths)}).items()))
+
+    def to_json(self) -> str:
+        """The canonical JSON: what the rule receives (a change to it retrains) and what is hashed."""
+        return json.dumps(self.asdict(), sort_keys=True)
+
+    def sha256(self) -> str:
+        """What a checkpoint and an ONNX graph were made with (their `recipe_sha256`)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+
+def _keys(names: list[str]) -> str:
+    return f"key{'s' if len(names) > 1 else ''} {', '.join(map(repr, names))}"
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    if get_origin(hint) is Literal:
+        return isinstance(value, str) and value in get_args(hint)
+    if get_origin(hint) is tuple:
+        items = get_args(hint)
+        return (
+            isinstance(value, list | tuple)
+            and len(value) == len(items)
+            and all(_has_type(v, t) for v, t in zip(value, items, strict=True))
+        )
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:  # an int is a number too (as for type checkers); JSON and YAML write 1, not 1.0
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    if get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(repr, get_args(hint)))
+    if get_origin(hint) is tuple:
+        return f"a list of {len(get_args(hint))} integers"
+    return {bool: "true or false", int: "an integer", float: "a number"}.get(hint, hint.__name__)
+
+
+def recipe(config: dict, experiment: str) -> Recipe:
     """The resolved training recipe of one experiment: `train` with the experiment's overrides."""
     if experiment not in config["experiments"]:
         known = ", ".join(sorted(config["experiments"]))
         raise PipelineError(f"unknown experiment {experiment!r}; config `experiments` has: {known}")
-    return {**config["train"], **config["experiments"][experiment]}
-
-
-def recipe_hash(recipe: dict) -> str:
-    """sha256 of the recipe's canonical JSON: what a checkpoint and an ONNX graph were made with."""
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+    return Recipe.from_config({**config["train"], **config["experiments"][experiment]})

@@ -19,6 +19,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from .config import Recipe
 from .dataset import load_split
 from .errors import PipelineError
 from .runtime import atomic_path
@@ -80,16 +81,16 @@ def speed(sess: ort.InferenceSession, images: np.ndarray) -> dict[str, float]:
 
 
 def _metadata(checkpoint: dict) -> dict[str, str]:
-    recipe = checkpoint["recipe"]
+    recipe = Recipe.from_config(checkpoint["recipe"])
     return {
         "class_names": json.dumps(checkpoint["class_names"]),
         "normalization": json.dumps({"mean": checkpoint["mean"], "std": checkpoint["std"], "scale": 1 / 255}),
         "input_format": "uint8 [N,32,32,3] RGB (NHWC); scaling, normalisation and TTA are in the graph",
-        "model_type": recipe["model"],
-        "tta": json.dumps(recipe["tta"]),
+        "model_type": recipe.model,
+        "tta": json.dumps(recipe.tta),
         "dataset_id": checkpoint["dataset_id"],
         "recipe_sha256": checkpoint["recipe_sha256"],
-        "recipe": json.dumps(recipe, sort_keys=True),
+        "recipe": recipe.to_json(),
     }
 
 

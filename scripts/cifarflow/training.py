@@ -14,17 +14,21 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from .config import recipe_hash
+from .config import Recipe
 from .dataset import load_meta, load_split
 from .errors import PipelineError, TrainingDiverged, TrainingFailed
-from .models import FastNet, build_model, count_parameters
+from .models import Classifier, FastNet, build_model, count_parameters
 from .runtime import atomic_path, progress
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 log = logging.getLogger("cifarflow")
 
@@ -69,31 +73,31 @@ def augment(x: torch.Tensor, flip: bool, translate: int, generator: torch.Genera
     return x
 
 
-def lr_at(step: int, total: int, recipe: dict) -> float:
+def lr_at(step: int, total: int, recipe: Recipe) -> float:
     """Learning rate at optimiser step `step` of `total` (warm-up from lr/10, then the schedule)."""
-    peak, warm = recipe["lr"], int(recipe["warmup"] * total)
+    peak, warm = recipe.lr, int(recipe.warmup * total)
     if step < warm:
         return peak * (0.1 + 0.9 * step / warm)
     progress_ = (step - warm) / max(1, total - warm)
-    if recipe["schedule"] == "onecycle":
+    if recipe.schedule == "onecycle":
         return peak * (1 - progress_)
-    if recipe["schedule"] == "cosine":
+    if recipe.schedule == "cosine":
         return peak * 0.5 * (1 + math.cos(math.pi * progress_))
     return peak
 
 
-def make_optimizer(model: nn.Module, recipe: dict) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim > 1 else no_decay).append(p)
     groups = [
-        {"params": decay, "weight_decay": recipe["weight_decay"]},
+        {"params": decay, "weight_decay": recipe.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    if recipe["optimizer"] == "adamw":
-        return torch.optim.AdamW(groups, lr=recipe["lr"], betas=(recipe["momentum"], 0.999))
-    return torch.optim.SGD(groups, lr=recipe["lr"], momentum=recipe["momentum"], nesterov=recipe["nesterov"])
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe.lr, betas=(recipe.momentum, 0.999))
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
 
 
 def _autocast(device: torch.device):
@@ -158,87 +162,78 @@ def _seed_epoch(seed: int, epoch: int, device: torch.device) -> torch.Generator:
     return generator
 
 
-def train(data_dir: Path, recipe: dict, outdir: Path, threads: int = 0) -> dict:
-    """Train one experiment; write model.pt, history.csv, tensorboard/ and return metrics."""
-    from torch.utils.tensorboard import SummaryWriter  # heavy import, only where needed
+def _load_splits(
+    data_dir: Path, device: torch.device
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Images (uint8 NCHW, channels_last) and labels of every split, on `device`."""
+    splits = {name: load_split(data_dir, name) for name in ("train", "val", "test")}
+    images = {name: to_device_nchw(s.images, device) for name, s in splits.items()}
+    labels = {name: torch.from_numpy(np.array(s.labels)).to(device) for name, s in splits.items()}
+    return images, labels
 
-    if threads:
-        torch.set_num_threads(threads)
-    device = pick_device(recipe["device"])
-    meta = load_meta(data_dir)
-    torch.manual_seed(recipe["seed"])
+
+def _make_model(recipe: Recipe, meta: dict, train_images: torch.Tensor, device: torch.device) -> Classifier:
+    """The recipe's network on `device`, initialised from its seed (and fast's whitening layer from
+    the first 5,000 training images)."""
+    torch.manual_seed(recipe.seed)
     model = build_model(
-        recipe["model"], meta["mean"], meta["std"], meta["num_classes"], recipe["widths"], recipe["tta"]
+        recipe.model, meta["mean"], meta["std"], meta["num_classes"], recipe.widths, recipe.tta
     )
     model = model.to(device, memory_format=torch.channels_last)
+    if isinstance(model.body, FastNet):
+        model.body.init_whitening(model.normalize(to_float(train_images[:5000])))
     log.info(
         "model %s: %s parameters on %s, %d threads",
-        recipe["model"],
+        recipe.model,
         f"{count_parameters(model):,}",
         device,
         torch.get_num_threads(),
     )
+    return model
 
-    splits = {name: load_split(data_dir, name) for name in ("train", "val", "test")}
-    images = {name: to_device_nchw(s.images, device) for name, s in splits.items()}
-    labels = {name: torch.from_numpy(np.array(s.labels)).to(device) for name, s in splits.items()}
-    n_train, batch = len(labels["train"]), recipe["batch_size"]
+
+def train(data_dir: Path, recipe: Recipe, outdir: Path, threads: int = 0) -> dict:
+    """Train one experiment; write model.pt, history.csv, tensorboard/ and return metrics.
+
+    A resume.pt in `outdir` made with the same recipe and dataset is continued from; each epoch
+    rewrites it, and a finished run removes it.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    device = pick_device(recipe.device)
+    meta = load_meta(data_dir)
+    images, labels = _load_splits(data_dir, device)
+    n_train, batch = len(labels["train"]), recipe.batch_size
     if n_train < batch:
         raise TrainingFailed(f"train.batch_size {batch} is larger than the training split ({n_train} images)")
-    if isinstance(model.body, FastNet):
-        model.body.init_whitening(model.normalize(to_float(images["train"][:5000])))
-
+    model = _make_model(recipe, meta, images["train"], device)
     optimizer = make_optimizer(model, recipe)
-    ema = (
-        AveragedModel(model, multi_avg_fn=ema_update(recipe["ema"]), use_buffers=True)
-        if recipe["ema"]
-        else None
-    )
-    steps_per_epoch = n_train // batch  # drop the last partial batch: constant batch statistics
-    total_steps = steps_per_epoch * recipe["epochs"]
-    state = TrainState()
-
-    resume_path = outdir / "resume.pt"
-    identity = {"recipe_sha256": recipe_hash(recipe), "dataset_id": meta["dataset_id"]}
-    if resume_path.exists():
-        saved = torch.load(resume_path, map_location=device, weights_only=True)
-        if {k: saved.get(k) for k in identity} == identity:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            if ema is not None:
-                ema.load_state_dict(saved["ema"])
-            state = TrainState(saved["epoch"], saved["history"], saved["seconds"])
-            log.info("resuming after epoch %d from %s", state.epoch, resume_path)
-        else:
-            log.info("ignoring %s: it was made with another recipe or dataset", resume_path)
-
-    writer = SummaryWriter(log_dir=str(outdir / "tensorboard"))
-    for row in state.history:  # a resumed run's events start where the interrupted one stopped
-        _write_epoch(writer, row)
+    ema = AveragedModel(model, multi_avg_fn=ema_update(recipe.ema), use_buffers=True) if recipe.ema else None
+    evaluated = ema.module if ema is not None else model  # what is validated, tested and saved
+    criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     autocast = _autocast(device)
-    criterion = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"])
-    evaluated = ema.module if ema is not None else model
+    steps_per_epoch = n_train // batch  # drop the last partial batch: constant batch statistics
+    total_steps = steps_per_epoch * recipe.epochs
 
-    for epoch in range(state.epoch, recipe["epochs"]):
-        generator = _seed_epoch(recipe["seed"], epoch, device)
+    resume = Resume(outdir / "resume.pt", recipe.sha256(), meta["dataset_id"])
+    state = resume.load(model, optimizer, ema, device)
+    writer = _tensorboard(outdir / "tensorboard", state.history)
+
+    for epoch in range(state.epoch, recipe.epochs):
+        # ---- training ----
+        generator = _seed_epoch(recipe.seed, epoch, device)
         model.train()
         order = torch.randperm(n_train, device=device, generator=generator)
         losses = torch.zeros(steps_per_epoch, device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         start = time.perf_counter()
-        steps = progress(
-            range(steps_per_epoch),
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{recipe['epochs']}",
-            unit="step",
-        )
+        steps = progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="step")
         for step in steps:
-            global_step = epoch * steps_per_epoch + step
-            lr = lr_at(global_step, total_steps, recipe)
+            lr = lr_at(epoch * steps_per_epoch + step, total_steps, recipe)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = order[step * batch : (step + 1) * batch]
-            x = augment(to_float(images["train"][idx]), recipe["flip"], recipe["translate"], generator)
+            x = augment(to_float(images["train"][idx]), recipe.flip, recipe.translate, generator)
             y = labels["train"][idx]
             with autocast:
                 logits = model(x)
@@ -250,7 +245,7 @@ def train(data_dir: Path, recipe: dict, outdir: Path, threads: int = 0) -> dict:
                 ema.update_parameters(model)
             losses[step] = loss.detach()
             correct += (logits.argmax(1) == y).sum()
-            if step % 20 == 19 or step == steps_per_epoch - 1:
+            if step % 20 == 19 or step == steps_per_epoch - 1:  # one device sync every 20 steps
                 _check_finite(losses, step, epoch, steps_per_epoch, total_steps, recipe)
                 steps.set_postfix(
                     loss=f"{losses[step].item():.3f}",
@@ -258,6 +253,8 @@ def train(data_dir: Path, recipe: dict, outdir: Path, threads: int = 0) -> dict:
                     refresh=False,
                 )
         seconds = time.perf_counter() - start
+
+        # ---- validation ----
         val_loss, val_acc = evaluate(evaluated, images["val"], labels["val"], device)
         row = {
             "epoch": epoch + 1,
@@ -270,52 +267,19 @@ def train(data_dir: Path, recipe: dict, outdir: Path, threads: int = 0) -> dict:
             "images_per_second": round(steps_per_epoch * batch / seconds, 1),
         }
         state = TrainState(epoch + 1, [*state.history, row], state.seconds + seconds)
-        log.info(
-            "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.4g | %.1f s, %s img/s",
-            epoch + 1,
-            recipe["epochs"],
-            row["train_loss"],
-            row["train_accuracy"],
-            val_loss,
-            val_acc,
-            lr,
-            seconds,
-            f"{row['images_per_second']:,.0f}",
-        )
+        _log_epoch(row, recipe.epochs, val_loss, val_acc, seconds)
         _write_epoch(writer, row)
-        with atomic_path(resume_path) as tmp:
-            torch.save(
-                {
-                    **identity,
-                    "epoch": state.epoch,
-                    "history": state.history,
-                    "seconds": state.seconds,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else {},
-                },
-                tmp,
-            )
+        resume.save(state, model, optimizer, ema)
 
-    # The test split: evaluated once, here, and used for nothing else.
+    # ---- test: the test split is evaluated once, here, and used for nothing else ----
     test_loss, test_acc = evaluate(evaluated, images["test"], labels["test"], device)
     writer.add_scalar("test/accuracy", test_acc, state.epoch)
     writer.close()
     log.info("test: loss %.4f accuracy %.4f", test_loss, test_acc)
 
-    checkpoint = {
-        "format": 1,
-        "weights": {k: v.detach().cpu() for k, v in evaluated.state_dict().items()},
-        "recipe": recipe,
-        "recipe_sha256": identity["recipe_sha256"],
-        "class_names": meta["class_names"],
-        "mean": meta["mean"],
-        "std": meta["std"],
-        "dataset_id": meta["dataset_id"],
-    }
-    with atomic_path(outdir / "model.pt") as tmp:
-        torch.save(checkpoint, tmp)
+    _save_checkpoint(outdir / "model.pt", evaluated, recipe, meta)
     _write_history(outdir / "history.csv", state.history)
+    resume.remove()  # finished: nothing left to resume
     last = state.history[-1]
     return {
         "val_accuracy": last["val_accuracy"],
@@ -330,8 +294,106 @@ def train(data_dir: Path, recipe: dict, outdir: Path, threads: int = 0) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class Resume:
+    """The per-epoch checkpoint (outdir/resume.pt): everything a killed run needs to continue as
+    if it had not stopped. It is only resumed from when made with the same recipe and dataset."""
+
+    path: Path
+    recipe_sha256: str
+    dataset_id: str
+
+    def load(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        ema: AveragedModel | None,
+        device: torch.device,
+    ) -> TrainState:
+        """Restore model, optimiser and EMA in place from a matching resume.pt; a fresh state if none."""
+        saved = self._matching(device)
+        if saved is None:
+            return TrainState()
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
+        log.info("resuming after epoch %d from %s", saved["epoch"], self.path)
+        return TrainState(saved["epoch"], saved["history"], saved["seconds"])
+
+    def completed(self) -> TrainState:
+        """The epochs a matching resume.pt holds (history and seconds), without loading its weights."""
+        saved = self._matching(torch.device("cpu"))
+        return (
+            TrainState() if saved is None else TrainState(saved["epoch"], saved["history"], saved["seconds"])
+        )
+
+    def _matching(self, device: torch.device) -> dict | None:
+        if not self.path.exists():
+            return None
+        saved = torch.load(self.path, map_location=device, weights_only=True)
+        if (saved.get("recipe_sha256"), saved.get("dataset_id")) != (self.recipe_sha256, self.dataset_id):
+            log.info("ignoring %s: it was made with another recipe or dataset", self.path)
+            return None
+        return saved
+
+    def save(
+        self, state: TrainState, model: nn.Module, optimizer: torch.optim.Optimizer, ema: AveragedModel | None
+    ) -> None:
+        with atomic_path(self.path) as tmp:  # a kill while saving leaves the previous epoch's
+            torch.save(
+                {
+                    "recipe_sha256": self.recipe_sha256,
+                    "dataset_id": self.dataset_id,
+                    "epoch": state.epoch,
+                    "history": state.history,
+                    "seconds": state.seconds,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else {},
+                },
+                tmp,
+            )
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _save_checkpoint(path: Path, model: nn.Module, recipe: Recipe, meta: dict) -> None:
+    """model.pt: the weights with all that rebuilds and describes the model (load_checkpoint)."""
+    checkpoint = {
+        "format": 1,
+        "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "recipe": recipe.asdict(),
+        "recipe_sha256": recipe.sha256(),
+        "class_names": meta["class_names"],
+        "mean": meta["mean"],
+        "std": meta["std"],
+        "dataset_id": meta["dataset_id"],
+    }
+    # Saved through a file object: torch.save(obj, path) names the zip's folder after the (random)
+    # temporary file, so the same weights would make a different file each time.
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(checkpoint, fh)
+
+
+def _log_epoch(row: dict, epochs: int, val_loss: float, val_acc: float, seconds: float) -> None:
+    log.info(
+        "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.4g | %.1f s, %s img/s",
+        row["epoch"],
+        epochs,
+        row["train_loss"],
+        row["train_accuracy"],
+        val_loss,
+        val_acc,
+        row["lr"],
+        seconds,
+        f"{row['images_per_second']:,.0f}",
+    )
+
+
 def _check_finite(
-    losses: torch.Tensor, step: int, epoch: int, steps_per_epoch: int, total: int, recipe: dict
+    losses: torch.Tensor, step: int, epoch: int, steps_per_epoch: int, total: int, recipe: Recipe
 ) -> None:
     """Checked every few steps (one device sync), reporting the first bad step exactly."""
     window = losses[: step + 1]
@@ -345,7 +407,17 @@ def _check_finite(
         )
 
 
-def _write_epoch(writer, row: dict) -> None:
+def _tensorboard(log_dir: Path, history: list[dict]) -> SummaryWriter:
+    """The run's event writer; a resumed run's events start where the interrupted one stopped."""
+    from torch.utils.tensorboard import SummaryWriter  # heavy import, only where needed
+
+    writer = SummaryWriter(log_dir=str(log_dir))
+    for row in history:
+        _write_epoch(writer, row)
+    return writer
+
+
+def _write_epoch(writer: SummaryWriter, row: dict) -> None:
     for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_second"):
         split, _, name = key.partition("_")
         writer.add_scalar(f"{split}/{name}" if name else key, row[key], row["epoch"])
@@ -366,20 +438,53 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
             f"{path} holds no model: its training {checkpoint.get('outcome', 'failed')} "
             f"({checkpoint.get('reason')}). Only a training that finished can be exported or served."
         )
-    recipe = checkpoint["recipe"]
+    recipe = Recipe.from_config(checkpoint["recipe"])
+    num_classes = len(checkpoint["class_names"])
     model = build_model(
-        recipe["model"],
-        checkpoint["mean"],
-        checkpoint["std"],
-        len(checkpoint["class_names"]),
-        recipe["widths"],
-        recipe["tta"],
+        recipe.model, checkpoint["mean"], checkpoint["std"], num_classes, recipe.widths, recipe.tta
     )
     model.load_state_dict(checkpoint["weights"])
     return model.eval(), checkpoint
 
 
-# history.csv's columns, as train() writes them
+def record_failure(outdir: Path, recipe: Recipe, dataset_id: str, error: TrainingFailed) -> dict:
+    """The outputs of a sweep trial whose training stopped (diverged, or failed): they say so instead
+    of holding a model, so that its job succeeds and the sweep's ranking lists it with the reason.
+
+    model.pt holds no weights (load_checkpoint refuses it, naming the reason); history.csv and the
+    returned metrics hold the epochs completed before, from resume.pt, which is then removed:
+    the same recipe would stop the same way, so there is nothing to resume.
+    """
+    resume = Resume(outdir / "resume.pt", recipe.sha256(), dataset_id)
+    state = resume.completed()
+    reason = str(error)
+    marker = {
+        "format": 1,
+        "outcome": error.outcome,
+        "reason": reason,
+        "recipe": recipe.asdict(),
+        "recipe_sha256": recipe.sha256(),
+        "dataset_id": dataset_id,
+    }
+    with atomic_path(outdir / "model.pt") as tmp, open(tmp, "wb") as fh:
+        torch.save(marker, fh)
+    with atomic_path(outdir / "history.csv") as tmp, open(tmp, "w", newline="") as fh:
+        out = csv.DictWriter(fh, fieldnames=list(state.history[0]) if state.history else HISTORY_COLUMNS)
+        out.writeheader()
+        out.writerows(state.history)
+    (outdir / "tensorboard").mkdir(parents=True, exist_ok=True)
+    resume.remove()
+    log.warning("training %s: %s; recorded as this trial's outcome", error.outcome, reason)
+    return {
+        "outcome": error.outcome,
+        "reason": reason,
+        "epochs": state.epoch,
+        "train_seconds": round(state.seconds, 3),
+        "history": state.history,
+    }
+
+
+# history.csv's columns, as train() writes them (record_failure's when no epoch completed)
 HISTORY_COLUMNS = [
     "epoch",
     "train_loss",
@@ -390,37 +495,3 @@ HISTORY_COLUMNS = [
     "seconds",
     "images_per_second",
 ]
-
-
-def record_failure(outdir: Path, recipe: dict, dataset_id: str, error: TrainingFailed) -> dict:
-    """The outputs of a sweep trial whose training stopped (diverged, or failed): they say so instead
-    of holding a model, so that its job succeeds and the sweep's ranking lists it with the reason.
-
-    model.pt holds no weights (load_checkpoint refuses it, naming the reason); history.csv and the
-    returned metrics hold the epochs completed before, from resume.pt, which is then removed:
-    the same recipe would stop the same way, so there is nothing to resume.
-    """
-    resume_path = outdir / "resume.pt"
-    history, seconds = [], 0.0
-    if resume_path.exists():
-        saved = torch.load(resume_path, map_location="cpu", weights_only=True)
-        if (saved.get("recipe_sha256"), saved.get("dataset_id")) == (recipe_hash(recipe), dataset_id):
-            history, seconds = saved["history"], saved["seconds"]
-    reason = str(error)
-    with atomic_path(outdir / "model.pt") as tmp:
-        marker = {"format": 1, "outcome": error.outcome, "reason": reason, "recipe": recipe}
-        torch.save({**marker, "recipe_sha256": recipe_hash(recipe), "dataset_id": dataset_id}, tmp)
-    with atomic_path(outdir / "history.csv") as tmp, open(tmp, "w", newline="") as fh:
-        out = csv.DictWriter(fh, fieldnames=list(history[0]) if history else HISTORY_COLUMNS)
-        out.writeheader()
-        out.writerows(history)
-    (outdir / "tensorboard").mkdir(parents=True, exist_ok=True)
-    resume_path.unlink(missing_ok=True)
-    log.warning("training %s: %s; recorded as this trial's outcome", error.outcome, reason)
-    return {
-        "outcome": error.outcome,
-        "reason": reason,
-        "epochs": len(history),
-        "train_seconds": round(seconds, 3),
-        "history": history,
-    }
