@@ -14,6 +14,7 @@ report: "report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
+include: "rules/sweep.smk"
 include: "rules/export.smk"
 include: "rules/serve.smk"
 include: "rules/report.smk"
@@ -22,4 +23,5 @@ include: "rules/report.smk"
 rule all:
     default_target: True
     input:
-        final_targets(),
+        final_targets,
+        promoted_targets,

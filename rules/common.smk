@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from cifarflow.config import (
     cifar10_archive,
     dataset_id,
+    load_schema,
     prepare_settings,
     recipe,
     validate_config,
@@ -16,18 +17,26 @@ from cifarflow.config import (
 from cifarflow.dataset import SPLITS, array_files
 from cifarflow.engines import serving_sources
 from cifarflow.errors import PipelineError
+from cifarflow.sweep import experiments, plan
 from snakemake.logging import logger
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
+SCHEMA = Path(workflow.basedir) / "config" / "schema.yaml"
 try:
-    validate_config(config, Path(workflow.basedir) / "config" / "schema.yaml")
+    validate_config(config, SCHEMA)
+    SWEEP = plan(config, load_schema(SCHEMA))  # None without sweep.parameters
+    TRAINED = experiments(config, SWEEP)  # name -> overrides of `train`, the sweep's trials included
 except PipelineError as err:
     raise WorkflowError(str(err)) from None
 
 DATASET = config["dataset"]
 DATASET_ID = dataset_id(DATASET)
 DATA_DIR = f"results/data/{DATASET_ID}"
-EXPERIMENTS = sorted(config["experiments"])
+EXPERIMENTS = sorted(TRAINED)  # every training, the sweep's trials included
+TRIALS = list(SWEEP.trials) if SWEEP else []
+# Exported, served, evaluated and registered: every hand-written experiment (and the sweep's
+# promoted trials, known once the sweep is ranked: promoted()).
+WRITTEN = sorted(set(TRAINED) - set(TRIALS))
 EXPORT = config["export"]
 # The pipeline image (containers/pipeline) every rule runs in under --use-singularity (= --sdm
 # apptainer; profiles/slurm), except the two serving rules that drive a container engine themselves
@@ -49,6 +58,7 @@ if (
 wildcard_constraints:
     dataset=re.escape(DATASET_ID),
     experiment="|".join(re.escape(name) for name in EXPERIMENTS),
+    sweep=re.escape(SWEEP.name) if SWEEP else "(?!)",  # no sweep: no sweep rule matches
 
 
 def dataset_settings(wildcards):
@@ -72,9 +82,26 @@ def dataset_files(wildcards):
     return files
 
 
+def experiment_recipe(name):
+    """The resolved recipe of an experiment or a sweep trial."""
+    return recipe({"train": config["train"], "experiments": TRAINED}, name)
+
+
 def recipe_json(wildcards):
     """The experiment's resolved recipe; only a change to it retrains."""
-    return recipe(config, wildcards.experiment).to_json()
+    return experiment_recipe(wildcards.experiment).to_json()
+
+
+def on_failure(wildcards):
+    """A sweep trial whose training cannot finish (diverges) records that as its outcome, so the
+    other trials and the ranking go on; an experiment's job fails."""
+    return "record" if wildcards.experiment in TRIALS else "fail"
+
+
+def mlflow_tags(wildcards):
+    """Tags of the job's MLflow run (the hook reads this param): a trial's sweep and settings."""
+    trial = wildcards.experiment
+    return json.dumps(SWEEP.tags(trial) if trial in TRIALS else {}, sort_keys=True)
 
 
 def export_settings(wildcards):
@@ -99,7 +126,7 @@ def train_gpus(wildcards):
     """GPUs a training job asks for: one when its recipe trains on CUDA (training uses one device),
     none for cpu or auto (auto trains on whatever the node has: on Slurm, no GPU is waited for).
     """
-    return 1 if recipe(config, wildcards.experiment).device == "cuda" else 0
+    return 1 if experiment_recipe(wildcards.experiment).device == "cuda" else 0
 
 
 def serving_settings(wildcards):
@@ -120,18 +147,33 @@ def registry_settings(wildcards):
     )
 
 
-def final_targets():
-    targets = [f"{DATA_DIR}/meta.json"]
-    targets += expand("results/export/{experiment}/model.onnx", experiment=EXPERIMENTS)
+def final_targets(wildcards):
+    """What `all` asks for without waiting for a sweep's ranking: the data, every hand-written
+    experiment through registration, the report items of both, the sweep's ranking and section.
+    """
+    targets = [f"{DATA_DIR}/meta.json", *shipped_targets(WRITTEN)]
+    return targets + report_targets() + sweep_targets()  # rules/report.smk, rules/sweep.smk
+
+
+def promoted_targets(wildcards):
+    """What waits for the sweep's ranking (a checkpoint): its promoted trials through registration
+    with their report items, and the comparison of everything shipped.
+    """
+    comparison = expand("results/report/compare/{file}", file=COMPARISON_FILES)
+    return shipped_targets(promoted()) + comparison
+
+
+def shipped_targets(names):
+    """Export, serving image, evaluation, registration and the report items of `names`."""
+    targets = expand("results/export/{experiment}/model.onnx", experiment=names)
     if EXPORT["quantize"] == "int8":
         targets += expand(
-            "results/quantize/{experiment}/model.int8.onnx", experiment=EXPERIMENTS
+            "results/quantize/{experiment}/model.int8.onnx", experiment=names
         )
     targets += expand(
-        "results/register/{experiment}/registration.json", experiment=EXPERIMENTS
+        "results/register/{experiment}/registration.json", experiment=names
     )
-    targets += report_targets()  # rules/report.smk
-    return targets
+    return targets + expand(PER_EXPERIMENT_REPORT, experiment=names)
 
 
 # The report (rules/report.smk): its targets and its rules' inputs and arguments.
@@ -143,23 +185,24 @@ SERVED_FILES = {
 COMPARISON_FILES = ["comparison.html", "comparison.png", "recipes.html"]
 
 
+# Every report item is named among the targets (the data's here, each shipped experiment's in
+# shipped_targets, the comparison's in promoted_targets): --report needs them all, and a job whose
+# other outputs exist is not rerun for one that is missing.
+PER_EXPERIMENT_REPORT = [
+    "results/report/train/{experiment}/curves.png",
+    "results/report/train/{experiment}/history.html",
+    "results/report/export/{experiment}/export.html",
+    "results/report/serve/{experiment}/manifest.html",
+    "results/report/evaluate/{experiment}/per_class.html",
+    "results/report/evaluate/{experiment}/confidently_wrong.png",
+]
+
+
 def report_targets():
-    """Every report item of this config, each named (appended to final_targets): --report needs
-    them all, and a job whose other outputs exist is not rerun for one that is missing.
-    """
-    per_experiment = [
-        "results/report/train/{experiment}/curves.png",
-        "results/report/train/{experiment}/history.html",
-        "results/report/export/{experiment}/export.html",
-        "results/report/serve/{experiment}/manifest.html",
-        "results/report/evaluate/{experiment}/per_class.html",
-        "results/report/evaluate/{experiment}/confidently_wrong.png",
-    ]
+    """The data's report items."""
     return [
         f"results/report/data/{DATASET_ID}/samples.png",
         f"results/report/data/{DATASET_ID}/class_counts.html",
-        *expand(per_experiment, experiment=EXPERIMENTS),
-        *expand("results/report/compare/{file}", file=COMPARISON_FILES),
     ]
 
 
@@ -186,16 +229,62 @@ def test_split_files(wildcards):
 
 
 def comparison_inputs(wildcards):
-    """Every experiment's metrics of each stage, in EXPERIMENTS order (compare_experiments)."""
+    """Every shipped experiment's metrics of each stage, in shipped() order (compare_experiments);
+    with a sweep, its ranking too, which decides which trials are among them."""
     files = {
         "train": rules.train_model.output.metrics,
         "export": rules.export_onnx.output.metrics,
         **SERVED_FILES,
     }
-    return {part: expand(path, experiment=EXPERIMENTS) for part, path in files.items()}
+    inputs = {part: expand(path, experiment=shipped()) for part, path in files.items()}
+    if SWEEP:
+        inputs["ranking"] = expand(rules.rank_sweep.output.ranking, sweep=SWEEP.name)
+    return inputs
+
+
+def compared(wildcards):
+    """The experiments compare_experiments shows: the shipped ones (rank_sweep is among its inputs)."""
+    return shipped()
 
 
 def recipes_json(wildcards):
-    """Every experiment's resolved recipe (compare_experiments shows them side by side)."""
-    recipes = {name: recipe(config, name).asdict() for name in EXPERIMENTS}
+    """Every shipped experiment's resolved recipe (compare_experiments shows them side by side)."""
+    recipes = {name: experiment_recipe(name).asdict() for name in shipped()}
     return json.dumps(recipes, sort_keys=True)
+
+
+# Sweeps (rules/sweep.smk)
+def promoted():
+    """The sweep's trials that go on to export, serving and registration: the best by validation
+    accuracy, as rank_sweep (a checkpoint: the DAG after it depends on its result) wrote them."""
+    if SWEEP is None:
+        return []
+    ranking = checkpoints.rank_sweep.get(sweep=SWEEP.name).output.ranking
+    return json.loads(Path(ranking).read_text())["promoted"]
+
+
+def shipped():
+    """Every experiment that is exported, served, evaluated and registered."""
+    return sorted([*WRITTEN, *promoted()])
+
+
+def sweep_targets():
+    """The sweep's ranking and its report section (none without a sweep)."""
+    if SWEEP is None:
+        return []
+    return expand(
+        "results/report/sweep/{sweep}/{file}", sweep=SWEEP.name, file=SWEEP_REPORT
+    )
+
+
+SWEEP_REPORT = ["ranking.html", "parameters.png", "curves.png"]
+
+
+def trial_metrics(wildcards):
+    """Every trial's training metrics, in trial order (rank_sweep, plot_sweep)."""
+    return expand(rules.train_model.output.metrics, experiment=TRIALS)
+
+
+def sweep_json(wildcards):
+    """The expanded sweep: its trials and their settings (a change re-ranks), what it promotes."""
+    return SWEEP.to_json()

@@ -190,7 +190,7 @@ rule compare_experiments:
     container:
         PIPELINE_IMAGE
     params:
-        experiments=EXPERIMENTS,
+        experiments=compared,
         recipes=recipes_json,
     shell:
         "python scripts/compare_experiments.py --experiments {params.experiments:q} --recipes {params.recipes:q}"

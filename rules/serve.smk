@@ -79,6 +79,7 @@ rule register_model:
         model=rules.export_onnx.output.onnx,
         manifest=rules.build_serving_image.output.manifest,
         evaluation=rules.evaluate_served_model.output.metrics,
+        training=rules.train_model.output.metrics,
     output:
         "results/register/{experiment}/registration.json",
     log:
@@ -95,5 +96,6 @@ rule register_model:
         settings=registry_settings,
     shell:
         "python scripts/register_model.py --model {input.model:q} --manifest {input.manifest:q}"
-        " --evaluation {input.evaluation:q} --settings {params.settings:q} --output {output:q}"
+        " --evaluation {input.evaluation:q} --training {input.training:q} --settings {params.settings:q}"
+        " --output {output:q}"
         " --log {log:q}"

@@ -12,6 +12,7 @@ def main(args: argparse.Namespace) -> None:
     settings = json.loads(args.settings)
     manifest = json.loads(Path(args.manifest).read_text())
     figures = json.loads(Path(args.evaluation).read_text())
+    training = json.loads(Path(args.training).read_text())
     tags = {
         "image": manifest["image"],
         "image_id": manifest["image_id"],
@@ -31,6 +32,7 @@ def main(args: argparse.Namespace) -> None:
         figures["accuracy"],
         tracking_uri(settings["mlflow"]["tracking_uri"]),
         Path(args.output).parent.parent / ".registry.lock",
+        val_accuracy=training["val_accuracy"],  # what decides the alias
     )
     write_json(args.output, record)
 
@@ -40,6 +42,7 @@ if __name__ == "__main__":
     parser.add_argument("--model", required=True, help="results/export/<experiment>/model.onnx")
     parser.add_argument("--manifest", required=True, help="results/image/<experiment>/manifest.json")
     parser.add_argument("--evaluation", required=True, help="results/evaluate/<experiment>/metrics.json")
+    parser.add_argument("--training", required=True, help="results/train/<experiment>/metrics.json")
     parser.add_argument("--settings", required=True, help="the `register` and `mlflow` config, JSON")
     parser.add_argument("--output", required=True, help="where to write registration.json")
     run_cli(main, parser)

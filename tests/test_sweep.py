@@ -9,7 +9,7 @@ import pytest
 import yaml
 from cifarflow.config import load_schema, validate_config
 from cifarflow.errors import PipelineError
-from cifarflow.sweep import experiments, plan, rank, ranking_metrics
+from cifarflow.sweep import Sweep, experiments, plan, rank, ranking_metrics
 from conftest import ROOT
 from snakemake.utils import update_config
 
@@ -317,8 +317,12 @@ RESULTS = {
 }
 
 
+def sweep(promote: int = 1) -> Sweep:
+    return Sweep("s", "grid", ("lr",), TRIALS, promote)
+
+
 def test_ranking_orders_by_validation_accuracy_and_lists_stopped_trials_last():
-    ranking = rank("s", TRIALS, RESULTS, promote=1)
+    ranking = rank(sweep(), RESULTS)
     order = [(row["trial"], row["rank"], row["outcome"]) for row in ranking["trials"]]
     assert order == [
         ("s-d", 1, "ok"),
@@ -328,6 +332,7 @@ def test_ranking_orders_by_validation_accuracy_and_lists_stopped_trials_last():
         ("s-c", None, "diverged"),
     ]
     assert ranking["promoted"] == ["s-d"] and ranking["selected_on"] == "val_accuracy"
+    assert ranking["sweep"] == "s" and ranking["swept"] == ["lr"] and ranking["promote"] == 1
     diverged = ranking["trials"][-1]
     assert diverged["reason"].startswith("training diverged: loss is nan") and diverged["settings"] == {
         "lr": 1000.0
@@ -347,14 +352,12 @@ def test_ranking_orders_by_validation_accuracy_and_lists_stopped_trials_last():
 def test_test_accuracy_never_chooses():
     # s-a has by far the best test accuracy; raising it further changes nothing
     boosted = {**RESULTS, "s-a": result(0.90, 1.0)}
-    assert (
-        rank("s", TRIALS, boosted, promote=2)["promoted"] == rank("s", TRIALS, RESULTS, promote=2)["promoted"]
-    )
-    assert rank("s", TRIALS, RESULTS, promote=2)["promoted"] == ["s-d", "s-b"]
+    assert rank(sweep(2), boosted)["promoted"] == rank(sweep(2), RESULTS)["promoted"]
+    assert rank(sweep(2), RESULTS)["promoted"] == ["s-d", "s-b"]
 
 
 def test_promote_takes_at_most_the_trials_that_finished():
-    assert rank("s", TRIALS, RESULTS, promote=10)["promoted"] == ["s-d", "s-b", "s-a", "s-e"]
+    assert rank(sweep(10), RESULTS)["promoted"] == ["s-d", "s-b", "s-a", "s-e"]
 
 
 def test_no_finished_trial_is_an_error_with_every_reason():
@@ -363,9 +366,14 @@ def test_no_finished_trial_is_an_error_with_every_reason():
         PipelineError,
         match=r"none of its 5 trials finished training(.|\n)*s-c: diverged: training diverged \(s-c\)",
     ):
-        rank("s", TRIALS, stopped, promote=1)
+        rank(sweep(), stopped)
+
+
+def test_a_sweep_travels_as_json_to_the_ranking_step():
+    planned_ = planned(RANDOM)
+    assert Sweep.from_json(planned_.to_json()) == planned_
 
 
 def test_a_missing_result_is_named():
     with pytest.raises(PipelineError, match=r"no training result for trial\(s\) s-c"):
-        rank("s", TRIALS, {k: v for k, v in RESULTS.items() if k != "s-c"}, promote=1)
+        rank(sweep(), {k: v for k, v in RESULTS.items() if k != "s-c"})

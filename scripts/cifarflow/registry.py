@@ -1,4 +1,9 @@
-"""The MLflow Model Registry step: register a model that passed the gate; move `champion` only on merit."""
+"""The MLflow Model Registry step: register a model that passed the gate; move `champion` only on merit.
+
+Merit is validation accuracy, on the same dataset: the split held out for choosing. Test accuracy
+(as served) is recorded and reported, never compared: a model chosen among many for its test
+accuracy would carry a test figure biased upward, the winner of many draws of the same noise.
+"""
 
 from __future__ import annotations
 
@@ -50,8 +55,10 @@ def register(
     accuracy: float,
     uri: str,
     lock_file: Path,
+    val_accuracy: float,
 ) -> dict:
-    """Register (or find, by model sha256) the version; move `alias` when it beats the champion."""
+    """Register (or find, by model sha256) the version; move `alias` when its validation accuracy
+    beats the champion's on the same dataset. `accuracy` (test, as served) is recorded only."""
     import mlflow
     import onnx
     from mlflow import MlflowClient
@@ -60,7 +67,7 @@ def register(
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    tags = {**tags, "accuracy": f"{accuracy:.6f}"}
+    tags = {**tags, "accuracy": f"{accuracy:.6f}", "val_accuracy": f"{val_accuracy:.6f}"}
     with exclusive(lock_file):
         existing = [
             v
@@ -104,11 +111,20 @@ def register(
                     f"not {tags['dataset_id']}: not comparable, so it stays (move it by hand if you mean to)"
                 ),
             )
+        elif "val_accuracy" not in champion.tags:
+            moved, reason = (
+                False,
+                (
+                    f"'{alias}' is version {champion.version}, registered without a validation accuracy "
+                    "(chosen on test accuracy, before selection moved to validation): not comparable, so "
+                    "it stays (move it by hand if you mean to)"
+                ),
+            )
         else:
-            best = float(champion.tags.get("accuracy", "nan"))
-            moved = bool(accuracy > best or np.isnan(best))  # numpy bool: not JSON
+            best = float(champion.tags["val_accuracy"])
+            moved = bool(val_accuracy > best)  # numpy bool: not JSON
             reason = (
-                f"accuracy {accuracy:.4f} {'beats' if moved else 'does not beat'} version "
+                f"val accuracy {val_accuracy:.4f} {'beats' if moved else 'does not beat'} version "
                 f"{champion.version}'s {best:.4f} on the same dataset"
             )
         if moved:
@@ -122,6 +138,7 @@ def register(
         "champion_version": int(current.version),
         "champion_reason": reason,
         "accuracy": accuracy,
+        "val_accuracy": val_accuracy,
         "dataset_id": tags["dataset_id"],
         "image": tags["image"],
         "tracking_uri": uri,

@@ -1,7 +1,8 @@
 """Sweeps: the `sweep` config section expanded into trials, which are ordinary experiments, and the
 ranking of the trials' results by validation accuracy.
 
-Imported by the Snakefile at parse time, so it stays light: the standard library and jsonschema.
+Imported by the Snakefile at parse time, so it stays light: the standard library (and jsonschema
+to check a sweep's values).
 
 Names. A grid trial is named by the settings it varies, in key order: `<sweep>-lr0.1-w16x32x64`
 (keys with one value are fixed for every trial and left out). A random trial is numbered,
@@ -16,6 +17,7 @@ NumPy release can change them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -24,8 +26,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
-
-from jsonschema import Draft202012Validator
 
 from .errors import PipelineError
 
@@ -55,6 +55,15 @@ class Sweep:
     swept: tuple[str, ...]  # the keys whose values differ between trials, sorted
     trials: dict[str, dict[str, Any]]  # trial name -> its overrides of `train`
     promote: int  # how many of the best go on to export, serving and registration
+
+    def to_json(self) -> str:
+        """What the ranking step receives (from_json reads it back)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Sweep:
+        values = json.loads(text)
+        return cls(**{**values, "swept": tuple(values["swept"])})
 
     def tags(self, trial: str) -> dict[str, str]:
         """MLflow tags of a trial's training run: the sweep's name and the trial's settings."""
@@ -176,6 +185,8 @@ def _check_parameter(key: str, spec: Any, key_schema: Mapping[str, Any], method:
 
 def _check_value(where: str, value: Any, key_schema: Mapping[str, Any]) -> None:
     """`value` must be valid where the `train` key's schema allows it (type, bounds, enum)."""
+    from jsonschema import Draft202012Validator  # here: the ranking step's environment has no jsonschema
+
     errors = list(Draft202012Validator(key_schema).iter_errors(value))
     if errors:
         hint = " ".join(key_schema.get("description", "").split())
@@ -254,23 +265,18 @@ def outcome(metrics: Mapping[str, Any]) -> str:
     )
 
 
-def rank(
-    sweep: str,
-    trials: Mapping[str, Mapping[str, Any]],
-    results: Mapping[str, Mapping[str, Any]],
-    promote: int,
-) -> dict[str, Any]:
+def rank(sweep: Sweep, results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The ranking of a sweep's trials by validation accuracy (ties: lower validation loss, then
     name), the trials that did not finish after them with their reason, and the best `promote`.
 
-    `trials`: trial name -> settings; `results`: trial name -> its training's metrics.json. Test
-    accuracy is carried along for the report, never looked at. PipelineError when no trial finished.
+    `results`: trial name -> its training's metrics.json. Test accuracy is carried along for the
+    report, never looked at. PipelineError when no trial finished.
     """
-    missing = sorted(set(trials) - set(results))
+    missing = [name for name in sweep.trials if name not in results]
     if missing:
-        raise PipelineError(f"sweep '{sweep}': no training result for trial(s) {', '.join(missing)}")
+        raise PipelineError(f"sweep '{sweep.name}': no training result for trial(s) {', '.join(missing)}")
     rows = []
-    for name, settings in trials.items():
+    for name, settings in sweep.trials.items():
         metrics = results[name]
         rows.append(
             {
@@ -291,11 +297,11 @@ def rank(
     if not finished:
         reasons = "\n  ".join(f"{row['trial']}: {row['outcome']}: {row['reason']}" for row in rows)
         raise PipelineError(
-            f"sweep '{sweep}': none of its {len(rows)} trials finished training, so there is nothing to "
+            f"sweep '{sweep.name}': none of its {len(rows)} trials finished training, so there is nothing to "
             f"promote:\n  {reasons}\nChange sweep.parameters (e.g. lower learning rates) and rerun."
         )
     stopped = [row for row in rows if row["outcome"] != "ok"]
-    promoted = [row["trial"] for row in finished[:promote]]
+    promoted = [row["trial"] for row in finished[: sweep.promote]]
     for position, row in enumerate(finished, start=1):
         row["rank"] = position
     for row in stopped:
@@ -303,9 +309,11 @@ def rank(
     for row in rows:
         row["promoted"] = row["trial"] in promoted
     return {
-        "sweep": sweep,
+        "sweep": sweep.name,
+        "method": sweep.method,
+        "swept": list(sweep.swept),
         "selected_on": SELECTED_ON,
-        "promote": promote,
+        "promote": sweep.promote,
         "promoted": promoted,
         "trials": finished + stopped,
     }

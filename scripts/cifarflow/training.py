@@ -475,13 +475,10 @@ def record_failure(outdir: Path, recipe: Recipe, dataset_id: str, error: Trainin
     (outdir / "tensorboard").mkdir(parents=True, exist_ok=True)
     resume.remove()
     log.warning("training %s: %s; recorded as this trial's outcome", error.outcome, reason)
-    return {
-        "outcome": error.outcome,
-        "reason": reason,
-        "epochs": state.epoch,
-        "train_seconds": round(state.seconds, 3),
-        "history": state.history,
-    }
+    metrics = {"outcome": error.outcome, "reason": reason, "epochs": state.epoch, "history": state.history}
+    if state.epoch:  # the time of the epochs that completed (that of the one that stopped is not kept)
+        metrics["train_seconds"] = round(state.seconds, 3)
+    return metrics
 
 
 # history.csv's columns, as train() writes them (record_failure's when no epoch completed)
