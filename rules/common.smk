@@ -25,7 +25,8 @@ SCHEMA = Path(workflow.basedir) / "config" / "schema.yaml"
 try:
     validate_config(config, SCHEMA)
     SWEEP = plan(config, load_schema(SCHEMA))  # None without sweep.parameters
-    TRAINED = experiments(config, SWEEP)  # name -> overrides of `train`, the sweep's trials included
+    # name -> overrides of `train`: every experiment, the sweep's trials included
+    TRAINED = experiments(config, SWEEP)
 except PipelineError as err:
     raise WorkflowError(str(err)) from None
 
@@ -148,11 +149,11 @@ def registry_settings(wildcards):
 
 
 def final_targets(wildcards):
-    """What `all` asks for without waiting for a sweep's ranking: the data, every hand-written
-    experiment through registration, the report items of both, the sweep's ranking and section.
+    """What `all` asks for without waiting for a sweep's ranking: the data and every hand-written
+    experiment through registration, with their report items, and the sweep's report section.
     """
     targets = [f"{DATA_DIR}/meta.json", *shipped_targets(WRITTEN)]
-    return targets + report_targets() + sweep_targets()  # rules/report.smk, rules/sweep.smk
+    return targets + report_targets() + sweep_targets()
 
 
 def promoted_targets(wildcards):
@@ -256,7 +257,8 @@ def recipes_json(wildcards):
 # Sweeps (rules/sweep.smk)
 def promoted():
     """The sweep's trials that go on to export, serving and registration: the best by validation
-    accuracy, as rank_sweep (a checkpoint: the DAG after it depends on its result) wrote them."""
+    accuracy, as rank_sweep (a checkpoint: the DAG after it depends on its result) wrote them.
+    """
     if SWEEP is None:
         return []
     ranking = checkpoints.rank_sweep.get(sweep=SWEEP.name).output.ranking
