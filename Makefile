@@ -6,7 +6,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run demo test ui lint clean pipeline-image
+.PHONY: install run demo sweep-demo test ui lint clean pipeline-image
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ run: install  ## the whole workflow on the default config (downloads CIFAR-10 on
 
 demo: install  ## offline: synthetic data, small sizes
 	snakemake --cores 4 --configfile config/demo.yaml
+
+sweep-demo: install  ## offline: a sweep of four tiny trials on the demo data, the best shipped
+	snakemake --cores 4 --configfile config/demo.yaml config/sweep-demo.yaml
 
 test: install  ## the whole test suite
 	pytest
@@ -39,4 +42,4 @@ lint: install
 	snakemake --lint
 
 clean:  ## remove outputs (keeps the venv and downloaded archives)
-	rm -rf results/data results/train results/export results/quantize results/report logs benchmarks .snakemake
+	rm -rf results/data results/train results/export results/quantize results/sweep results/report logs benchmarks .snakemake

@@ -474,7 +474,7 @@ def record_failure(outdir: Path, recipe: Recipe, dataset_id: str, error: Trainin
         out.writerows(state.history)
     (outdir / "tensorboard").mkdir(parents=True, exist_ok=True)
     resume.remove()
-    log.warning("training %s: %s; recorded as this trial's outcome", error.outcome, reason)
+    log.warning("recorded as this trial's outcome (%s): %s", error.outcome, reason)
     metrics = {"outcome": error.outcome, "reason": reason, "epochs": state.epoch, "history": state.history}
     if state.epoch:  # the time of the epochs that completed (that of the one that stopped is not kept)
         metrics["train_seconds"] = round(state.seconds, 3)
