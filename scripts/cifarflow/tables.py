@@ -26,6 +26,7 @@ td.fail { color: #b00020; font-weight: 600; }
 td.pass { color: #137333; }
 tr.weak td { color: #b00020; }
 td.champion { font-weight: 600; }
+td.wrap { white-space: normal; text-align: left; min-width: 16em; max-width: 32em; }
 """
 
 
@@ -475,9 +476,13 @@ def _setting(value: Any) -> str:
 
 
 def _outcome(row: Mapping[str, Any]) -> str:
+    """promoted, ok, or what stopped the training and why (the reason once: 'training diverged: ...')."""
     if row["promoted"]:
         return "promoted"
-    return row["outcome"] + (f": {row['reason']}" if row["reason"] else "")
+    reason = row["reason"] or ""
+    if not reason or reason.startswith(f"training {row['outcome']}"):
+        return reason or row["outcome"]
+    return f"{row['outcome']}: {reason}"
 
 
 def sweep_ranking_html(ranking: Mapping[str, Any]) -> str:
@@ -491,17 +496,18 @@ def sweep_ranking_html(ranking: Mapping[str, Any]) -> str:
             {
                 "rank": "-" if row["rank"] is None else str(row["rank"]),
                 "trial": row["trial"],
-                "outcome": _outcome(row),
                 **{key: _setting(row["settings"].get(key)) for key in swept},
                 "val accuracy": pct(row["val_accuracy"]),
                 "test accuracy": pct(row["test_accuracy"]),
                 "train time (s)": num(row["train_seconds"], 1),
                 "epochs": num(row["epochs"]),
+                "outcome": _outcome(row),
             }
             for row in rows
         ]
     )
     classes = {i: "best" for i, row in enumerate(rows) if row["promoted"]}
+    wrap = {(i, "outcome"): "wrap" for i in range(len(rows))}  # a reason is a sentence: it wraps
     classes |= {i: "weak" for i, row in enumerate(rows) if row["outcome"] != "ok"}
     finished = sum(row["outcome"] == "ok" for row in rows)
     fixed_text = ", ".join(f"{k}={_setting(v)}" for k, v in fixed.items())
@@ -514,6 +520,6 @@ def sweep_ranking_html(ranking: Mapping[str, Any]) -> str:
     )
     return html_page(
         f"Sweep {ranking['sweep']}: trials ranked by validation accuracy",
-        html_table(frame, classes, text_columns=3 + len(swept)),
+        html_table(frame, classes, wrap, text_columns=2 + len(swept)),
         note,
     )
