@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from cifarflow import synthetic  # noqa: E402
 from cifarflow.config import Recipe, validate_config  # noqa: E402
 from cifarflow.dataset import load_meta, write_dataset  # noqa: E402
+from cifarflow.logs import setup_logging  # noqa: E402
 from cifarflow.models import build_model  # noqa: E402
 from cifarflow.training import make_optimizer, train  # noqa: E402
 
@@ -60,6 +61,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    setup_logging()  # train()'s progress on stderr, as in a rule's log; the figures go to stdout
     torch.set_num_threads(args.threads)
     config = validate_config(
         yaml.safe_load((ROOT / "config/config.yaml").read_text()), ROOT / "config/schema.yaml"

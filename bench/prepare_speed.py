@@ -1,11 +1,12 @@
 """Benchmark: prepare_dataset on a full-size (60,000-image) CIFAR-10 archive in the genuine format.
 
-    python bench/prepare_speed.py [--jpeg-archive ../shared/data/cifar10-train-jpeg.tar.gz]
+    python bench/prepare_speed.py [--jpeg-archive cifar10-train-jpeg.tar.gz]
 
 Times the rule's own command (process start, imports, MD5, unpickling, split, stats, writing and
 hashing the arrays) on a generated archive, three runs, and prints the median. With
---jpeg-archive it also times the folder source on real JPEGs (train/<class>/*.jpg, the last 1,000
-per class set aside as test/).
+--jpeg-archive (or $CIFARFLOW_JPEG_ARCHIVE) it also times the folder source on real JPEGs: a
+tarball of the CIFAR-10 training images as JPEGs, train/<class>/<nnnn>.jpg, whose last 1,000 files
+per class are set aside as test/.
 """
 
 from __future__ import annotations
@@ -25,6 +26,29 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "scripts")]
 
 from cifar_archive import make_archive  # noqa: E402
+from cifarflow.config import prepare_settings, validate_config  # noqa: E402
+
+# The real CIFAR-10 training images as JPEGs (this benchmark's --jpeg-archive, train_cifar10.py's
+# --archive): not in the repository, and not what the workflow downloads (the official archive holds
+# pickled arrays), so each benchmark takes it as an argument or from this variable.
+ARCHIVE_ENV = "CIFARFLOW_JPEG_ARCHIVE"
+ARCHIVE_FORMAT = "a tarball of the CIFAR-10 training images as JPEGs, train/<class>/<nnnn>.jpg"
+
+
+def jpeg_archive(path: Path | None, option: str) -> Path:
+    """`path` (the option's value, else $CIFARFLOW_JPEG_ARCHIVE) if it is a file; else exit naming
+    what is missing and how to pass it."""
+    if path is None:
+        sys.exit(
+            f"{Path(sys.argv[0]).name}: no JPEG archive given. It needs {ARCHIVE_FORMAT} "
+            f"(50,000 files): pass {option} PATH or set {ARCHIVE_ENV}=PATH."
+        )
+    if not path.is_file():
+        sys.exit(
+            f"{Path(sys.argv[0]).name}: {option} {path}: no such file. Pass {ARCHIVE_FORMAT} "
+            f"(or set {ARCHIVE_ENV} to its path)."
+        )
+    return path
 
 
 def run_prepare(settings: dict, outdir: Path, archive: Path | None, threads: int) -> float:
@@ -47,8 +71,10 @@ def run_prepare(settings: dict, outdir: Path, archive: Path | None, threads: int
 
 
 def folder_settings(path: Path) -> dict:
-    """prepare_dataset's settings for a folder source, as the workflow would pass them."""
-    return {"source": "folder", "path": str(path), "resize": False, "val_fraction": 0.1, "seed": 0}
+    """prepare_dataset's settings for a folder source, as the workflow passes them (the schema's
+    defaults: val_fraction 0.1, seed 0, no resize, the pixel limit)."""
+    dataset = {"source": "folder", "path": str(path)}
+    return prepare_settings(validate_config({"dataset": dataset}, ROOT / "config" / "schema.yaml")["dataset"])
 
 
 def split_jpeg_archive(archive: Path, root: Path, test_per_class: int = 1000) -> None:
@@ -71,8 +97,15 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--jpeg-archive", type=Path, help="the real CIFAR-10 training JPEGs (tar.gz)")
+    parser.add_argument(
+        "--jpeg-archive",
+        type=Path,
+        default=os.environ.get(ARCHIVE_ENV) or None,
+        help=f"{ARCHIVE_FORMAT} (default: ${ARCHIVE_ENV}; neither: the folder source is not timed)",
+    )
     args = parser.parse_args()
+    if args.jpeg_archive is not None:
+        jpeg_archive(args.jpeg_archive, "--jpeg-archive")
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -105,6 +138,8 @@ def main() -> None:
                 f"{[round(t, 2) for t in times]}; sizes {meta['sizes']}"
                 f"; mean {meta['mean']} std {meta['std']}"
             )
+        else:
+            print(f"folder of real JPEGs: not timed (no --jpeg-archive, ${ARCHIVE_ENV} unset)")
 
 
 if __name__ == "__main__":

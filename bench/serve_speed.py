@@ -1,9 +1,10 @@
 """Serving benchmark: the model as served vs in-process ONNX Runtime, batch-1 latency, and load.
 
-    python bench/serve_speed.py [--model model.onnx] [--engine process|podman|docker [--base-image ...]]
+    python bench/serve_speed.py [--model model.onnx] [--engine process|podman|docker [--base-image ...]
+                                [--network private|host]]
 
 Without --model it exports the default recipe's network (fast, widths 32/96/192) after one epoch on
-small synthetic data: speed does not depend on the weights. Targets (issue 4): served throughput at
+small synthetic data: speed does not depend on the weights. Targets: served throughput at
 batch 256 >= 70% of in-process ONNX Runtime; batch-1 p50 <= 3 ms on loopback; 32 concurrent clients
 for 20 s with zero errors and bounded server memory.
 """
@@ -23,9 +24,10 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from cifarflow.engines import build, container_name, running  # noqa: E402
+from cifarflow.engines import ServerSpec, build, container_name, running  # noqa: E402
 from cifarflow.evaluation import Client, latencies_ms  # noqa: E402
-from cifarflow.serving import INPUT, OUTPUTS, load_session  # noqa: E402
+from cifarflow.inference import INPUT, OUTPUTS, load_session  # noqa: E402
+from cifarflow.logs import setup_logging  # noqa: E402
 
 
 def default_model(out: Path) -> Path:
@@ -145,11 +147,18 @@ def main() -> None:
         default=[],
         help="an extra build argument (repeatable), e.g. the CA bundle: -v /etc/ssl/certs:/etc/ssl/certs:ro",
     )
+    parser.add_argument(
+        "--network",
+        default="private",
+        choices=["private", "host"],
+        help="podman/docker: the container's own network namespace (ports published) or the host's",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--load-seconds", type=float, default=20)
     args = parser.parse_args()
+    setup_logging()  # training, export and the image build report progress on stderr; figures: stdout
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or default_model(Path(tmp))
@@ -165,13 +174,13 @@ def main() -> None:
         image = str(model)
         if args.engine != "process":  # the same model, in the serving image
             image = build(
-                args.engine,
-                model,
-                "cifarflow-serving:bench",
-                {"BASE_IMAGE": args.base_image},
-                {},
-                args.build_option,
-                Path(tmp) / "serving.sif",
+                engine=args.engine,
+                model=model,
+                reference="cifarflow-serving:bench",
+                build_args={"BASE_IMAGE": args.base_image},
+                labels={},
+                extra=args.build_option,
+                sif=Path(tmp) / "serving.sif",
             ).image
         figures = {
             "engine": args.engine,
@@ -181,9 +190,16 @@ def main() -> None:
             "inprocess_ms_batch1_p50": round(inproc_1, 3),
         }
         log = Path(tmp) / "server.log"
-        with running(
-            args.engine, image, container_name("bench", Path(tmp)), args.threads, 64, "cifar10", 120, log
-        ) as server:
+        spec = ServerSpec(
+            engine=args.engine,
+            image=image,
+            name=container_name("bench", Path(tmp)),
+            model_name="cifar10",
+            threads=args.threads,
+            max_request_mb=64,
+            network=args.network,
+        )
+        with running(spec, log_file=log, ready_timeout_s=120) as server:
             server_process = psutil.Process(server.pid)
 
             def server_pids():

@@ -1,11 +1,12 @@
 """Benchmark: train_model on real CIFAR-10 images, wall time and test accuracy.
 
-    python bench/train_cifar10.py [--set epochs=12 --set widths=[48,128,256] ...]
+    python bench/train_cifar10.py --archive cifar10-train-jpeg.tar.gz [--set epochs=15 ...]
 
-Uses ../shared/data/cifar10-train-jpeg.tar.gz (the real 50,000 training images): the first 4,000
-per class become train (10% of them held out as val), the last 1,000 per class the test split.
-Prepares that once (cached under --cache), then times the rule's own command
-(`python scripts/train_model.py ...`, process start to exit) with the default recipe from
+Needs the real CIFAR-10 training images: a tarball of the CIFAR-10 training images as JPEGs,
+train/<class>/<nnnn>.jpg (50,000 files), given as --archive or $CIFARFLOW_JPEG_ARCHIVE. The first
+4,000 per class become train (10% of them held out as val), the last 1,000 per class the test split.
+Prepares that once (cached under --cache; later runs need no archive), then times the rule's own
+command (`python scripts/train_model.py ...`, process start to exit) with the default recipe from
 config/config.yaml, overridden by any --set key=value (YAML values).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -24,14 +26,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "bench")]
 
 from cifarflow.config import Recipe, validate_config  # noqa: E402
-from prepare_speed import folder_settings, run_prepare, split_jpeg_archive  # noqa: E402
+from prepare_speed import (  # noqa: E402
+    ARCHIVE_ENV,
+    ARCHIVE_FORMAT,
+    folder_settings,
+    jpeg_archive,
+    run_prepare,
+    split_jpeg_archive,
+)
 
 
-def prepare(archive: Path, cache: Path) -> Path:
+def prepare(archive: Path | None, cache: Path) -> Path:
     data = cache / "data"
     if not (data / "meta.json").exists():
         if not (cache / "jpeg" / "test").exists():
-            split_jpeg_archive(archive, cache / "jpeg")
+            split_jpeg_archive(jpeg_archive(archive, "--archive"), cache / "jpeg")
         run_prepare(folder_settings(cache / "jpeg"), data, None, threads=2)
     return data
 
@@ -41,7 +50,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--archive", type=Path, default=ROOT.parent / "shared" / "data" / "cifar10-train-jpeg.tar.gz"
+        "--archive",
+        type=Path,
+        default=os.environ.get(ARCHIVE_ENV) or None,
+        help=f"{ARCHIVE_FORMAT} (default: ${ARCHIVE_ENV}); not needed once --cache holds the prepared data",
     )
     parser.add_argument("--cache", type=Path, default=Path("/tmp/cifarflow-bench"))
     parser.add_argument("--configfile", type=Path, help="a config overlay whose train keys apply")

@@ -52,7 +52,7 @@ if (
     logger.warning(
         "software-deployment-method apptainer is on, but config container.image is empty: every "
         "rule runs in the environment its job inherits (the venv on PATH), not in a container. "
-        "Set container.image (README, 'Every rule in a container') to run the rules in the image."
+        "Set container.image (docs/hpc-and-containers.md) to run the rules in the image."
     )
 
 
@@ -149,69 +149,61 @@ def registry_settings(wildcards):
 
 
 def final_targets(wildcards):
-    """What `all` asks for without waiting for a sweep's ranking: the data and every hand-written
-    experiment through registration, with their report items, and the sweep's report section.
+    """The targets (Snakefile, `all`) that do not wait for a sweep's ranking. The data and every
+    hand-written experiment through registration, with their report items, and the sweep's report
+    section. Called when the DAG is built, after every include, so rules.<name> exist for all rules.
     """
-    targets = [f"{DATA_DIR}/meta.json", *shipped_targets(WRITTEN)]
+    targets = expand(rules.prepare_dataset.output.meta, dataset=DATASET_ID)
+    targets += shipped_targets(WRITTEN)
     return targets + report_targets() + sweep_targets()
 
 
 def promoted_targets(wildcards):
-    """What waits for the sweep's ranking (a checkpoint): its promoted trials through registration
-    with their report items, and the comparison of everything shipped.
+    """The targets (Snakefile, `all`) that wait for the sweep's ranking, a checkpoint. The promoted
+    trials through registration with their report items, and the comparison of everything shipped.
     """
-    comparison = expand("results/report/compare/{file}", file=COMPARISON_FILES)
-    return shipped_targets(promoted()) + comparison
+    # compare_experiments' report items; its summary.rst and metrics.json come with them
+    compare = rules.compare_experiments.output
+    return shipped_targets(promoted()) + [compare.table, compare.chart, compare.recipes]
 
 
 def shipped_targets(names):
-    """Export, serving image, evaluation, registration and the report items of `names`."""
-    targets = expand("results/export/{experiment}/model.onnx", experiment=names)
+    """Export, registration (which needs the serving image and the evaluation) and the report
+    items of the experiments `names`. Every report item is named among the targets: --report needs
+    them all, and a job whose other outputs exist is not rerun for one that is missing.
+    """
+    targets = expand(rules.export_onnx.output.onnx, experiment=names)
     if EXPORT["quantize"] == "int8":
-        targets += expand(
-            "results/quantize/{experiment}/model.int8.onnx", experiment=names
-        )
-    targets += expand(
-        "results/register/{experiment}/registration.json", experiment=names
-    )
-    return targets + expand(PER_EXPERIMENT_REPORT, experiment=names)
-
-
-# The report (rules/report.smk): its targets and its rules' inputs and arguments.
-SERVED_FILES = {
-    "evaluate": "results/evaluate/{experiment}/metrics.json",
-    "manifest": "results/image/{experiment}/manifest.json",
-    "registration": "results/register/{experiment}/registration.json",
-}
-COMPARISON_FILES = ["comparison.html", "comparison.png", "recipes.html"]
-
-
-# Every report item is named among the targets (the data's here, each shipped experiment's in
-# shipped_targets, the comparison's in promoted_targets): --report needs them all, and a job whose
-# other outputs exist is not rerun for one that is missing.
-PER_EXPERIMENT_REPORT = [
-    "results/report/train/{experiment}/curves.png",
-    "results/report/train/{experiment}/history.html",
-    "results/report/export/{experiment}/export.html",
-    "results/report/serve/{experiment}/manifest.html",
-    "results/report/evaluate/{experiment}/per_class.html",
-    "results/report/evaluate/{experiment}/confidently_wrong.png",
-]
-
-
-def report_targets():
-    """The data's report items."""
-    return [
-        f"results/report/data/{DATASET_ID}/samples.png",
-        f"results/report/data/{DATASET_ID}/class_counts.html",
+        targets += expand(rules.quantize_onnx.output.onnx, experiment=names)
+    targets += expand(rules.register_model.output.registration, experiment=names)
+    per_experiment = [
+        *rules.plot_training.output,
+        *rules.tabulate_export.output,
+        *rules.tabulate_manifest.output,
+        *rules.plot_evaluation.output,
     ]
+    return targets + expand(per_experiment, experiment=names)
+
+
+# The report (rules/report.smk): its targets and its rules' inputs and arguments. They live here,
+# not beside its rules (snakemake --lint: no functions in a file of rules), and name other rules'
+# files as rules.<name>.output: resolved when called, after every rule is defined.
+def report_targets():
+    """The data's report items (each experiment's: shipped_targets; the comparison's:
+    promoted_targets).
+    """
+    return expand(rules.plot_dataset.output, dataset=DATASET_ID)
 
 
 def export_table_inputs(wildcards):
-    files = {"metrics": f"results/export/{wildcards.experiment}/metrics.json"}
+    """export_onnx's metrics, and quantize_onnx's when export.quantize is int8."""
+    files = {"metrics": rules.export_onnx.output.metrics}
     if EXPORT["quantize"] == "int8":
-        files["quantize"] = f"results/quantize/{wildcards.experiment}/metrics.json"
-    return files
+        files["quantize"] = rules.quantize_onnx.output.metrics
+    return {
+        name: path.format(experiment=wildcards.experiment)
+        for name, path in files.items()
+    }
 
 
 def quantize_arg(wildcards, input):
@@ -221,23 +213,27 @@ def quantize_arg(wildcards, input):
 
 
 def test_split_files(wildcards):
-    """What plot_evaluation reads of the dataset: class names and the test images."""
-    return {
-        "meta": f"{DATA_DIR}/meta.json",
-        "test_images": f"{DATA_DIR}/test_images.npy",
-        "test_labels": f"{DATA_DIR}/test_labels.npy",
-    }
+    """What plot_evaluation reads of the dataset: class names (meta.json) and the test split."""
+    files = dataset_files(wildcards)
+    return {name: files[name] for name in ("meta", "test_images", "test_labels")}
 
 
 def comparison_inputs(wildcards):
     """Every shipped experiment's metrics of each stage, in shipped() order (compare_experiments);
-    with a sweep, its ranking too, which decides which trials are among them."""
-    files = {
-        "train": rules.train_model.output.metrics,
-        "export": rules.export_onnx.output.metrics,
-        **SERVED_FILES,
+    with a sweep, its ranking too, which decides which trials are among them.
+    """
+    names = shipped()
+    inputs = {
+        "train": expand(rules.train_model.output.metrics, experiment=names),
+        "export": expand(rules.export_onnx.output.metrics, experiment=names),
+        "evaluate": expand(
+            rules.evaluate_served_model.output.metrics, experiment=names
+        ),
+        "manifest": expand(rules.build_serving_image.output.manifest, experiment=names),
+        "registration": expand(
+            rules.register_model.output.registration, experiment=names
+        ),
     }
-    inputs = {part: expand(path, experiment=shipped()) for part, path in files.items()}
     if SWEEP:
         inputs["ranking"] = expand(rules.rank_sweep.output.ranking, sweep=SWEEP.name)
     return inputs
@@ -271,15 +267,8 @@ def shipped():
 
 
 def sweep_targets():
-    """The sweep's ranking and its report section (none without a sweep)."""
-    if SWEEP is None:
-        return []
-    return expand(
-        "results/report/sweep/{sweep}/{file}", sweep=SWEEP.name, file=SWEEP_REPORT
-    )
-
-
-SWEEP_REPORT = ["ranking.html", "parameters.png", "curves.png"]
+    """The sweep's report section, after its ranking (none without a sweep)."""
+    return expand(rules.plot_sweep.output, sweep=SWEEP.name) if SWEEP else []
 
 
 def trial_metrics(wildcards):

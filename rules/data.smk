@@ -45,7 +45,7 @@ rule prepare_dataset:
     container:
         PIPELINE_IMAGE
     threads: 4
-    # measured on the 50,000 real CIFAR-10 JPEGs: 15 s, 0.6 GB (README, "Running on a Slurm cluster")
+    # measured on the 50,000 real CIFAR-10 JPEGs: 15 s, 0.6 GB (docs/hpc-and-containers.md)
     resources:
         mem_mb=by_attempt(4000),
         runtime=by_attempt(15),

@@ -5,9 +5,9 @@
 
 rule plot_dataset:
     input:
-        meta="results/data/{dataset}/meta.json",
-        train_images="results/data/{dataset}/train_images.npy",
-        train_labels="results/data/{dataset}/train_labels.npy",
+        meta=rules.prepare_dataset.output.meta,
+        train_images=rules.prepare_dataset.output.train_images,
+        train_labels=rules.prepare_dataset.output.train_labels,
     output:
         samples=report(
             "results/report/data/{dataset}/samples.png",
@@ -71,7 +71,7 @@ rule tabulate_export:
     input:
         unpack(export_table_inputs),
     output:
-        report(
+        table=report(
             "results/report/export/{experiment}/export.html",
             caption="../report/export.rst",
             category="Export",
@@ -91,14 +91,14 @@ rule tabulate_export:
         quantize=quantize_arg,
     shell:
         "python scripts/tabulate_export.py --metrics {input.metrics:q} {params.quantize}"
-        " --parity {params.parity:q} --experiment {wildcards.experiment} --out {output:q} --log {log:q}"
+        " --parity {params.parity:q} --experiment {wildcards.experiment} --out {output.table:q} --log {log:q}"
 
 
 rule tabulate_manifest:
     input:
-        manifest=SERVED_FILES["manifest"],
+        manifest=rules.build_serving_image.output.manifest,
     output:
-        report(
+        table=report(
             "results/report/serve/{experiment}/manifest.html",
             caption="../report/manifest.rst",
             category="Serving",
@@ -115,14 +115,14 @@ rule tabulate_manifest:
         PIPELINE_IMAGE
     shell:
         "python scripts/tabulate_manifest.py --manifest {input.manifest:q} --experiment {wildcards.experiment}"
-        " --out {output:q} --log {log:q}"
+        " --out {output.table:q} --log {log:q}"
 
 
 rule plot_evaluation:
     input:
         unpack(test_split_files),
-        metrics=SERVED_FILES["evaluate"],
-        predictions="results/evaluate/{experiment}/predictions.parquet",
+        metrics=rules.evaluate_served_model.output.metrics,
+        predictions=rules.evaluate_served_model.output.predictions,
     output:
         per_class=report(
             "results/report/evaluate/{experiment}/per_class.html",

@@ -29,7 +29,7 @@ rule build_serving_image:
         " --manifest {output.manifest:q} --metrics {output.metrics:q} --log {log:q}"
 
 
-# Starts the image on free loopback ports, sends the test split, always stops it; fails below the gate.
+# Starts the image on free ports of serving.host, sends the test split, always stops it; fails below the gate.
 rule evaluate_served_model:
     input:
         unpack(dataset_files),
@@ -81,7 +81,7 @@ rule register_model:
         evaluation=rules.evaluate_served_model.output.metrics,
         training=rules.train_model.output.metrics,
     output:
-        "results/register/{experiment}/registration.json",
+        registration="results/register/{experiment}/registration.json",
     log:
         "logs/register_model/{experiment}.log",
     benchmark:
@@ -97,5 +97,5 @@ rule register_model:
     shell:
         "python scripts/register_model.py --model {input.model:q} --manifest {input.manifest:q}"
         " --evaluation {input.evaluation:q} --training {input.training:q} --settings {params.settings:q}"
-        " --output {output:q}"
+        " --output {output.registration:q}"
         " --log {log:q}"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from cifarflow import __version__
 from cifarflow.engines import build, choose
+from cifarflow.inference import load_session
 from cifarflow.runtime import run_cli, sha256_file, write_json, write_metrics
-from cifarflow.serving import load_session
 
 log = logging.getLogger("cifarflow")
 
@@ -34,7 +34,7 @@ def source_revision() -> str:
 def main(args: argparse.Namespace) -> None:
     settings = json.loads(args.settings)
     model = Path(args.model)
-    engine = choose(settings["engine"])
+    engine = choose(settings["engine"], settings["base_image"])
     model_sha256 = sha256_file(model)
     dataset_id = load_session(model).get_modelmeta().custom_metadata_map.get("dataset_id", "unknown")
     revision = source_revision()
@@ -52,12 +52,12 @@ def main(args: argparse.Namespace) -> None:
     manifest_path = Path(args.manifest)
     start = time.perf_counter()
     built = build(
-        engine,
-        model,
-        reference,
-        build_args,
-        labels,
-        settings["build_options"],
+        engine=engine,
+        model=model,
+        reference=reference,
+        build_args=build_args,
+        labels=labels,
+        extra=settings["build_options"],
         sif=manifest_path.parent / "serving.sif",
     )
     seconds = round(time.perf_counter() - start, 2)

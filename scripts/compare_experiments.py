@@ -3,11 +3,12 @@ headline results that report/workflow.rst includes (RST), and accuracy mean/std 
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from cifarflow.errors import PipelineError
 from cifarflow.plots import comparison_chart, save_png
-from cifarflow.runtime import log, run_cli, write_metrics, write_text
+from cifarflow.runtime import run_cli, write_metrics, write_text
 from cifarflow.tables import (
     champion,
     comparison_frame,
@@ -17,6 +18,7 @@ from cifarflow.tables import (
     summary_rst,
 )
 
+log = logging.getLogger("cifarflow")
 PER_EXPERIMENT = ("train", "export", "evaluate", "manifest", "registration")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from cifarflow.dataset import load_meta, load_split
-from cifarflow.engines import container_name, running
+from cifarflow.engines import ServerSpec, container_name, running
 from cifarflow.errors import PipelineError
 from cifarflow.evaluation import (
     Client,
@@ -41,17 +41,17 @@ def main(args: argparse.Namespace) -> None:
             f"serving.max_request_mb ({serving['max_request_mb']}): lower one or raise the other"
         )
 
-    name = container_name(args.experiment, Path.cwd())
-    with running(
-        manifest["engine"],
-        manifest["image"],
-        name,
-        threads,
-        serving["max_request_mb"],
-        manifest["model_name"],
-        evaluate["ready_timeout_s"],
-        Path(args.server_log),
-    ) as server:
+    spec = ServerSpec(
+        engine=manifest["engine"],
+        image=manifest["image"],
+        name=container_name(args.experiment, Path.cwd()),
+        model_name=manifest["model_name"],
+        threads=threads,
+        max_request_mb=serving["max_request_mb"],
+        host=serving["host"],
+        network=serving["network"],
+    )
+    with running(spec, log_file=Path(args.server_log), ready_timeout_s=evaluate["ready_timeout_s"]) as server:
         client = Client(server.grpc_url, manifest["model_name"], max_bytes)
         try:
             log.info(

@@ -2,12 +2,15 @@
 split (HTML) for the report."""
 
 import argparse
+import logging
 from pathlib import Path
 
 from cifarflow.dataset import load_meta, load_split
 from cifarflow.plots import sample_grid, save_png
-from cifarflow.runtime import log, run_cli, write_text
+from cifarflow.runtime import run_cli, write_text
 from cifarflow.tables import class_counts_html
+
+log = logging.getLogger("cifarflow")
 
 
 def main(args: argparse.Namespace) -> None:

@@ -3,14 +3,17 @@ test images (PNG) of the served model, from evaluate_served_model's metrics and 
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
 from cifarflow.dataset import load_meta, load_split
 from cifarflow.errors import PipelineError
 from cifarflow.plots import confidently_wrong_grid, most_confidently_wrong, save_png
-from cifarflow.runtime import log, run_cli, write_text
+from cifarflow.runtime import run_cli, write_text
 from cifarflow.tables import per_class_html
+
+log = logging.getLogger("cifarflow")
 
 
 def main(args: argparse.Namespace) -> None:

@@ -2,11 +2,14 @@
 experiment, from its history.csv; re-plotting never retrains."""
 
 import argparse
+import logging
 
 import pandas as pd
 from cifarflow.plots import save_png, training_curves
-from cifarflow.runtime import log, run_cli, write_text
+from cifarflow.runtime import run_cli, write_text
 from cifarflow.tables import history_html
+
+log = logging.getLogger("cifarflow")
 
 
 def main(args: argparse.Namespace) -> None:

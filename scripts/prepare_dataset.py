@@ -21,7 +21,7 @@ def read_source(settings: dict, archive: str | None, threads: int) -> RawDataset
             raise PipelineError("dataset.source is cifar10: pass the archive's path")
         return cifar10.read_archive(archive, settings["md5"])
     if source == "folder":
-        return folder.read_folder(settings["path"], settings["resize"], threads)
+        return folder.read_folder(settings["path"], settings["resize"], threads, settings["max_image_pixels"])
     return synthetic.generate(**settings["synthetic"])
 
 

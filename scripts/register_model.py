@@ -25,14 +25,14 @@ def main(args: argparse.Namespace) -> None:
         "throughput_images_per_second": str(figures["throughput_images_per_second"]),
     }
     record = register(
-        Path(args.model),
-        settings["register"]["model_name"],
-        settings["register"]["alias"],
-        tags,
-        figures["accuracy"],
-        tracking_uri(settings["mlflow"]["tracking_uri"]),
-        Path(args.output).parent.parent / ".registry.lock",
+        model_path=Path(args.model),
+        name=settings["register"]["model_name"],
+        alias=settings["register"]["alias"],
+        tags=tags,
+        accuracy=figures["accuracy"],
         val_accuracy=training["val_accuracy"],  # what decides the alias
+        uri=tracking_uri(settings["mlflow"]["tracking_uri"]),
+        lock_file=Path(args.output).parent.parent / ".registry.lock",
     )
     write_json(args.output, record)
 

@@ -6,15 +6,17 @@ The serving image runs exactly this (containers/serving/Dockerfile). Stop it wit
 """
 
 import argparse
-import logging
 import os
 import sys
 import warnings
 from pathlib import Path
 
+from PIL import Image
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cifarflow.serving import serve  # noqa: E402
+from cifarflow.images import MAX_PIXELS  # noqa: E402  (no KServe)
+from cifarflow.logs import setup_logging  # noqa: E402
 
 
 def main() -> None:
@@ -25,6 +27,12 @@ def main() -> None:
     parser.add_argument("--model", default=env("CIFARFLOW_MODEL", ""), help="the exported model.onnx")
     parser.add_argument(
         "--name", default=env("CIFARFLOW_MODEL_NAME", "cifar10"), help="the model's name in the URLs"
+    )
+    parser.add_argument(
+        "--host",
+        default=env("CIFARFLOW_HOST", "127.0.0.1"),
+        help="the address both protocols listen on (default loopback only; 0.0.0.0 inside a "
+        "container's own network namespace, where publishing a port needs it)",
     )
     parser.add_argument("--port", type=int, default=int(env("CIFARFLOW_HTTP_PORT", "8080")), help="HTTP port")
     parser.add_argument(
@@ -42,16 +50,49 @@ def main() -> None:
         default=float(env("CIFARFLOW_MAX_REQUEST_MB", "64")),
         help="larger request bodies get 413 (64 MB is a batch of about 20,000 images in binary)",
     )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=int(env("CIFARFLOW_MAX_IMAGE_PIXELS", str(MAX_PIXELS))),
+        help="images posted to /classify with more pixels (width x height, read from the header) get "
+        f"413 before they are decoded (default {MAX_PIXELS}: 4096x4096)",
+    )
+    parser.add_argument(
+        "--model-repository",
+        choices=("off", "on"),
+        default=env("CIFARFLOW_MODEL_REPOSITORY", "off"),
+        help="KServe's model-repository extension over REST, POST /v2/repository/models/<name>/"
+        "load|unload: no authentication, so anyone who reaches the port can take the model down; off "
+        "by default (never served over gRPC)",
+    )
     args = parser.parse_args()
+    if not 1 <= args.max_image_pixels <= Image.MAX_IMAGE_PIXELS:
+        parser.error(
+            f"--max-image-pixels {args.max_image_pixels} must lie in 1..{Image.MAX_IMAGE_PIXELS} "
+            "(Pillow's own decompression-bomb threshold)"
+        )
     if not args.model or not Path(args.model).is_file():
         parser.error(f"--model {args.model!r} is not a file: pass the exported model.onnx")
     # KServe 0.21 answers with FastAPI's ORJSONResponse, which FastAPI now calls deprecated on every request.
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging()
     sys.argv = sys.argv[:1]  # KServe parses sys.argv when imported; our flags are not its flags
-    serve(
-        Path(args.model), args.name, args.port, args.grpc_port, args.threads, int(args.max_request_mb * 2**20)
-    )
+    from cifarflow.serving import UntestedKServe, serve  # imports KServe: only now
+
+    try:
+        serve(
+            Path(args.model),
+            args.name,
+            http_port=args.port,
+            grpc_port=args.grpc_port,
+            threads=args.threads,
+            max_body_bytes=int(args.max_request_mb * 2**20),
+            host=args.host,
+            max_image_pixels=args.max_image_pixels,
+            model_repository=args.model_repository == "on",
+        )
+    except UntestedKServe as err:
+        sys.exit(f"serve.py: {err}")
 
 
 if __name__ == "__main__":

@@ -2,10 +2,13 @@
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
-from cifarflow.runtime import log, run_cli, write_text
+from cifarflow.runtime import run_cli, write_text
 from cifarflow.tables import manifest_html
+
+log = logging.getLogger("cifarflow")
 
 
 def main(args: argparse.Namespace) -> None:

@@ -1,11 +1,15 @@
-"""Shared fixtures: the library on sys.path, a copy of the workflow to run snakemake in, image trees."""
+"""Shared fixtures: the library on sys.path, a copy of the workflow to run snakemake in, image trees,
+the system parts the tests need (skip or fail when missing), and a timing summary by phase."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +18,25 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "tests")]
+# Podman's settings for the tests (runc, host network, no default nofile ulimit), as `make` passes them
+os.environ.setdefault("CONTAINERS_CONF", str(ROOT / "containers" / "containers.conf"))
 
+from setup_system import why_missing  # noqa: E402  (tests/ is on sys.path from here on)
+
+NOTHING_TO_BE_DONE = "Nothing to be done (all requested files are present and up to date)."
+
+
+def require_system_part(part: str) -> None:
+    """Skip the test when a Debian part it needs (tests/setup_system.py: chromium, podman, slurm) is
+    missing, naming it and the install command; in CI (CI set) a missing part fails instead."""
+    reason = why_missing(part)
+    if reason:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(reason)
+
+
+# What a checkout holds that snakemake runs read (constraints.txt: the serving image installs by it).
 WORKFLOW_PARTS = ["Snakefile", "config", "rules", "scripts", "envs", "profiles", "report", "containers"]
+WORKFLOW_PARTS += ["constraints.txt"]
 
 
 def copy_workflow(target: Path) -> Path:
@@ -54,38 +75,82 @@ def workflow(tmp_path: Path) -> Path:
 
 
 def jobs_run(proc: subprocess.CompletedProcess) -> dict[str, int]:
-    """Rule -> number of jobs, from the 'Job stats' table snakemake prints (empty if none ran)."""
-    lines = (proc.stdout + proc.stderr).splitlines()
-    counts: dict[str, int] = {}
+    """Rule -> number of jobs, from the 'Job stats' table snakemake prints (its rows must add up to its
+    total); {} when that total is 0 or snakemake said "Nothing to be done". Neither a readable table
+    nor that message: AssertionError, so that a changed output format cannot pass for "nothing ran"."""
+    output = proc.stdout + proc.stderr
+    lines = output.splitlines()
     for i, line in enumerate(lines):
         if line.startswith("Job stats:"):
+            counts: dict[str, int] = {}
             for row in lines[i + 3 :]:
                 parts = row.split()
-                if len(parts) != 2 or not parts[1].isdigit() or parts[0] == "total":
+                if len(parts) != 2 or not parts[1].isdigit():
+                    break
+                if parts[0] == "total":
+                    if sum(counts.values()) == int(parts[1]):
+                        return counts
                     break
                 counts[parts[0]] = int(parts[1])
-            break
-    return counts
+            raise AssertionError(
+                f"snakemake's 'Job stats' table does not read as rule/count rows:\n{output[-4000:]}"
+            )
+    if NOTHING_TO_BE_DONE in output:
+        return {}
+    raise AssertionError(
+        f"snakemake printed neither 'Job stats' nor {NOTHING_TO_BE_DONE!r}:\n{output[-4000:]}"
+    )
+
+
+def nothing_to_do(proc: subprocess.CompletedProcess) -> bool:
+    """Snakemake said "Nothing to be done", or its job table totals 0 (as with --until when all is
+    done); jobs_run fails on output that is neither."""
+    return jobs_run(proc) == {}
 
 
 def snakemake(
     workdir: Path, *args: str, check: bool = True, timeout: float = 600
 ) -> subprocess.CompletedProcess:
-    """Run the real snakemake CLI in `workdir` with the venv's tools first on PATH."""
+    """Run the real snakemake CLI in `workdir` with the venv's tools first on PATH.
+
+    It runs in a session of its own: on a timeout the whole group (snakemake and the jobs it started)
+    gets SIGTERM, then SIGKILL, so that no job outlives the test.
+    """
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run(
+    with subprocess.Popen(
         [str(Path(sys.executable).parent / "snakemake"), "--cores", "2", *args],
         cwd=workdir,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
-    )
+        start_new_session=True,
+    ) as popen:
+        try:
+            stdout, stderr = popen.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _stop_group(popen)
+            raise
+    proc = subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
         )
     return proc
+
+
+def _stop_group(popen: subprocess.Popen, grace: float = 20) -> None:
+    """SIGTERM to the process group (snakemake cancels its jobs), SIGKILL to what is left after `grace`."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(popen.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            popen.communicate(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def write_yaml(path: Path, text: str) -> Path:
@@ -123,12 +188,12 @@ def podman() -> dict:
 
     Skipped only outside CI on a machine without a working Podman; in CI a missing Podman fails.
     """
-    reason = None
-    if shutil.which("podman") is None:
-        reason = "podman is not installed (apt-get install -y podman runc debootstrap; see .ci/run)"
-    elif subprocess.run(["podman", "info"], capture_output=True).returncode != 0:
-        reason = "`podman info` fails (containers.conf: see ENVIRONMENT.md and .ci/run)"
-    if reason:
+    require_system_part("podman")
+    info = subprocess.run(["podman", "info"], capture_output=True, text=True)
+    if info.returncode != 0:
+        reason = (
+            f"`podman info` fails with CONTAINERS_CONF={os.environ['CONTAINERS_CONF']}: {info.stderr.strip()}"
+        )
         (pytest.fail if os.environ.get("CI") else pytest.skip)(reason)
     build = subprocess.run(
         [str(ROOT / "containers" / "base" / "make-local-base.sh"), LOCAL_BASE], capture_output=True, text=True
@@ -136,6 +201,46 @@ def podman() -> dict:
     assert build.returncode == 0, build.stdout + build.stderr
     return {
         "base_image": LOCAL_BASE,
-        # pip inside the build reaches PyPI only with the host's CA bundle (ENVIRONMENT.md)
+        # the host's CA bundle, for pip inside the build: where PyPI is reached through a CA that only the
+        # host trusts (e.g. a TLS-inspecting proxy), the base image's own bundle fails verification
         "build_options": ["-v", "/etc/ssl/certs:/etc/ssl/certs:ro"],
     }
+
+
+# Timing summary by phase, at the end of the run. Set-up times come from `make test`
+# (CIFARFLOW_SETUP_TIMES: "install <s>" and "system <s>" lines); a test's phase is its module's,
+# else "workflow" for tests marked workflow (real snakemake runs), else "unit".
+PHASE_OF_MODULE = {
+    "test_serving": "serving",
+    "test_engines": "serving",
+    "test_workflow_serve": "serving",
+    "test_workflow_containers": "containers",
+    "test_slurm": "Slurm",
+}
+PHASES = ("install", "system", "unit", "workflow", "serving", "containers", "Slurm")
+_seconds: dict[str, float] = defaultdict(float)
+_started = time.monotonic()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    module = Path(report.nodeid.split("::")[0]).stem
+    phase = PHASE_OF_MODULE.get(module) or ("workflow" if "workflow" in report.keywords else "unit")
+    _seconds[phase] += report.duration  # setup (fixtures included), call and teardown
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    times = dict(_seconds)
+    setup = os.environ.get("CIFARFLOW_SETUP_TIMES")
+    if setup and Path(setup).exists():
+        for line in Path(setup).read_text().splitlines():
+            name, _, seconds = line.partition(" ")
+            times[name] = float(seconds)
+
+    def clock(seconds: float) -> str:
+        minutes, seconds = divmod(round(seconds), 60)
+        return f"{minutes}:{seconds:02d}"
+
+    shown = [f"{phase} {clock(times[phase])}" for phase in PHASES if phase in times]
+    total = time.monotonic() - _started + times.get("install", 0) + times.get("system", 0)
+    terminalreporter.write_sep("-", "time by phase (m:ss)")
+    terminalreporter.write_line(f"{'   '.join(shown)}   | total {clock(total)}")

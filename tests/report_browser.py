@@ -36,12 +36,6 @@ class Walk:
     screenshots: list[Path] = field(default_factory=list)
 
 
-def chromium_missing() -> str | None:
-    if Path(CHROMIUM).exists():
-        return None
-    return f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium; .ci/run does)"
-
-
 def _categories(page: Page) -> list[str]:
     """The entries under RESULTS in the report's menu."""
     return page.evaluate(

@@ -24,44 +24,15 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from cifarflow import ports
+from conftest import require_system_part
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
-DAEMONS = ("munged", "slurmctld", "slurmd")
-CLIENTS = ("sbatch", "srun", "squeue", "scancel", "scontrol", "sinfo")
 SBIN = ("/usr/sbin", "/sbin")  # daemons live here, which a non-login PATH may lack
 
 
 def find_binary(name: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path=os.pathsep.join(SBIN))
-
-
-def install_slurm() -> None:
-    """Install Slurm from Debian when a part is missing; skip (not as root) or fail (as root)."""
-    missing = [name for name in DAEMONS + CLIENTS if not find_binary(name)]
-    if not missing:
-        return
-    command = ["apt-get", "install", "-y", *PACKAGES]
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip(
-            f"Slurm is not installed ({', '.join(missing)} missing) and this is not root with apt-get: "
-            f"run `sudo {' '.join(command)}` (CI, as root, installs it)"
-        )
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = subprocess.run(command, env=env, capture_output=True, text=True)
-    if install.returncode != 0:  # a fresh machine may have no package lists yet
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True)
-        install = subprocess.run(command, env=env, capture_output=True, text=True)
-    if install.returncode != 0:
-        pytest.fail(f"`{' '.join(command)}` failed:\n{install.stdout[-3000:]}\n{install.stderr[-3000:]}")
-    still = [name for name in DAEMONS + CLIENTS if not find_binary(name)]
-    assert not still, f"installed {PACKAGES} but {still} are still missing"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def memory_mb() -> int:
@@ -146,9 +117,10 @@ def write_config(
     partitions: list[str],
     gpu_models: list[str],
     features: list[str],
+    daemon_ports: list[int],
 ) -> Path:
     for folder in ("state", "spool"):
-        (root / folder).mkdir()
+        (root / folder).mkdir(exist_ok=True)
     gres = ",".join(f"gpu:{model}:1" for model in gpu_models)
     node_line = f"NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={int(memory_mb() * 0.8)}"
     node_line += f" Gres={gres}" if gres else ""
@@ -156,8 +128,8 @@ def write_config(
     lines = [
         "ClusterName=cifarflowtest",
         f"SlurmctldHost={node}(127.0.0.1)",
-        f"SlurmctldPort={free_port()}",
-        f"SlurmdPort={free_port()}",
+        f"SlurmctldPort={daemon_ports[0]}",
+        f"SlurmdPort={daemon_ports[1]}",
         "AuthType=auth/munge",
         "CredType=cred/munge",
         f"AuthInfo=socket={socket_path}",
@@ -259,7 +231,7 @@ def slurm_cluster(
     root: Path, partitions: list[str], gpu_models: list[str] = (), features: list[str] = ()
 ) -> Iterator[SlurmCluster]:
     """Start munged, slurmctld and slurmd; on exit cancel every job and stop exactly those daemons."""
-    install_slurm()
+    require_system_part("slurm")  # Debian's Slurm and munge: tests/setup_system.py
     if os.geteuid() != 0:
         pytest.skip("slurmd and slurmctld run as root here (SlurmUser=root); run the Slurm tests as root")
     assert partitions, "a cluster needs at least one partition"
@@ -268,9 +240,7 @@ def slurm_cluster(
     # munged insists that every directory above its socket be world-executable (pytest's are 0700).
     socket_dir = Path(tempfile.mkdtemp(prefix="cifarflow-munge-"))
     socket_dir.chmod(0o755)
-    conf = write_config(
-        root, socket_dir / "munge.socket", node, cpus, partitions, list(gpu_models), list(features)
-    )
+    conf = root / "slurm.conf"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
     env["SLURM_CONF"] = str(conf)
     env["PATH"] = os.pathsep.join([str(srun_keeping_conf(root, conf)), env.get("PATH", ""), *SBIN])
@@ -292,15 +262,42 @@ def slurm_cluster(
         "slurmctld": [find_binary("slurmctld"), "-D"],
         "slurmd": [find_binary("slurmd"), "-D", "-N", node],
     }
+
+    def start(name: str) -> None:
+        with open(root / f"{name}.out", "w") as out:
+            cluster.daemons[name] = subprocess.Popen(
+                commands[name], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def start_slurm(daemon_ports: list[int]) -> None:
+        """slurmctld and slurmd on these ports; PortTaken (both stopped) when one was taken first."""
+        for log in ("slurmctld.log", "slurmd.log"):  # a new try reads only its own logs
+            (root / log).unlink(missing_ok=True)
+        shape = (partitions, list(gpu_models), list(features))
+        write_config(root, socket_dir / "munge.socket", node, cpus, *shape, daemon_ports)
+        names = ("slurmctld", "slurmd")
+        for name in names:
+            start(name)
+        try:
+            wait_for(cluster.node_idle, "the node to be idle in sinfo", cluster)
+            # and each daemon holds its own port: no other process answers in its place
+            for name, port in zip(names, daemon_ports, strict=True):
+                pid = cluster.daemons[name].pid
+                wait_for(lambda pid=pid, port=port: ports.held([port], [pid]), f"{name} on {port}", cluster)
+        except (AssertionError, ports.PortTaken) as err:
+            for name in reversed(names):
+                stop(cluster.daemons.pop(name))
+            output = cluster.daemon_logs() + "".join((root / f"{n}.out").read_text() for n in names)
+            if isinstance(err, ports.PortTaken):
+                raise
+            if ports.bind_failed(output):
+                raise ports.PortTaken(ports.bind_failure_line(output)) from err
+            raise
+
     try:
-        for name, command in commands.items():
-            with open(root / f"{name}.out", "w") as out:
-                cluster.daemons[name] = subprocess.Popen(
-                    command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-                )
-            if name == "munged":
-                wait_for(lambda: (socket_dir / "munge.socket").exists(), "munged's socket", cluster)
-        wait_for(cluster.node_idle, "the node to be idle in sinfo", cluster)
+        start("munged")
+        wait_for(lambda: (socket_dir / "munge.socket").exists(), "munged's socket", cluster)
+        ports.start_on_free_ports(start_slurm, 2, what="slurmctld and slurmd")
         yield cluster
     finally:
         if "slurmctld" in cluster.daemons and cluster.daemons["slurmctld"].poll() is None:

@@ -1,10 +1,17 @@
 """The folder source: PNG and JPEG trees, RGB conversion, resize, and errors that name the file."""
 
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from cifarflow import folder
+from cifarflow.config import dataset_id, prepare_settings, validate_config
 from cifarflow.errors import PipelineError
-from conftest import make_image_tree
+from conftest import ROOT, make_image_tree
 from PIL import Image
 
 
@@ -96,3 +103,63 @@ def test_hidden_files_are_ignored(tmp_path):
     make_image_tree(tmp_path, "png")
     (tmp_path / "train" / "cat" / ".DS_Store").write_bytes(b"\0\1")
     assert len(folder.read_folder(tmp_path).train.labels) == 18
+
+
+def _big_png(path, size) -> None:
+    """A PNG of `size` pixels in one colour: a few KB on disk, however large the image."""
+    Image.new("1", size, 1).save(path)
+
+
+def test_an_image_over_the_pixel_limit_is_an_error_naming_the_file_and_the_setting(tmp_path):
+    """5000x5000 = 25 Mpixel: over the 16.7 Mpixel default, and under twice it (which Pillow's own
+    guard would only have warned about, then decoded)."""
+    make_image_tree(tmp_path, "png")
+    big = tmp_path / "train" / "dog" / "0003.png"
+    _big_png(big, (5000, 5000))
+    with pytest.raises(
+        PipelineError,
+        match=rf"{big} is 5000x5000 = 25,000,000 pixels, over the limit of 16,777,216 pixels "
+        r"\(dataset\.max_image_pixels\)",
+    ):
+        folder.read_folder(tmp_path, resize=True)
+    raw = folder.read_folder(tmp_path, resize=True, max_pixels=25_000_000)
+    assert (raw.train.images[6 + 3] == 255).all()  # decoded under a raised limit, resized to white
+
+
+def test_an_image_over_pillows_own_limit_is_named_too(tmp_path):
+    """Over twice Pillow's threshold, Image.open itself refuses (DecompressionBombError): still an
+    error that names the file, not a traceback, also from the worker processes."""
+    make_image_tree(tmp_path, "png")
+    big = tmp_path / "test" / "cat" / "0000.png"
+    _big_png(big, (20000, 10000))  # 200 Mpixel
+    with pytest.raises(PipelineError, match=rf"{big} is over the limit of 16,777,216 pixels"):
+        folder.read_folder(tmp_path, resize=True)
+
+
+def test_the_limit_comes_from_the_config_and_is_no_part_of_the_dataset_id(tmp_path):
+    """dataset.max_image_pixels through prepare_dataset (the rule's script): exit 1 with the file and
+    the setting named, nothing written; the dataset id does not depend on the limit."""
+    make_image_tree(tmp_path / "images", "png")
+    wide = tmp_path / "images" / "test" / "frog" / "0001.png"
+    _big_png(wide, (64, 48))
+    config = validate_config(
+        {"dataset": {"source": "folder", "path": str(tmp_path / "images"), "max_image_pixels": 3000}},
+        ROOT / "config" / "schema.yaml",
+    )
+    raised = copy.deepcopy(config)
+    raised["dataset"]["max_image_pixels"] = 3072
+    assert dataset_id(config["dataset"]) == dataset_id(raised["dataset"])
+
+    def prepare(dataset: dict, out: Path) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, str(ROOT / "scripts" / "prepare_dataset.py"), "--settings"]
+        cmd += [json.dumps(prepare_settings(dataset)), "--dataset-id", "x", "--outdir", str(out)]
+        return subprocess.run(cmd, capture_output=True, text=True)
+
+    run = prepare(config["dataset"], tmp_path / "out")
+    assert run.returncode == 1, run.stderr
+    assert f"{wide} is 64x48 = 3,072 pixels, over the limit of 3,000 pixels (dataset.max_image_pixels)" in (
+        run.stderr
+    )
+    assert "Traceback" not in run.stderr and not (tmp_path / "out").exists()
+    raised["dataset"]["resize"] = True
+    assert prepare(raised["dataset"], tmp_path / "out").returncode == 0

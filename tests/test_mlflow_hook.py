@@ -8,12 +8,12 @@ stores that cannot be used. The helpers at the top (`runs_of`, `Runs`, `artifact
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +24,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from cifarflow import ports
 from conftest import ROOT, make_image_tree, snakemake, write_yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
@@ -107,12 +108,6 @@ def metric_steps(tracking_uri: str, run: Run, key: str) -> list[tuple[int, float
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def dataset_dir(workdir: Path) -> Path:
@@ -225,61 +220,82 @@ def test_dry_run_and_lint_log_nothing(workflow):
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    """A real `mlflow server` on a free loopback port; killed (its whole process group) at the end."""
-    port = free_port()
-    with open(tmp_path / "server.log", "w") as log:
-        proc = subprocess.Popen(
-            [
-                BIN / "mlflow",
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-                "--backend-store-uri",
-                f"sqlite:///{tmp_path / 'server.db'}",
-                "--artifacts-destination",
-                str(tmp_path / "server-artifacts"),
-            ],
-            cwd=tmp_path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
-            start_new_session=True,  # its own process group: uvicorn's worker goes with it
-        )
-    url = f"http://127.0.0.1:{port}"
+    """A real `mlflow server` on a free loopback port (another one if that is taken before the server
+    binds it); killed (its whole process group) at the end."""
+
+    def start(chosen: list[int]) -> tuple[subprocess.Popen, str]:
+        (port,) = chosen
+        log = tmp_path / "server.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                [
+                    BIN / "mlflow",
+                    "server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    "1",
+                    "--backend-store-uri",
+                    f"sqlite:///{tmp_path / 'server.db'}",
+                    "--artifacts-destination",
+                    str(tmp_path / "server-artifacts"),
+                ],
+                cwd=tmp_path,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+                start_new_session=True,  # its own process group: uvicorn's worker goes with it
+            )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                if proc.poll() is not None:
+                    output = log.read_text()
+                    if ports.bind_failed(output):
+                        raise ports.PortTaken(ports.bind_failure_line(output))
+                    pytest.fail(f"mlflow server exited (code {proc.returncode}):\n{output[-3000:]}")
+                try:
+                    with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                        # and it is this server that answers, not another process on the port
+                        if response.status == 200 and ports.held([port], [proc.pid]):
+                            return proc, url
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, "mlflow server did not start in 90 s"
+                time.sleep(0.25)
+        except BaseException:
+            stop_group(proc)
+            raise
+
+    proc, url = ports.start_on_free_ports(start, 1, what="mlflow server")
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "mlflow server did not start in 90 s"
-            time.sleep(0.25)
         yield url
     finally:
+        stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a server started in its own session and every process of its group (uvicorn's worker)."""
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    deadline = time.monotonic() + 15
+    while True:  # no process of its group is left (uvicorn's worker included)
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        if time.monotonic() > deadline:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        deadline = time.monotonic() + 15
-        while True:  # no process of its group is left (uvicorn's worker included)
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                break
-            if time.monotonic() > deadline:
-                os.killpg(proc.pid, signal.SIGKILL)
-                pytest.fail("processes of the mlflow server outlived it")
-            time.sleep(0.1)
+            pytest.fail("processes of the mlflow server outlived it")
+        time.sleep(0.1)
 
 
 def rest(url: str, endpoint: str, body: dict | None = None, **query) -> dict:
@@ -336,7 +352,7 @@ def test_logs_to_a_tracking_server_over_http(workflow, mlflow_server):
 
 @pytest.mark.workflow
 def test_unreachable_store_warns_once_and_strict_fails(workflow):
-    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    closed = f"http://127.0.0.1:{ports.pick()[0]}"  # nothing listens there
     run = snakemake(workflow, *DATA_STAGE, "--logger-mlflow-tracking-uri", closed)
     output = run.stdout + run.stderr
     assert output.count("MLflow tracking is off for this run") == 1

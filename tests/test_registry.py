@@ -9,20 +9,41 @@ from test_serving import model, tiny_data  # noqa: F401  (fixtures)
 
 
 def tags(sha: str, dataset: str = "synthetic-tiny") -> dict:
-    return {"model_sha256": sha, "dataset_id": dataset, "image": f"cifarflow-serving:x-{sha}"}
+    return {
+        "model_sha256": sha,
+        "dataset_id": dataset,
+        "engine": "podman",
+        "image": f"cifarflow-serving:x-{sha[:12]}",
+    }
+
+
+def registrar(model, tmp_path):  # noqa: F811
+    """register() of `model` into a fresh SQLite store, as register_model calls it."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def reg(tags, accuracy, val_accuracy=None):
+        """`accuracy`: test, as served; `val_accuracy`, which decides: the same unless given."""
+        return register(
+            model_path=model,
+            name="clf",
+            alias="champion",
+            tags=tags,
+            accuracy=accuracy,
+            val_accuracy=accuracy if val_accuracy is None else val_accuracy,
+            uri=uri,
+            lock_file=tmp_path / "lock",
+        )
+
+    return reg, MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def test_champion_moves_only_to_a_better_model_on_the_same_dataset(model, tmp_path):  # noqa: F811
     """Better = higher validation accuracy. Test accuracy is recorded, never compared: here it runs
     against validation accuracy (1 - val), and never moves the alias."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    register_tags, client = registrar(model, tmp_path)
 
     def reg(sha, val_accuracy, dataset="synthetic-tiny"):
-        test_accuracy = round(1 - val_accuracy, 6)
-        lock = tmp_path / "lock"
-        return register(
-            model, "clf", "champion", tags(sha, dataset), test_accuracy, uri, lock, val_accuracy=val_accuracy
-        )
+        return register_tags(tags(sha, dataset), round(1 - val_accuracy, 6), val_accuracy)
 
     first = reg("a" * 64, 0.90)
     assert (first["version"], first["champion"], first["champion_version"]) == (1, True, 1)
@@ -37,7 +58,6 @@ def test_champion_moves_only_to_a_better_model_on_the_same_dataset(model, tmp_pa
     assert "not comparable" in other_data["champion_reason"]
     again = reg("c" * 64, 0.95)  # the same model again (a rerun): its version, not a new one
     assert (again["version"], again["champion"]) == (3, True)
-    client = MlflowClient(tracking_uri=uri)
     assert str(client.get_model_version_by_alias("clf", "champion").version) == "3"
     assert len(client.search_model_versions("name = 'clf'")) == 4
     assert client.get_model_version("clf", "2").tags["accuracy"] == "0.200000"
@@ -47,6 +67,63 @@ def test_champion_moves_only_to_a_better_model_on_the_same_dataset(model, tmp_pa
     newer = reg("e" * 64, 0.99)
     assert (newer["champion"], newer["champion_version"]) == (False, 3)
     assert "registered without a validation accuracy" in newer["champion_reason"]
+
+
+def test_a_later_evaluation_of_a_version_goes_beside_its_tags_never_over_them(model, tmp_path):  # noqa: F811
+    """The champion, evaluated in its Podman image, is evaluated again with the process engine (a rerun
+    with serving.engine: process): the version keeps its image and figures as first written, and the
+    second evaluation is recorded beside them under its engine's name."""
+    reg, client = registrar(model, tmp_path)
+    sha = "a" * 64
+    podman = {
+        **tags(sha),
+        "image_id": "sha256:" + "1" * 64,
+        "experiment": "default",
+        "latency_ms_p50": "1.8",
+        "throughput_images_per_second": "9000.0",
+    }
+    first = reg(podman, 0.90)
+    assert (first["version"], first["new_version"], first["champion"]) == (1, True, True)
+    written = dict(client.get_model_version("clf", "1").tags)
+
+    process = {
+        **podman,
+        "engine": "process",
+        "image": "results/export/default/model.onnx",
+        "image_id": sha,
+        "latency_ms_p50": "1.1",
+        "throughput_images_per_second": "12000.0",
+    }
+    again = reg(process, 0.90)
+    assert (again["version"], again["new_version"], again["champion"]) == (1, False, True)
+    assert again["engine"] == "process" and "already is 'champion'" in again["champion_reason"]
+    version = client.get_model_version("clf", "1")
+    # every tag of the first registration is unchanged: the image is still the Podman image
+    assert {key: version.tags[key] for key in written} == written
+    assert version.tags["image"] == "cifarflow-serving:x-aaaaaaaaaaaa" and version.tags["engine"] == "podman"
+    assert version.tags["latency_ms_p50"] == "1.8"
+    # the second evaluation is beside them, under its engine
+    assert version.tags["eval.process.image"] == "results/export/default/model.onnx"
+    assert version.tags["eval.process.latency_ms_p50"] == "1.1"
+    assert version.tags["eval.process.accuracy"] == "0.900000"
+    assert version.tags["eval.process.experiment"] == "default"
+    assert version.tags["eval.podman.image"] == "cifarflow-serving:x-aaaaaaaaaaaa"  # the first, as written
+    assert set(version.tags) - set(written) == {
+        key for key in version.tags if key.startswith("eval.process.")
+    }
+    found = client.search_model_versions(
+        "name = 'clf' and tags.`eval.process.image` = 'results/export/default/model.onnx'"
+    )
+    assert [str(v.version) for v in found] == ["1"]  # the registry's search finds it
+
+    # A new model evaluated with the process engine is compared with the champion's own figure
+    # (accuracy on the same dataset: the same whichever engine served it).
+    worse = reg({**process, "model_sha256": "b" * 64}, 0.85)
+    assert (worse["version"], worse["champion"]) == (2, False)
+    assert "does not beat version 1's 0.9000 on the same dataset" in worse["champion_reason"]
+    better = reg({**process, "model_sha256": "c" * 64}, 0.95)
+    assert (better["version"], better["champion"], better["champion_version"]) == (3, True, 3)
+    assert client.get_model_version("clf", "1").tags == version.tags  # nothing rewritten by either
 
 
 def test_tracking_uri_follows_config_then_environment_then_the_working_directory(monkeypatch, tmp_path):

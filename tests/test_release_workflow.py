@@ -2,10 +2,11 @@
 publishes the images on a version tag. No forge runs them here, so this checks what can be checked
 without one: both are valid GitHub Actions workflows (check-jsonschema's copy of the format's schema,
 and its rule that every job has a timeout); they start on what they should; the images the release
-pushes are exactly those that config/config.yaml and the README name, at pyproject.toml's version;
-the release's own shell steps, run here with bash, accept only the tag of that version and package
-an Apptainer recipe with every file it builds from; and the serving base it publishes (the serving
-image's dependency stage) builds a serving image with no network, with Podman.
+pushes are exactly those that config/config.yaml and docs/hpc-and-containers.md name, at
+pyproject.toml's version (the one every image tag in the README and docs/ carries); the release's own
+shell steps, run here with bash, accept only the tag of that version and package an Apptainer recipe
+with every file it builds from; and the serving base it publishes (the serving image's dependency
+stage) builds a serving image with no network, with Podman.
 """
 
 from __future__ import annotations
@@ -120,7 +121,10 @@ def test_every_push_runs_make_test():
     assert "debian:bookworm" in run and "--privileged" in run, run  # the system the tests are written for
     ci_run = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.strip()]
     assert ci_run[-1] == "make test", ci_run[-1]
-    assert (ROOT / "Makefile").read_text().count("\ntest: install") == 1
+    makefile = (ROOT / "Makefile").read_text()
+    assert makefile.count("\ntest:") == 1
+    recipe = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]  # the target's lines
+    assert "install" in recipe and "setup_system.py" in recipe and "pytest" in recipe, recipe
 
     # a version tag does not start test.yml (branches only) but release.yml, which runs it first
     release = workflow("release.yml")["jobs"]
@@ -137,7 +141,7 @@ def test_a_version_tag_and_nothing_else_starts_the_release():
     assert fnmatch.fnmatch(f"v{VERSION}", pattern) and not fnmatch.fnmatch(VERSION, pattern)
 
 
-def test_the_release_pushes_the_images_that_config_and_readme_name():
+def test_the_release_pushes_the_images_that_config_and_docs_name():
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
     default = config["container"]["image"]
@@ -151,9 +155,14 @@ def test_the_release_pushes_the_images_that_config_and_readme_name():
         "pipeline-image": {f"{pipeline}-cuda", f"{pipeline}-cpu"},
         "serving-base": {f"{registry}/cifarflow-serving-base:{VERSION}"},
     }
-    readme = (ROOT / "README.md").read_text()
+    releases = (ROOT / "docs" / "hpc-and-containers.md").read_text()
     for image in set().union(*pushed.values()):
-        assert image in readme, f"the README does not name {image}, which the release pushes"
+        assert image in releases, f"docs/hpc-and-containers.md lacks {image}, which the release pushes"
+    # and no page names an image of another version (the release's how-to lists the places to bump)
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        tags = re.findall(r"cifarflow-(?:pipeline|serving-base):([0-9][\w.-]*)", page.read_text())
+        stale = sorted({tag for tag in tags if tag.removesuffix("-cuda").removesuffix("-cpu") != VERSION})
+        assert not stale, f"{page.relative_to(ROOT)} names images of version(s) {stale}, not {VERSION}"
 
     # each pushing job builds what it pushes: the pipeline image as `make pipeline-image` does, per variant
     jobs = workflow("release.yml")["jobs"]
@@ -173,7 +182,7 @@ def test_the_release_pushes_the_images_that_config_and_readme_name():
     # the serving base: the Dockerfile's dependency stage (test_the_serving_base_... builds it)
     env = job_env(jobs["serving-base"], {})
     build = expand(step(jobs["serving-base"], "Build the dependency stage of the serving image")["run"], env)
-    assert build[:4] == ["docker", "build", "--target", "dependencies"] and build[-1] == "containers/serving"
+    assert build[:4] == ["docker", "build", "--target", "dependencies"] and build[-1] == "build/serving-base"
     assert build[build.index("--tag") + 1] == env["IMAGE"] in pushed["serving-base"], build
     dockerfile = (ROOT / "containers" / "serving" / "Dockerfile").read_text()
     assert re.search(r"^FROM \$\{BASE_IMAGE\} AS dependencies$", dockerfile, re.M), dockerfile[:600]
@@ -206,6 +215,7 @@ def test_the_version_step_accepts_only_the_tag_of_pyprojects_version(tmp_path):
 
 def test_the_release_attaches_an_apptainer_recipe_with_every_file_it_builds_from(tmp_path):
     shutil.copytree(ROOT / "containers" / "pipeline", tmp_path / "containers" / "pipeline")
+    shutil.copy2(ROOT / "constraints.txt", tmp_path / "constraints.txt")
     package = run_step("release", "Package the Apptainer recipe", tmp_path)
     assert package.returncode == 0, package.stdout + package.stderr
     definition = (ROOT / "containers" / "pipeline" / "pipeline.def").read_text()
@@ -250,10 +260,15 @@ def test_the_serving_base_builds_serving_images_without_a_network(podman, tiny_m
     try:
         # what the release's serving-base job builds, here from the local Debian base; --format docker
         # as build_serving_image: its builds then share this layer cache (and the other way round)
+        checkout = tmp_path / "checkout"  # the job's context, assembled by its own step
+        shutil.copytree(ROOT / "containers" / "serving", checkout / "containers" / "serving")
+        shutil.copy2(ROOT / "constraints.txt", checkout / "constraints.txt")
+        assembled = run_step("serving-base", "Assemble the build context", checkout)
+        assert assembled.returncode == 0, assembled.stdout + assembled.stderr
         build = [
             "podman", "build", "--format", "docker", "--target", "dependencies", "--tag", base,
             "--build-arg", f"BASE_IMAGE={podman['base_image']}", *podman["build_options"],
-            str(ROOT / "containers" / "serving"),
+            str(checkout / "build" / "serving-base"),
         ]  # fmt: skip
         done = subprocess.run(build, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -264,13 +279,22 @@ def test_the_serving_base_builds_serving_images_without_a_network(podman, tiny_m
             capture_output=True,
             text=True,
         )
-        assert inside.returncode == 0 and inside.stdout.strip() == "['requirements.txt']", inside
+        assert inside.returncode == 0, inside
+        assert inside.stdout.strip() == "['constraints.txt', 'requirements.txt']", inside
 
         # a serving image from it, as build_serving_image builds one, with no network at all (and no
         # cache: its pip step runs, and finds everything installed)
         offline = ["--network", "none", "--no-cache"]
         args = {"BASE_IMAGE": base}
-        built = engines.build("podman", tiny_model, served, args, {}, offline, tmp_path / "x.sif")
+        built = engines.build(
+            engine="podman",
+            model=tiny_model,
+            reference=served,
+            build_args=args,
+            labels={},
+            extra=offline,
+            sif=tmp_path / "x.sif",
+        )
         labels = subprocess.run(
             ["podman", "image", "inspect", served, "--format", "{{json .Config.Labels}}"],
             capture_output=True,

@@ -2,6 +2,7 @@
 (tritonclient: REST JSON, REST binary, gRPC), the human image path, bad requests, load, shutdown."""
 
 import io
+import ipaddress
 import json
 import os
 import signal
@@ -11,20 +12,26 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnxruntime as ort
 import psutil
 import pytest
+import schemathesis
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from cifarflow import ports
 from cifarflow.dataset import load_meta, load_split
-from cifarflow.engines import free_port
+from cifarflow.engines import assemble_context
 from cifarflow.export import export
 from cifarflow.training import train
 from conftest import ROOT
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from PIL import Image
+from schemathesis import GenerationMode
 from test_export import SETTINGS
 from test_training import base_recipe, tiny_data  # noqa: F401  (fixture)
 from tritonclient.utils import InferenceServerException
@@ -41,9 +48,12 @@ def model(tiny_data, tmp_path_factory):  # noqa: F811
     return out / "model.onnx"
 
 
-def start_server(model, *extra: str) -> tuple[subprocess.Popen, int, int]:
-    """scripts/serve.py on free ports; its output goes to a file (a pipe nobody reads would block it)."""
-    http_port, grpc_port = free_port(), free_port()
+def start_server(model, *extra: str, env: dict | None = None, host: str = "127.0.0.1"):
+    """scripts/serve.py on free ports; its output goes to a file (a pipe nobody reads would block it).
+
+    Returns (process, HTTP port, gRPC port) once /v2/health/ready answers on `host`.
+    """
+    http_port, grpc_port = ports.pick(2)
     log = model.parent / f"server-{http_port}.log"
     proc = subprocess.Popen(
         [
@@ -64,12 +74,14 @@ def start_server(model, *extra: str) -> tuple[subprocess.Popen, int, int]:
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
+    url_host = f"[{host}]" if ":" in host else host
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=1):
+            with urllib.request.urlopen(f"http://{url_host}:{http_port}/v2/health/ready", timeout=1):
                 return proc, http_port, grpc_port
         except (urllib.error.URLError, ConnectionError):
             time.sleep(0.2)
@@ -112,6 +124,36 @@ def request(port: int, path: str, body: bytes | None = None, headers=None) -> tu
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
+
+
+def listening(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket the process listens on; gRPC's IPv4-mapped IPv6 sockets
+    (::ffff:127.0.0.1) are written as the IPv4 address they are."""
+    process = psutil.Process(pid)
+    connections = getattr(process, "net_connections", process.connections)("tcp")
+    found = set()
+    for c in connections:
+        if c.status == psutil.CONN_LISTEN:
+            address = ipaddress.ip_address(c.laddr.ip)
+            found.add((str(getattr(address, "ipv4_mapped", None) or address), c.laddr.port))
+    return found
+
+
+def test_both_protocols_listen_on_loopback_only_by_default(server):
+    """No --host, no CIFARFLOW_HOST: an inference server on a shared node is not reachable from others."""
+    proc, http_port, grpc_port = server
+    assert listening(proc.pid) == {("127.0.0.1", http_port), ("127.0.0.1", grpc_port)}
+
+
+def test_the_bind_address_is_a_setting_for_both_protocols(model):
+    """CIFARFLOW_HOST (as the images set it) moves REST and gRPC together, here to IPv6 loopback."""
+    proc, http_port, grpc_port = start_server(model, env={"CIFARFLOW_HOST": "::1"}, host="::1")
+    try:
+        assert listening(proc.pid) == {("::1", http_port), ("::1", grpc_port)}
+        assert grpcclient.InferenceServerClient(f"[::1]:{grpc_port}").is_server_ready()
+        assert port_free(http_port) and port_free(grpc_port)  # nothing on 127.0.0.1
+    finally:
+        stop(proc)
 
 
 def test_health_and_metadata_over_rest_and_grpc(server, tiny_data):  # noqa: F811
@@ -211,10 +253,17 @@ def test_grpc_bad_request_is_invalid_argument(server):
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
 
 
-def _png(size, colour=(200, 30, 30)) -> bytes:
+def _png(size, colour=(200, 30, 30), mode="RGB") -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    Image.new(mode, size, colour).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _undecodable(png: bytes) -> bytes:
+    """The same PNG header (Image.open reads the size from it) over pixel data that cannot be decoded."""
+    start = png.index(b"IDAT")
+    length = int.from_bytes(png[start - 4 : start], "big")
+    return png[: start + 4] + b"\xff" * length + png[start + 4 + length :]
 
 
 def test_a_person_posts_an_image_file_and_gets_the_top_classes(server, model, tiny_data):  # noqa: F811
@@ -259,6 +308,90 @@ def test_a_file_that_is_not_an_image_gets_415_and_the_server_keeps_serving(serve
     assert request(http_port, "/v2/health/ready") == (200, {"ready": True})
 
 
+def test_an_image_over_the_pixel_limit_gets_413_from_its_header_before_it_is_decoded(server):
+    """5000x5000 = 25 Mpixel: over the 4096x4096 default, under twice it (Pillow's own guard with that
+    limit only warned, then decoded). Undecodable pixel data under the same header still gets 413:
+    the size was refused before decoding, which would have failed (415, as it does for a small one)."""
+    _, http_port, _ = server
+    big = _png((5000, 5000), 1, mode="1")  # a few KB: one colour compresses to nearly nothing
+    for body in (big, _undecodable(big)):
+        code, answer = request(http_port, f"/v2/models/{NAME}/classify", body)
+        assert code == 413, answer
+        assert "is 5000x5000 = 25,000,000 pixels, over the limit of 16,777,216 pixels" in answer["detail"]
+        assert "--max-image-pixels" in answer["detail"]
+    code, answer = request(http_port, f"/v2/models/{NAME}/classify", _undecodable(_png((64, 48))))
+    assert code == 415 and "not an image this server can decode" in answer["detail"]
+    assert request(http_port, "/v2/health/ready") == (200, {"ready": True})
+
+
+def test_the_pixel_limit_is_a_setting_of_the_server(model):
+    """CIFARFLOW_MAX_IMAGE_PIXELS (or --max-image-pixels), not a side effect of importing a module."""
+    proc, http_port, _ = start_server(model, env={"CIFARFLOW_MAX_IMAGE_PIXELS": "3000"})
+    try:
+        code, answer = request(http_port, f"/v2/models/{NAME}/classify", _png((64, 48)))
+        assert code == 413 and "64x48 = 3,072 pixels, over the limit of 3,000 pixels" in answer["detail"]
+        code, answer = request(http_port, f"/v2/models/{NAME}/classify", _png((50, 60)))
+        assert code == 200 and answer["original_size"] == [50, 60]
+    finally:
+        stop(proc)
+    cmd = [sys.executable, str(ROOT / "scripts" / "serve.py"), "--model", str(model)]
+    run = subprocess.run([*cmd, "--max-image-pixels", "0"], capture_output=True, text=True)
+    assert run.returncode == 2 and "--max-image-pixels 0 must lie in 1..89478485" in run.stderr
+
+
+def _infer_works(http_port: int, grpc_port: int, images) -> bool:
+    rest = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+    tensor = httpclient.InferInput("image", list(images.shape), "UINT8")
+    tensor.set_data_from_numpy(images)
+    grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    gtensor = grpcclient.InferInput("image", list(images.shape), "UINT8")
+    gtensor.set_data_from_numpy(images)
+    return all(
+        r.as_numpy("probabilities").shape == (len(images), 10)
+        for r in (rest.infer(NAME, [tensor]), grpc.infer(NAME, [gtensor]))
+    )
+
+
+def test_nobody_can_take_the_model_down_the_repository_extension_is_off(server, test_images):
+    """KServe's unauthenticated load/unload would let anyone who reaches the port unload the model."""
+    _, http_port, grpc_port = server
+    images, _ = test_images
+    for action in ("unload", "load"):
+        code, answer = request(http_port, f"/v2/repository/models/{NAME}/{action}", b"", JSON)
+        assert code == 404, (action, code, answer)
+    grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    for call in (grpc.unload_model, grpc.load_model):
+        with pytest.raises(InferenceServerException, match="not served over gRPC") as err:
+            call(NAME)
+        assert err.value.status() == "StatusCode.UNIMPLEMENTED"
+    code, answer = request(http_port, f"/v2/repository/models/{NAME}/unload", b"", JSON)
+    assert "--model-repository on" in answer["detail"]
+    assert request(http_port, "/v2")[1]["extensions"] == []  # not advertised either
+    assert grpc.get_server_metadata(as_json=True).get("extensions", []) == []
+    assert request(http_port, "/v2/health/ready") == (200, {"ready": True})
+    assert _infer_works(http_port, grpc_port, images)
+
+
+def test_with_the_repository_extension_on_readiness_follows_the_model(model, test_images):
+    """Opt-in (--model-repository on, REST): unload takes the model down and the server says so on
+    both protocols (a load balancer stops sending); load brings it back."""
+    proc, http_port, grpc_port = start_server(model, "--model-repository", "on")
+    images, _ = test_images
+    grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    try:
+        assert request(http_port, "/v2")[1]["extensions"] == ["model_repository_extension"]
+        assert request(http_port, f"/v2/repository/models/{NAME}/unload", b"", JSON)[0] == 200
+        code, answer = request(http_port, "/v2/health/ready")
+        assert code == 503 and "not ready" in answer["error"], answer
+        assert not grpc.is_server_ready()
+        assert request(http_port, f"/v2/models/{NAME}/classify", _png((32, 32)))[0] in (404, 503)
+        assert request(http_port, f"/v2/repository/models/{NAME}/load", b"", JSON)[0] == 200
+        assert request(http_port, "/v2/health/ready") == (200, {"ready": True}) and grpc.is_server_ready()
+        assert _infer_works(http_port, grpc_port, images)
+    finally:
+        stop(proc)
+
+
 def test_load_many_concurrent_clients_no_errors_bounded_memory(server, test_images):
     """A bounded version of the benchmark (bench/serve_load.py runs 32 clients for 20 s)."""
     proc, _, grpc_port = server
@@ -296,6 +429,21 @@ def test_sigterm_stops_the_server_and_frees_both_ports(model):
     assert port_free(http_port) and port_free(grpc_port)
 
 
+def test_a_second_server_on_a_taken_grpc_port_fails_instead_of_sharing_it(server, model):
+    """KServe's own gRPC server binds with SO_REUSEPORT: a second one on the same port started without
+    an error and took part of the first one's requests. Ours does not share its port."""
+    first, _, grpc_port = server
+    http_port = ports.pick(1)[0]
+    cmd = [sys.executable, str(ROOT / "scripts" / "serve.py"), "--model", str(model), "--name", NAME]
+    cmd += ["--port", str(http_port), "--grpc-port", str(grpc_port), "--threads", "1"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and ports.bind_failed(run.stdout + run.stderr), run.stdout + run.stderr
+    assert port_free(http_port)
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    assert client.is_model_ready(NAME)  # the first server still has its port to itself
+    assert ports.listeners(grpc_port) == {first.pid}
+
+
 def test_a_missing_model_is_a_clear_cli_error(tmp_path):
     run = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "serve.py"), "--model", str(tmp_path / "no.onnx")],
@@ -322,3 +470,98 @@ def test_a_chunked_body_over_the_limit_gets_413_too(server):
     response = conn.getresponse()
     assert response.status == 413 and b"over the server's limit" in response.read()
     assert request(http_port, "/v2/health/ready") == (200, {"ready": True})
+
+
+def test_the_serving_image_code_list_is_all_the_server_needs_and_holds_no_torch(model, tmp_path):
+    """The build context's code (SERVING_CODE), alone on the path, imports the server without torch."""
+    context = assemble_context(model, tmp_path)
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import cifarflow.serving as s, cifarflow.inference as i;"
+        "assert s.__file__.startswith(sys.argv[1]) and i.__file__.startswith(sys.argv[1]), s.__file__;"
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    run = subprocess.run([sys.executable, "-I", "-c", probe, str(context)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+
+
+def test_the_kserve_mends_refuse_an_untested_kserve_release():
+    """Checked in a fresh interpreter: kserve's gRPC protos clash with tritonclient's in this one."""
+    probe = """
+import json, sys
+from cifarflow.serving import TESTED_KSERVE, UntestedKServe, require_tested_kserve
+require_tested_kserve()
+require_tested_kserve(TESTED_KSERVE + ".7")
+refused = {}
+for other in sys.argv[1:]:
+    try:
+        require_tested_kserve(other)
+    except UntestedKServe as err:
+        refused[other] = str(err)
+print(json.dumps({"tested": TESTED_KSERVE, "refused": refused}))
+"""
+    others = ["0.22.0", "0.2.1", "1.0.0", "0.210.0"]
+    run = subprocess.run([sys.executable, "-c", probe, *others], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    answer = json.loads(run.stdout.strip().splitlines()[-1])
+    assert answer["tested"] == "0.21" and set(answer["refused"]) == set(others)
+    for other, message in answer["refused"].items():
+        assert f"KServe {other} is installed" in message and "tested with KServe 0.21.x" in message
+        assert "pip install 'kserve==0.21.0'" in message and "raise TESTED_KSERVE" in message
+
+
+def test_serve_py_on_an_untested_kserve_exits_with_the_reason_and_serves_nothing(model, tmp_path):
+    """A KServe that reports another version (its metadata first on the path): no server, no traceback."""
+    info = tmp_path / "fake" / "kserve-0.22.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: kserve\nVersion: 0.22.0\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(info.parent), os.environ.get("PYTHONPATH", "")])}
+    http_port, grpc_port = ports.pick(2)
+    cmd = [sys.executable, str(ROOT / "scripts" / "serve.py"), "--model", str(model)]
+    cmd += ["--port", str(http_port), "--grpc-port", str(grpc_port)]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 1, run.stderr
+    assert "KServe 0.22.0 is installed" in run.stderr and "tested with KServe 0.21.x" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert port_free(http_port) and port_free(grpc_port)
+
+
+def test_fuzzing_the_servers_own_openapi_finds_no_server_error(server):
+    """Every operation the server documents in /openapi.json, with requests that schemathesis generates
+    to match the schema and to break it: answers below 500, except KServe's 501 for a model version
+    (versioning is not supported). Bounded: a fixed number of cases, a deadline per request, no
+    shrinking; the same cases on every run (derandomized)."""
+    proc, http_port, _ = server
+    schema = schemathesis.openapi.from_url(f"http://127.0.0.1:{http_port}/openapi.json")
+    modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+    # Mostly the served model's name (a random one only reaches the 404 of an unknown model).
+    cases = st.one_of(
+        *(schema.as_strategy(mode, path_parameters={"model_name": NAME}) for mode in modes),
+        *(schema.as_strategy(mode) for mode in modes),
+    )
+    statuses, errors = Counter(), []
+
+    @settings(
+        max_examples=300,
+        deadline=10_000,
+        database=None,
+        derandomize=True,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=cases)
+    def fuzz(case) -> None:
+        response = case.call(timeout=30)
+        statuses[response.status_code] += 1
+        # KServe's documented 501, for a model version in the path or (the same handler) the query.
+        asked = "/versions/" in case.path or "model_version" in (case.query or {})
+        versioned = asked and "versioning not supported" in response.text
+        if response.status_code >= 500 and not (response.status_code == 501 and versioned):
+            answer = f"{response.status_code}: {response.text[:200]}"
+            errors.append(f"{case.method} {case.formatted_path} -> {answer}")
+
+    fuzz()
+    assert not errors, "\n".join(errors[:20])
+    print(f"fuzzed {sum(statuses.values())} requests; answers by status: {dict(sorted(statuses.items()))}")
+    assert sum(statuses.values()) >= 250 and len(statuses) >= 4, statuses  # it did reach the server
+    assert proc.poll() is None and request(http_port, "/v2/health/ready") == (200, {"ready": True})

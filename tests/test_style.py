@@ -1,4 +1,5 @@
-"""Project hygiene that CI enforces: snakefmt, ruff, and conda envs pinned like pyproject.toml."""
+"""Project hygiene that CI enforces: snakefmt, ruff, and one lock (constraints.txt) that the venv,
+both images and the conda envs follow."""
 
 import re
 import subprocess
@@ -6,8 +7,10 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import ROOT
+from lockfile import CONDA_NAMES, LOCK, canonical, pin_env_text, read_lock
 
 BIN = Path(sys.executable).parent
 
@@ -38,46 +41,146 @@ def _pins() -> dict[str, str]:
     }
 
 
-def test_conda_envs_pin_what_pyproject_pins():
-    pins = _pins()
-    conda_names = {"pytorch": "torch"}  # conda-forge names that differ from PyPI's
-    envs = sorted((ROOT / "envs").glob("*.yaml"))
-    assert envs, "envs/ holds no conda environments"
-    for env in envs:
-        deps = yaml.safe_load(env.read_text())["dependencies"]
-        # a `pip:` subsection holds what conda-forge lacks, written as pyproject writes it
-        pip = [(d, "==") for entry in deps if isinstance(entry, dict) for d in entry.get("pip", [])]
-        conda = [(d, "=") for d in deps if isinstance(d, str) and not d.startswith("python=") and d != "pip"]
-        for dep, exact in conda + pip:
-            name, spec = re.match(r"([A-Za-z0-9_.-]+)(.*)", dep).groups()
-            name = conda_names.get(name, name).lower()
-            assert name in pins, f"{env.name}: {name} is not a dependency in pyproject.toml"
-            expected = pins[name].replace("==", exact)
-            assert spec == expected, f"{env.name}: {name}{spec} differs from pyproject's {name}{pins[name]}"
+def _project_requirements() -> list[str]:
+    """What `make install` asks for: pyproject's dependencies and its test extras."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return project["dependencies"] + project["optional-dependencies"]["test"]
+
+
+def _closure(requirements: list[str]) -> dict[str, str]:
+    """name -> installed version of these requirements and everything they need, transitively, read
+    from the installed packages' metadata (markers evaluated here, extras followed)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+
+    found: dict[str, str] = {}
+    extras_seen: dict[str, set[str]] = {}
+    todo = [Requirement(r) for r in requirements]
+    while todo:
+        requirement = todo.pop()
+        name, extras = canonical(requirement.name), set(requirement.extras)
+        if name in extras_seen and extras <= extras_seen[name]:
+            continue
+        extras_seen.setdefault(name, set()).update(extras)
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:
+            raise AssertionError(f"{requirement} is needed but not installed: run `make install`") from None
+        found[name] = dist.version
+        for spec in dist.requires or []:
+            dep = Requirement(spec)
+            if dep.marker is None or any(dep.marker.evaluate({"extra": e}) for e in extras | {""}):
+                todo.append(dep)
+    return found
+
+
+def _installed() -> dict[str, str]:
+    from importlib.metadata import distributions
+
+    installed: dict[str, str] = {}
+    for dist in distributions():  # the first of a name on sys.path is the one imported
+        installed.setdefault(canonical(dist.metadata["Name"]), dist.version)
+    return installed
+
+
+def test_the_lock_holds_exactly_what_pyproject_needs_inside_its_ranges():
+    from packaging.requirements import Requirement
+
+    lock = read_lock()
+    for requirement in map(Requirement, _project_requirements()):
+        name = canonical(requirement.name)
+        assert name in lock, f"{requirement} is not in {LOCK.name}: run `make lock`"
+        assert requirement.specifier.contains(lock[name], prereleases=True), (
+            f"{LOCK.name} has {name}=={lock[name]}, outside pyproject's {requirement}: run `make lock`"
+        )
+    # direct and transitive, and nothing else (the venv must hold the lock: next test)
+    needed = set(_closure(_project_requirements()))
+    assert not needed - set(lock), (
+        f"needed but not in {LOCK.name}: {sorted(needed - set(lock))}; run `make lock`"
+    )
+    assert not set(lock) - needed, f"in {LOCK.name} but needed by nothing: {sorted(set(lock) - needed)}"
+    assert lock["torch"] == "2.14.1" and lock["torchvision"] == "0.29.1"  # pyproject's exact pins
+
+
+def test_the_venv_is_exactly_the_lock():
+    lock = read_lock()
+    installed = {name: v for name, v in _installed().items() if name not in ("cifarflow", "pip")}
+    drift = [
+        f"{name}: lock {lock.get(name, '-')}, venv {installed.get(name, '-')}"
+        for name in sorted(set(lock) | set(installed))
+        if lock.get(name) != installed.get(name)
+    ]
+    assert not drift, (
+        f"the venv ({sys.prefix}) differs from {LOCK.name}: {drift}. `make install` installs the lock "
+        "(remove a package the lock lacks with pip uninstall; a new dependency: `make lock`)"
+    )
 
 
 # Deliberately not in the pipeline image (containers/pipeline/requirements.txt says why).
 NOT_IN_PIPELINE_IMAGE = {"snakemake", "snakemake-executor-plugin-slurm", "kserve", "tritonclient"}
 
 
-def _requirements(path: Path) -> dict[str, str]:
+def _requirement_names(path: Path) -> list[str]:
     lines = (line.split("#")[0].strip() for line in path.read_text().splitlines())
-    return dict(line.lower().split("==") for line in lines if line)
+    return [line for line in lines if line]
 
 
-def test_pipeline_image_pins_what_pyproject_pins_at_the_versions_the_venv_runs():
-    from importlib.metadata import version
+@pytest.mark.parametrize("image", ["pipeline", "serving"])
+def test_the_images_install_pyprojects_packages_at_the_locks_versions(image, tmp_path):
+    names = _requirement_names(ROOT / "containers" / image / "requirements.txt")
+    # names only: the versions, direct and transitive, come from the lock (pip install -c)
+    assert all(re.fullmatch(r"[a-z0-9-]+", name) for name in names), names
+    pins = _pins()
+    if image == "pipeline":
+        expected = set(pins) - NOT_IN_PIPELINE_IMAGE
+        assert set(names) == expected, f"requirements.txt lists {sorted(names)}, pyproject {sorted(expected)}"
+    else:
+        assert set(names) <= set(pins), f"{sorted(set(names) - set(pins))} are not pyproject dependencies"
+    lock = read_lock()
+    outside = {name: v for name, v in _closure(names).items() if lock.get(name) != v}
+    assert not outside, f"the {image} image would install {outside} beyond or off the lock"
+    # the recipes install with the lock
+    recipes = {
+        "pipeline": {
+            "Dockerfile": "/opt/cifarflow/requirements.txt /opt/cifarflow/constraints.txt",
+            "pipeline.def": "/opt/cifarflow/requirements.txt \\\n        /opt/cifarflow/constraints.txt",
+            "install-deps.sh": '-r "$requirements" -c "$constraints"',
+        },
+        "serving": {
+            "Dockerfile": "-r /app/requirements.txt -c /app/constraints.txt",
+            "serving.def": "-r /app/requirements.txt -c /app/constraints.txt",
+        },
+    }[image]
+    for recipe, install in recipes.items():
+        assert install in (ROOT / "containers" / image / recipe).read_text(), f"{image}/{recipe}: {install}"
+    if image == "serving":  # the build context carries the lock, and a new lock rebuilds the image
+        from cifarflow.engines import assemble_context, serving_sources
 
-    from packaging.specifiers import SpecifierSet
+        (tmp_path / "model.onnx").write_bytes(b"a model")
+        (tmp_path / "context").mkdir()
+        context = assemble_context(tmp_path / "model.onnx", tmp_path / "context")
+        assert (context / "constraints.txt").read_bytes() == LOCK.read_bytes()
+        assert LOCK in serving_sources()
 
-    pins = {name: re.sub(r"^\[[^]]*\]", "", spec) for name, spec in _pins().items()}  # extras dropped
-    image = _requirements(ROOT / "containers" / "pipeline" / "requirements.txt")
-    expected = set(pins) - NOT_IN_PIPELINE_IMAGE
-    assert set(image) == expected, f"requirements.txt lists {sorted(image)}, pyproject {sorted(expected)}"
-    for name, pinned in image.items():
-        assert pinned in SpecifierSet(pins[name]), f"{name}=={pinned} is outside pyproject's {pins[name]}"
-        # the image computes what the host computes (a test compares their results)
-        assert version(name) == pinned, f"requirements.txt: {name}=={pinned}, the venv has {version(name)}"
+
+def test_conda_envs_pin_the_locks_versions_of_pyprojects_packages():
+    pins, lock = _pins(), read_lock()
+    envs = sorted((ROOT / "envs").glob("*.yaml"))
+    assert envs, "envs/ holds no conda environments"
+    for env in envs:
+        deps = yaml.safe_load(env.read_text())["dependencies"]
+        # a `pip:` subsection holds what conda-forge lacks, written as pip writes it
+        pip = [(d, "==") for entry in deps if isinstance(entry, dict) for d in entry.get("pip", [])]
+        conda = [(d, "=") for d in deps if isinstance(d, str) and not d.startswith("python=") and d != "pip"]
+        assert conda, f"{env.name} lists no packages"
+        for dep, exact in conda + pip:
+            name, spec = re.match(r"([A-Za-z0-9_.-]+)(?:\[[^]]*\])?(.*)", dep).groups()
+            name = canonical(CONDA_NAMES.get(name, name))
+            assert name in pins, f"{env.name}: {name} is not a dependency in pyproject.toml"
+            assert spec == f"{exact}{lock[name]}", f"{env.name}: {dep}, the lock has {name}=={lock[name]}"
+        # and `make lock` would leave it as it is
+        assert pin_env_text(env.read_text(), lock) == env.read_text()
 
 
 def test_image_version_tags_follow_pyproject():

@@ -105,7 +105,7 @@ def runs(tmp_path_factory, podman, pipeline_image):
     in_image = snakemake(
         boxed,
         "--use-singularity",
-        "--apptainer-args=--nv",  # as on a GPU node (README); the stand-in accepts and ignores it
+        "--apptainer-args=--nv",  # as on a GPU node (docs/hpc-and-containers.md); the stand-in ignores it
         *DEMO,
         path=[stand_in, BIN],
         env={"APPTAINER_VIA_PODMAN_TRACE": str(trace)},

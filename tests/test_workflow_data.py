@@ -1,12 +1,14 @@
 """The data stage through the real snakemake CLI: every source, reruns, failures, lint."""
 
+import errno
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 from cifar_archive import make_archive
-from conftest import jobs_run, make_image_tree, snakemake, write_yaml
+from conftest import make_image_tree, nothing_to_do, snakemake, write_yaml
 from test_cifar10 import http_server  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.workflow
@@ -39,7 +41,7 @@ def test_demo_prepares_synthetic_data_and_a_rerun_does_nothing(workflow):
         benchmark.splitlines()[0].startswith("s\th:m:s\tmax_rss") and "params" in benchmark
     )  # benchmark-extended
 
-    assert jobs_run(snakemake(workflow, "--configfile", "config/demo.yaml", *DATA)) == {}
+    assert nothing_to_do(snakemake(workflow, "--configfile", "config/demo.yaml", *DATA))
 
 
 def test_same_settings_same_bytes_new_split_settings_new_id(workflow, tmp_path):
@@ -92,8 +94,19 @@ def test_cifar10_download_through_the_workflow_happens_once(workflow, tmp_path, 
 
 
 def test_cifar10_without_network_explains_what_to_do(workflow):
-    run = snakemake(workflow, check=False)  # default config: official URL, unreachable here
+    # The default config, but the archive's URL on a loopback port that refuses connections (bound,
+    # never listening, so no other process can take it meanwhile): never the real 170 MB download.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/cifar-10-python.tar.gz"
+        write_yaml(workflow / "offline.yaml", f"dataset:\n  cifar10:\n    url: {url}\n")
+        run = snakemake(workflow, "--configfile", "offline.yaml", check=False)
     assert run.returncode != 0
+    assert (
+        f"could not download the CIFAR-10 archive ([Errno {errno.ECONNREFUSED}] Connection refused)"
+        in run.stderr
+    )
+    assert f"Download {url} on a machine with internet access" in run.stderr
     assert "place it at resources/cifar10/cifar-10-python.tar.gz" in run.stderr
     assert "config/demo.yaml" in run.stderr
     assert not (workflow / "resources" / "cifar10" / "cifar-10-python.tar.gz").exists()

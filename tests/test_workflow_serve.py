@@ -1,20 +1,24 @@
 """The serving stage through real snakemake: the demo model built into a Podman image, evaluated as
 served over the network, gated and registered; rebuild rules; failures leave nothing running."""
 
+import ipaddress
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import yaml
-from conftest import copy_workflow, jobs_run, snakemake
+from conftest import copy_workflow, jobs_run, nothing_to_do, snakemake
 from mlflow import MlflowClient
 from PIL import Image
 from test_serving import port_free
@@ -37,6 +41,15 @@ def read_json(path):
 def no_eval_containers() -> list[str]:
     names = subprocess.run(["podman", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True)
     return [n for n in names.stdout.split() if n.startswith("cifarflow-eval-")]
+
+
+def podman_manifest(wf) -> dict:
+    """The image's manifest; rebuilt when an earlier test switched to the process engine."""
+    manifest = read_json(wf / f"results/image/{EXP}/manifest.json")
+    if manifest["engine"] != "podman":
+        snakemake(wf, f"results/image/{EXP}/manifest.json", "--configfile", "config/demo.yaml", "local.yaml")
+        manifest = read_json(wf / f"results/image/{EXP}/manifest.json")
+    return manifest
 
 
 def ports_in(server_log: str) -> list[int]:
@@ -165,7 +178,7 @@ def test_the_model_is_registered_with_signature_tags_and_the_champion_alias(serv
 def test_nothing_reruns_and_only_a_serving_change_rebuilds_the_image(served):
     wf, _ = served
     base = [REGISTRATION, "--configfile", "config/demo.yaml", "local.yaml"]
-    assert jobs_run(snakemake(wf, "-n", *base)) == {}
+    assert nothing_to_do(snakemake(wf, "-n", *base))
     # an evaluation setting re-evaluates and re-registers, without rebuilding
     changed = jobs_run(
         snakemake(wf, "-n", *base, overlay(wf, "fewer.yaml", {"evaluate": {"latency_requests": 50}}))
@@ -246,7 +259,7 @@ def test_sigterm_during_evaluation_stops_the_server_and_writes_nothing(served, t
         )
     )
     settings = {
-        "serving": {"threads": 1, "max_request_mb": 64},
+        "serving": {"threads": 1, "max_request_mb": 64, "host": "127.0.0.1", "network": "private"},
         "evaluate": {
             "batch_size": 64,
             "concurrency": 1,
@@ -297,24 +310,20 @@ def test_sigterm_during_evaluation_stops_the_server_and_writes_nothing(served, t
 def test_tritonclient_speaks_rest_json_rest_binary_and_grpc_to_the_container(served, tmp_path):
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
-    from cifarflow.engines import running
+    from cifarflow.engines import ServerSpec, running
 
     wf, _ = served
-    manifest = read_json(wf / f"results/image/{EXP}/manifest.json")
-    if manifest["engine"] != "podman":  # an earlier test switched to the process engine: rebuild
-        snakemake(wf, f"results/image/{EXP}/manifest.json", "--configfile", "config/demo.yaml", "local.yaml")
-        manifest = read_json(wf / f"results/image/{EXP}/manifest.json")
+    manifest = podman_manifest(wf)
     images = np.load(next((wf / "results/data").glob("*/test_images.npy")))[:8]
-    with running(
-        "podman",
-        manifest["image"],
-        "cifarflow-eval-tritonclient",
-        1,
-        8,
-        "cifar10",
-        60,
-        tmp_path / "server.log",
-    ) as server:
+    spec = ServerSpec(
+        engine="podman",
+        image=manifest["image"],
+        name="cifarflow-eval-tritonclient",
+        model_name="cifar10",
+        threads=1,
+        max_request_mb=8,
+    )
+    with running(spec, log_file=tmp_path / "server.log", ready_timeout_s=60) as server:
         rest = httpclient.InferenceServerClient(server.url)
         assert rest.get_model_metadata("cifar10")["inputs"][0]["datatype"] == "UINT8"
         answers = []
@@ -331,3 +340,67 @@ def test_tritonclient_speaks_rest_json_rest_binary_and_grpc_to_the_container(ser
     np.testing.assert_allclose(answers[0], answers[2], atol=1e-6)  # JSON carries decimal floats
     np.testing.assert_array_equal(answers[1], answers[2])
     assert all(port_free(p) for p in ports) and no_eval_containers() == []
+
+
+def listening_in_namespace_of(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of the TCP sockets listening in the network namespace of `pid` (/proc/<pid>/net)."""
+    found = set()
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A":  # TCP_LISTEN
+                continue
+            address, port = fields[1].split(":")
+            raw = bytes.fromhex(address)  # 32-bit words in host (little-endian) order
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            found.add((socket.inet_ntop(family, raw), int(port, 16)))
+    return found
+
+
+def loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
+
+
+@pytest.mark.parametrize("network", ["private", "host"])
+def test_the_container_is_reachable_on_loopback_only_in_both_network_modes(served, tmp_path, network):
+    """serving.network private: the server listens on 0.0.0.0 in the container's own namespace and
+    Podman publishes its ports on 127.0.0.1 only; host: the server itself listens on 127.0.0.1."""
+    import tritonclient.grpc as grpcclient
+    from cifarflow.engines import ServerSpec, running
+
+    wf, _ = served
+    spec = ServerSpec(
+        engine="podman",
+        image=podman_manifest(wf)["image"],
+        name=f"cifarflow-eval-{network}-network",
+        model_name="cifar10",
+        threads=1,
+        max_request_mb=8,
+        network=network,
+    )
+    with running(spec, log_file=tmp_path / "server.log", ready_timeout_s=60) as server:
+        ours = {server.http_port, server.grpc_port}
+        on_host = {
+            (c.laddr.ip, c.laddr.port)
+            for c in psutil.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port in ours
+        }
+        inside = {(ip, port) for ip, port in listening_in_namespace_of(server.pid) if port in ours}
+        mode = subprocess.run(
+            ["podman", "inspect", "--format", "{{.HostConfig.NetworkMode}}", spec.name],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        assert client.is_server_ready() and client.is_model_ready("cifar10")  # gRPC through it too
+        client.close()
+    assert mode == ("bridge" if network == "private" else "host")
+    assert {port for _, port in on_host} == ours
+    assert all(loopback(ip) for ip, _ in on_host), on_host
+    if network == "private":  # all addresses of its own namespace, which only the published ports reach
+        assert {port for _, port in inside} == ours, inside
+        assert all(ipaddress.ip_address(ip).is_unspecified for ip, _ in inside), inside  # 0.0.0.0 or ::
+    else:
+        assert inside == on_host
+    assert all(port_free(p) for p in ours) and no_eval_containers() == []

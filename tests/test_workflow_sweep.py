@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import copy_workflow, jobs_run, snakemake
+from conftest import copy_workflow, nothing_to_do, snakemake
 from mlflow import MlflowClient
 from report_browser import chromium_missing, walk_report
 from test_mlflow_hook import runs_of, sqlite_uri
@@ -91,7 +91,7 @@ def test_every_trial_trains_and_only_the_best_goes_on(swept):
     assert manifest["engine"] == "podman" and images == [manifest["image"]], images
     assert manifest["image"].startswith(f"{REPOSITORY}:{best}-")
     # nothing left to do: the DAG after the checkpoint is stable
-    assert jobs_run(snakemake(workdir, *ARGS, "--dry-run")) == {}
+    assert nothing_to_do(snakemake(workdir, *ARGS, "--dry-run"))
 
 
 def test_trials_are_ranked_on_validation_and_the_diverged_one_is_listed_with_its_reason(swept):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build a local Debian bookworm + Python 3.11 base image for machines that cannot pull from Docker Hub
-# (ENVIRONMENT.md): debootstrap a minimal root filesystem and import it into Podman.
+# Build a local Debian bookworm + Python 3.11 base image for machines that cannot pull from Docker Hub:
+# debootstrap a minimal root filesystem (about 1 minute) and import it into Podman.
 #   containers/base/make-local-base.sh [IMAGE]      (default localhost/cifarflow-base:bookworm)
 # Then build with --build-arg BASE_IMAGE=<IMAGE>. Does nothing when the image already exists.
 set -euo pipefail

@@ -4,19 +4,22 @@
     python containers/pipeline/build.py [--engine podman|docker] [--variant cuda|cpu]
         [--base-image IMAGE] [--tag NAME:TAG] [--no-host-pip]
 
-The tag defaults to cifarflow-pipeline:<version in pyproject.toml>-<variant>. Beyond a plain
-`podman build`, it hands the build what this machine's pip uses: local wheel directories and
-indexes (`pip config list`: find-links, extra-index-url) are mounted read-only at the same paths and
-passed as PIP_FIND_LINKS / PIP_EXTRA_INDEX_URL, and the CA bundle directory (cert) is mounted, so
-that pip inside the build installs from the files on disk instead of downloading gigabytes (Podman
-only: `docker build` cannot mount host directories). Prints the command, then the image's id, size
-and build time; the last line is JSON.
+The tag defaults to cifarflow-pipeline:<version in pyproject.toml>-<variant>. The build context is
+the repository root: the image installs by the lock, constraints.txt (.dockerignore keeps the context
+to the files the Dockerfile copies). Beyond a plain `podman build`, it hands the build what this
+machine's pip uses: local wheel directories and indexes (`pip config list`: find-links,
+extra-index-url) are mounted read-only at the same paths and passed as PIP_FIND_LINKS /
+PIP_EXTRA_INDEX_URL, and the CA bundle directory (cert) is mounted, so that pip inside the build
+installs from the files on disk instead of downloading gigabytes (Podman only: `docker build` cannot
+mount host directories). Logs the command on stderr, then prints the image's id, size and build
+time; the last line is JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -29,6 +32,11 @@ from urllib.parse import unquote, urlparse
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from cifarflow.logs import setup_logging  # noqa: E402
+
+log = logging.getLogger("cifarflow")
 NAME = "cifarflow-pipeline"
 
 
@@ -111,9 +119,9 @@ def build(
         options, notes = host_pip_options(engine)
         command += options
         for note in notes:
-            print(f"note: {note}", file=sys.stderr)
-    command += [*extra, str(HERE)]
-    print("+", shlex.join(command), file=sys.stderr, flush=True)
+            log.warning("%s", note)
+    command += [*extra, str(ROOT)]
+    log.info("+ %s", shlex.join(command))
     before = image_id(engine, tag)
     start = time.monotonic()
     subprocess.run(command, check=True)
@@ -147,6 +155,7 @@ def main() -> None:
     )
     parser.add_argument("extra", nargs="*", help="further build options (after --)")
     args = parser.parse_args()
+    setup_logging()  # the command and notes on stderr; the result on stdout
     result = build(
         args.engine,
         args.variant,

@@ -1,3 +1,3 @@
-"""cifarflow: the library behind the workflow's rules (data, config, and later training, export, serving)."""
+"""cifarflow: the library behind the workflow's rules, from the dataset to the served, registered model."""
 
 __version__ = "0.1.0"

@@ -89,8 +89,12 @@ def dataset_identity(dataset: dict) -> dict:
 
 def prepare_settings(dataset: dict) -> dict:
     """What prepare_dataset needs: the identity less the format version (where the cifar10
-    archive lies is its input, so moving the cache neither changes the id nor reruns anything)."""
-    return {k: v for k, v in dataset_identity(dataset).items() if k != "format"}
+    archive lies is its input, so moving the cache neither changes the id nor reruns anything),
+    plus the folder's pixel limit (it refuses images, never changes the arrays: no part of the id)."""
+    settings = {k: v for k, v in dataset_identity(dataset).items() if k != "format"}
+    if dataset["source"] == "folder":
+        settings["max_image_pixels"] = dataset["max_image_pixels"]
+    return settings
 
 
 def dataset_id(dataset: dict) -> str:

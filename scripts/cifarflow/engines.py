@@ -1,8 +1,14 @@
 """Container engines for the serving image: pick one, build the image, run it, always stop it.
 
 `serving.engine`: auto | docker | podman | apptainer | process. `auto` takes the first that works
-here, in that order, and says which and why the others were passed over. `process` runs the same
+here, in that order (docker and podman only with the base image at hand or pullable: offline, they
+would fail at FROM), and says which and why the others were passed over. `process` runs the same
 server code (scripts/serve.py) as a local subprocess, for machines with no container engine.
+
+The server listens on `serving.host` (loopback by default: it has no authentication). Docker and
+Podman run it in the network namespace `serving.network` names: `private` (the server listens on
+0.0.0.0 inside it, the engine publishes its ports on serving.host) or `host`. Its ports come from
+cifarflow.ports, which starts it again on other ports when another process took one first.
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import ports
 from .errors import PipelineError
 from .runtime import sha256_file
 
@@ -34,8 +40,17 @@ OCI = ("docker", "podman")
 CONTAINERS = Path(__file__).resolve().parents[2] / "containers" / "serving"
 SCRIPTS = Path(__file__).resolve().parents[1]
 # What the image carries from this repository; a change to any of these rebuilds it.
-SERVING_CODE = ("serve.py", "cifarflow/__init__.py", "cifarflow/serving.py", "cifarflow/images.py")
+SERVING_CODE = (
+    "serve.py",
+    "cifarflow/__init__.py",
+    "cifarflow/inference.py",
+    "cifarflow/logs.py",
+    "cifarflow/serving.py",
+    "cifarflow/images.py",
+)
 RECIPE_FILES = ("Dockerfile", "serving.def", "requirements.txt")
+# The lock (make lock): the exact versions requirements.txt installs at, direct and transitive.
+LOCK = CONTAINERS.parents[1] / "constraints.txt"
 # serving.def takes the model's labels as build arguments of these names.
 APPTAINER_ARGS = {
     "io.cifarflow.model.sha256": "MODEL_SHA256",
@@ -45,17 +60,17 @@ APPTAINER_ARGS = {
 
 
 def serving_sources() -> list[Path]:
-    return [SCRIPTS / name for name in SERVING_CODE] + [CONTAINERS / name for name in RECIPE_FILES]
+    return [SCRIPTS / name for name in SERVING_CODE] + [CONTAINERS / name for name in RECIPE_FILES] + [LOCK]
 
 
-def _probe(cmd: list[str]) -> str | None:
+def _probe(cmd: list[str], timeout: float = 30) -> str | None:
     """None when `cmd` runs and exits 0, else why not (one line)."""
     if shutil.which(cmd[0]) is None:
         return f"`{cmd[0]}` is not on PATH"
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return f"`{' '.join(cmd)}` did not answer in 30 s"
+        return f"`{' '.join(cmd)}` did not answer in {timeout:.0f} s"
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()
         return f"`{' '.join(cmd)}` failed: {detail[-1] if detail else f'exit {proc.returncode}'}"
@@ -74,8 +89,20 @@ def unavailable(engine: str) -> str | None:
     raise PipelineError(f"unknown serving engine {engine!r}; choose one of auto, {', '.join(ENGINES)}")
 
 
-def choose(requested: str) -> str:
-    """Resolve `serving.engine`; an explicit engine that does not work here is an error."""
+def no_base_image(engine: str, image: str) -> str | None:
+    """None when `engine` has `image` or can pull it now, else why not (one line)."""
+    if _probe([engine, "image", "inspect", image]) is None:
+        return None
+    reason = _probe([engine, "pull", "--quiet", image], timeout=600)
+    if reason is None:
+        return None
+    local = "containers/base/make-local-base.sh builds a local one for serving.base_image"
+    return f"its base image {image} is not here and cannot be pulled ({reason}; {local})"
+
+
+def choose(requested: str, base_image: str | None = None) -> str:
+    """Resolve `serving.engine`; an explicit engine that does not work here is an error. `auto`
+    passes over docker and podman when they have not got `base_image` and cannot pull it."""
     if requested != "auto":
         reason = unavailable(requested)
         if reason:
@@ -88,6 +115,8 @@ def choose(requested: str) -> str:
     passed = []
     for engine in ENGINES:
         reason = unavailable(engine)
+        if reason is None and engine in OCI and base_image:
+            reason = no_base_image(engine, base_image)
         if reason is None:
             log.info("serving engine: auto took %s%s", engine, f" ({'; '.join(passed)})" if passed else "")
             return engine
@@ -120,6 +149,7 @@ def assemble_context(model: Path, target: Path) -> Path:
     """The build context: the recipe files, the serving code and the model, nothing else."""
     for name in RECIPE_FILES:
         shutil.copy2(CONTAINERS / name, target / name)
+    shutil.copy2(LOCK, target / LOCK.name)
     for name in SERVING_CODE:
         (target / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(SCRIPTS / name, target / name)
@@ -132,6 +162,7 @@ def _flags(flag: str, values: dict[str, str]) -> list[str]:
 
 
 def build(
+    *,
     engine: str,
     model: Path,
     reference: str,
@@ -140,7 +171,8 @@ def build(
     extra: list[str],
     sif: Path,
 ) -> Built:
-    """Build the serving image with `engine`; `sif` is where apptainer writes its image file."""
+    """Build the serving image of `model` with `engine`, tagged `reference` (docker/podman); `labels`
+    are its OCI labels, `extra` more build arguments, `sif` where apptainer writes its image file."""
     if engine == "process":
         return Built(image=str(model), image_id=sha256_file(model), digest=None, size_bytes=None)
     with tempfile.TemporaryDirectory(prefix="cifarflow-serving-") as tmp:
@@ -183,14 +215,37 @@ def build(
         return Built(str(sif), sha256_file(sif), None, sif.stat().st_size)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+NETWORKS = ("private", "host")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerSpec:
+    """What `running` starts: the served model (`image`, as Built.image), how, and where it listens.
+
+    `host` is the address the server listens on (serving.host). `network` (serving.network) is for
+    docker/podman: `private` gives the container its own network namespace, where the server listens
+    on 0.0.0.0 (the engine's port forwarding reaches it on the container's address) and the engine
+    publishes its ports on `host` only; `host` shares the host's namespace, and the server listens
+    on `host` itself, as it does with the process and apptainer engines.
+    """
+
+    engine: str
+    image: str
+    name: str  # the container's name (docker/podman): container_name() keeps it stable per experiment
+    model_name: str
+    threads: int
+    max_request_mb: float
+    host: str = ports.LOOPBACK
+    network: str = "private"
+
+    @property
+    def private_network(self) -> bool:
+        return self.engine in OCI and self.network == "private"
 
 
 @dataclass
 class Server:
+    host: str  # where a client on this machine connects
     http_port: int
     grpc_port: int
     logs: Callable[[], str]  # the server's output so far
@@ -198,19 +253,11 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return ports.host_port(self.host, self.http_port)
 
     @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-
-def _ready(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-        return False
+        return ports.host_port(self.host, self.grpc_port)
 
 
 def container_name(experiment: str, workdir: Path) -> str:
@@ -219,49 +266,83 @@ def container_name(experiment: str, workdir: Path) -> str:
 
 
 @contextmanager
-def running(
-    engine: str,
-    image: str,
-    name: str,
-    threads: int,
-    max_request_mb: float,
-    model_name: str,
-    timeout_s: float,
-    log_file: Path,
-) -> Iterator[Server]:
-    """Start the server on free loopback ports, wait until ready, and always stop it and free its ports."""
-    http_port, grpc_port = free_port(), free_port()
+def running(spec: ServerSpec, *, log_file: Path, ready_timeout_s: float) -> Iterator[Server]:
+    """Start the server on free ports of spec.host, wait until it is ready, always stop it and free its ports.
+
+    A port taken between picking and binding (by another evaluation or any other process) makes the
+    start try again on new ports (cifarflow.ports), up to a few times.
+    """
+    if spec.network not in NETWORKS:
+        raise PipelineError(f"serving.network is {spec.network!r}; choose one of {', '.join(NETWORKS)}")
+    try:
+        ports.pick(1, spec.host)
+    except OSError as err:
+        raise PipelineError(
+            f"serving.host {spec.host!r} is not an address this machine can listen on ({err}); "
+            "use 127.0.0.1 (loopback only, the default) or an address of this machine"
+        ) from None
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    proc, server = ports.start_on_free_ports(
+        lambda chosen: _start(spec, chosen, log_file, ready_timeout_s), 2, what="the server", host=spec.host
+    )
+    try:
+        log.info("server ready on HTTP %s, gRPC %s", server.url, server.grpc_url)
+        yield server
+    finally:
+        _stop(spec, proc, server)
+
+
+def _command(spec: ServerSpec, http_port: int, grpc_port: int) -> tuple[list[str], dict[str, str]]:
     env = {
+        # In its own network namespace the server must listen on the container's own address, where
+        # the engine forwards the published ports; on the host's it listens on serving.host only.
+        "CIFARFLOW_HOST": "0.0.0.0" if spec.private_network else spec.host,
         "CIFARFLOW_HTTP_PORT": str(http_port),
         "CIFARFLOW_GRPC_PORT": str(grpc_port),
-        "CIFARFLOW_THREADS": str(threads),
-        "CIFARFLOW_MAX_REQUEST_MB": str(max_request_mb),
-        "CIFARFLOW_MODEL_NAME": model_name,
+        "CIFARFLOW_THREADS": str(spec.threads),
+        "CIFARFLOW_MAX_REQUEST_MB": str(spec.max_request_mb),
+        "CIFARFLOW_MODEL_NAME": spec.model_name,
     }
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    out = open(log_file, "w")  # noqa: SIM115 - closed in finally
-    proc: subprocess.Popen | None = None
-    if engine in OCI:
-        subprocess.run([engine, "rm", "-f", name], capture_output=True)  # a leftover from a killed run
-        ports = [a for p in (http_port, grpc_port) for a in ("-p", f"127.0.0.1:{p}:{p}")]
-        no_health = ["--no-healthcheck"] if engine == "podman" else []  # we poll readiness ourselves
-        cmd = [engine, "run", "--rm", "--name", name, *no_health, *ports, *_flags("-e", env), image]
-    elif engine == "apptainer":
-        cmd = [apptainer_binary(), "run", "--cleanenv", *_flags("--env", env), image]
-    else:
-        cmd = [sys.executable, str(SCRIPTS / "serve.py"), "--model", image]
+    if spec.engine in OCI:
+        if spec.private_network:  # podman: its own default (bridge as root, slirp4netns/pasta rootless)
+            network = ["--network", "private" if spec.engine == "podman" else "bridge"]
+            for port in (http_port, grpc_port):
+                network += ["-p", f"{ports.host_port(spec.host, port)}:{port}"]
+        else:
+            network = ["--network", "host"]
+        no_health = ["--no-healthcheck"] if spec.engine == "podman" else []  # we poll readiness ourselves
+        cmd = [spec.engine, "run", "--rm", "--name", spec.name, *no_health, *network, *_flags("-e", env)]
+        return [*cmd, spec.image], env
+    if spec.engine == "apptainer":  # the host's network namespace (its own needs root)
+        return [apptainer_binary(), "run", "--cleanenv", *_flags("--env", env), spec.image], env
+    return [sys.executable, str(SCRIPTS / "serve.py"), "--model", spec.image], env
+
+
+def _start(
+    spec: ServerSpec, chosen: list[int], log_file: Path, timeout_s: float
+) -> tuple[subprocess.Popen, Server]:
+    """One try: start the server on `chosen` ports and wait until it is ready and holds them."""
+    http_port, grpc_port = chosen
+    cmd, env = _command(spec, http_port, grpc_port)
+    if spec.engine in OCI:
+        # a leftover of a killed run
+        subprocess.run([spec.engine, "rm", "-f", spec.name], capture_output=True)
     log.info("starting the server: %s", " ".join(cmd))
-    try:
+    server = Server(ports.connect_host(spec.host), http_port, grpc_port, lambda: _read(log_file))
+    with open(log_file, "w") as out:  # the server keeps its own descriptor
         proc = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True
         )
-        server = Server(http_port, grpc_port, lambda: log_file.read_text(errors="replace"))
+    try:
         deadline = time.monotonic() + timeout_s
-        while not _ready(http_port):
+        while not (_ready(server) and _holds_ports(spec, proc, server)):
             if proc.poll() is not None:
+                output = server.logs()
+                if ports.bind_failed(output):
+                    raise ports.PortTaken(f"its bind failed ({ports.bind_failure_line(output)})")
                 raise PipelineError(
                     f"the server exited (code {proc.returncode}) before it was ready; its log:\n"
-                    + _tail(server.logs())
+                    + _tail(output)
                 )
             if time.monotonic() > deadline:
                 raise PipelineError(
@@ -269,29 +350,55 @@ def running(
                     f"its log:\n{_tail(server.logs())}"
                 )
             time.sleep(0.2)
-        server.pid = proc.pid
-        if engine in OCI:
-            inspect = subprocess.run(
-                [engine, "inspect", "--format", "{{.State.Pid}}", name], capture_output=True, text=True
-            )
-            server.pid = int(inspect.stdout.strip() or 0) or None
-        log.info("server ready on HTTP %s, gRPC %s", server.url, server.grpc_url)
-        yield server
-    finally:
-        _stop(engine, name, proc)
-        out.close()
-        _wait_port_free(http_port)
-        _wait_port_free(grpc_port)
+    except BaseException as err:
+        # a taken port is another process's: nothing of ours to wait for there
+        _stop(spec, proc, server, wait_free=not isinstance(err, ports.PortTaken))
+        raise
+    server.pid = _container_pid(spec) if spec.engine in OCI else proc.pid
+    return proc, server
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _ready(server: Server) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{server.url}/v2/health/ready", timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+def _inspect(spec: ServerSpec, field: str) -> str:
+    proc = subprocess.run(
+        [spec.engine, "inspect", "--format", f"{{{{{field}}}}}", spec.name], capture_output=True, text=True
+    )
+    return proc.stdout.strip()
+
+
+def _container_pid(spec: ServerSpec) -> int | None:
+    return int(_inspect(spec, ".State.Pid") or 0) or None
+
+
+def _holds_ports(spec: ServerSpec, proc: subprocess.Popen, server: Server) -> bool:
+    """Whether what answered is our server: not another process that holds one of our ports."""
+    if spec.private_network:
+        # The engine binds the published ports on the host before it starts the container, and
+        # fails when one is taken: a running container holds them.
+        return _inspect(spec, ".State.Running") == "true"
+    pid = _container_pid(spec) if spec.engine in OCI else proc.pid
+    return pid is not None and ports.held([server.http_port, server.grpc_port], [pid])
 
 
 def _tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.strip().splitlines()[-lines:]) or "(empty)"
 
 
-def _stop(engine: str, name: str, proc: subprocess.Popen | None) -> None:
-    if engine in OCI:
-        subprocess.run([engine, "rm", "-f", "-t", "3", name], capture_output=True)
-    if proc is not None and proc.poll() is None:
+def _stop(spec: ServerSpec, proc: subprocess.Popen, server: Server, wait_free: bool = True) -> None:
+    if spec.engine in OCI:
+        subprocess.run([spec.engine, "rm", "-f", "-t", "3", spec.name], capture_output=True)
+    if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=10)
@@ -301,13 +408,6 @@ def _stop(engine: str, name: str, proc: subprocess.Popen | None) -> None:
         except ProcessLookupError:
             pass
     log.info("server stopped")
-
-
-def _wait_port_free(port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) != 0:
-                return
-        time.sleep(0.1)
-    log.warning("port %d still answers %.0f s after the server was stopped", port, timeout)
+    for port in (server.http_port, server.grpc_port) if wait_free else ():
+        if not ports.wait_free(server.host, port):
+            log.warning("port %d still answers 10 s after the server was stopped", port)

@@ -22,8 +22,8 @@ from torch import nn
 from .config import Recipe
 from .dataset import load_split
 from .errors import PipelineError
+from .inference import INPUT, OUTPUTS, load_session, ort_runner, predict
 from .runtime import atomic_path
-from .serving import INPUT, OUTPUTS, load_session, ort_runner, predict
 from .training import load_checkpoint
 
 log = logging.getLogger("cifarflow")

@@ -10,11 +10,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from .dataset import RawDataset, Split
 from .errors import PipelineError
-from .images import WrongSize, to_rgb32
+from .images import MAX_PIXELS, TooLarge, WrongSize, open_limited, to_rgb32
 from .runtime import progress
 
 log = logging.getLogger("cifarflow")
@@ -49,16 +49,19 @@ def _list_split(root: Path, split: str) -> dict[str, list[Path]]:
     return files
 
 
-def _decode(job: tuple[str, bool]) -> tuple[np.ndarray, str, bool]:
-    path, resize = job
+def _decode(job: tuple[str, bool, int]) -> tuple[np.ndarray, str, bool]:
+    path, resize, max_pixels = job
     data = Path(path).read_bytes()
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
+        with open_limited(io.BytesIO(data), max_pixels) as image:
             pixels, resized = to_rgb32(image, resize)
     except WrongSize as err:
         raise PipelineError(
             f"{path} {err}. Set dataset.resize: true to resize such images, or replace the file."
+        ) from None
+    except TooLarge as err:
+        raise PipelineError(
+            f"{path} {err} (dataset.max_image_pixels). Shrink or remove the file, or raise the limit."
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise PipelineError(f"{path} cannot be read as an image ({err}); fix or remove it") from None
@@ -66,9 +69,14 @@ def _decode(job: tuple[str, bool]) -> tuple[np.ndarray, str, bool]:
 
 
 def _read_split(
-    files: dict[str, list[Path]], class_names: list[str], resize: bool, threads: int, split: str
+    files: dict[str, list[Path]],
+    class_names: list[str],
+    resize: bool,
+    threads: int,
+    split: str,
+    max_pixels: int,
 ) -> tuple[Split, list[str], int]:
-    jobs = [(str(path), resize) for name in class_names for path in files[name]]
+    jobs = [(str(path), resize, max_pixels) for name in class_names for path in files[name]]
     labels = np.concatenate(
         [np.full(len(files[name]), i, dtype=np.int64) for i, name in enumerate(class_names)]
     )
@@ -92,8 +100,14 @@ def _read_split(
     return Split(images, labels), digests, n_resized
 
 
-def read_folder(root: str | Path, resize: bool = False, threads: int = 1) -> RawDataset:
-    """Read train/ and test/ (same class set in both), every image converted to RGB 32x32."""
+def read_folder(
+    root: str | Path, resize: bool = False, threads: int = 1, max_pixels: int = MAX_PIXELS
+) -> RawDataset:
+    """Read train/ and test/ (same class set in both), every image converted to RGB 32x32.
+
+    An image whose header declares more than `max_pixels` (width x height) is an error naming the
+    file, before it is decoded.
+    """
     root = Path(root)
     if not root.is_dir():
         raise PipelineError(f"dataset.path {root} is not a directory (dataset.source is 'folder')")
@@ -114,7 +128,7 @@ def read_folder(root: str | Path, resize: bool = False, threads: int = 1) -> Raw
     source = hashlib.sha256()
     splits = {}
     for split, files in (("train", train_files), ("test", test_files)):
-        data, digests, n_resized = _read_split(files, class_names, resize, threads, split)
+        data, digests, n_resized = _read_split(files, class_names, resize, threads, split, max_pixels)
         names = [os.path.relpath(p, root) for name in class_names for p in files[name]]
         for name, digest in zip(names, digests, strict=True):
             source.update(f"{name}\0{digest}\n".encode())

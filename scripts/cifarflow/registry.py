@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import logging
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,22 @@ def exclusive(lock_file: Path):
         yield
 
 
+# What a version is: set once, when the version is created. Every other tag describes one evaluation.
+IDENTITY = ("model_sha256", "dataset_id")
+
+
+def evaluation_tags(tags: dict[str, str]) -> dict[str, str]:
+    """This evaluation's tags, namespaced by its engine (eval.<engine>.<key>): beside the version's
+    own tags, never over them, and one set per engine, so `process` and `podman` evaluations of the
+    same model both stay visible on its page in the registry."""
+    engine = tags["engine"]
+    recorded = {key: value for key, value in tags.items() if key not in (*IDENTITY, "engine")}
+    recorded["recorded_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return {f"eval.{engine}.{key}": value for key, value in recorded.items()}
+
+
 def register(
+    *,
     model_path: Path,
     name: str,
     alias: str,
@@ -57,8 +73,15 @@ def register(
     lock_file: Path,
     val_accuracy: float,
 ) -> dict:
-    """Register (or find, by model sha256) the version; move `alias` when its validation accuracy
-    beats the champion's on the same dataset. `accuracy` (test, as served) is recorded only."""
+    """Register the model at `model_path` as a version of `name` (or find its version by sha256) and
+    move `alias` to it when its validation accuracy beats the alias's version's on the same dataset.
+
+    `tags`: the model's identity (model_sha256, dataset_id) and this evaluation's provenance and
+    figures (engine, image, image_id, experiment, macro_f1, ...). A new version gets them as its
+    tags, with `accuracy` (test, as served: recorded, never compared) and `val_accuracy`. A version
+    never has them rewritten: a later evaluation of the same model (another engine, a rebuilt
+    image) is recorded beside them as eval.<engine>.* tags.
+    """
     import mlflow
     import onnx
     from mlflow import MlflowClient
@@ -77,11 +100,14 @@ def register(
         if existing:
             version = str(existing[0].version)
             log.info(
-                "model %s version %s already holds this model (sha256 %s)",
+                "model %s version %s already holds this model (sha256 %s): its tags stay as first "
+                "written; this evaluation goes beside them as eval.%s.*",
                 name,
                 version,
                 tags["model_sha256"][:12],
+                tags["engine"],
             )
+            written = evaluation_tags(tags)
         else:
             model = onnx.load(str(model_path))
             info = mlflow.onnx.log_model(
@@ -92,12 +118,17 @@ def register(
             )
             version = str(info.registered_model_version)
             log.info("registered %s version %s (%s)", name, version, info.model_uri)
-        for key, value in tags.items():
+            written = {**tags, **evaluation_tags(tags)}
+        for key, value in written.items():
             client.set_model_version_tag(name, version, key, value)
         try:
             champion = client.get_model_version_by_alias(name, alias)
         except MlflowException:
             champion = None
+        # Validation accuracy decides: the trained model's, on the dataset's validation split (the
+        # served model is that model: the evaluation checks every served prediction against it).
+        # Comparable across engines, not across datasets. The champion's figure is the one it was
+        # registered with; test accuracy, latency and throughput are recorded and never decide.
         if champion is None:
             moved, reason = True, f"no '{alias}' yet"
         elif str(champion.version) == version:
@@ -122,7 +153,7 @@ def register(
             )
         else:
             best = float(champion.tags["val_accuracy"])
-            moved = bool(val_accuracy > best)  # numpy bool: not JSON
+            moved = val_accuracy > best
             reason = (
                 f"val accuracy {val_accuracy:.4f} {'beats' if moved else 'does not beat'} version "
                 f"{champion.version}'s {best:.4f} on the same dataset"
@@ -134,12 +165,14 @@ def register(
     return {
         "name": name,
         "version": int(version),
+        "new_version": not existing,
         "champion": moved,
         "champion_version": int(current.version),
         "champion_reason": reason,
         "accuracy": accuracy,
         "val_accuracy": val_accuracy,
         "dataset_id": tags["dataset_id"],
+        "engine": tags["engine"],
         "image": tags["image"],
         "tracking_uri": uri,
         "model_uri": f"models:/{name}/{version}",

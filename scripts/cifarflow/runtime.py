@@ -21,26 +21,12 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from .errors import PipelineError
+from .logs import setup_logging
 
 log = logging.getLogger("cifarflow")
 T = TypeVar("T")
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
-
-
-def setup_logging(log_file: str | os.PathLike | None) -> None:
-    """Log to the rule's log file (when given) and to stderr, before anything else happens."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, mode="w"))
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-        handlers=handlers,
-        force=True,
-    )
 
 
 class _ProgressToLog:
@@ -110,7 +96,8 @@ def write_metrics(path: str | os.PathLike, metrics: dict[str, Any]) -> None:
     """Write a rule's metrics.json: flat name -> finite number (a metric in MLflow) or text (a tag,
     e.g. a training's `outcome`), plus an optional `history` list.
 
-    This file is the contract between rules and the MLflow hook (DESIGN.md, "Tracking").
+    This file is the contract between rules and the MLflow hook, which logs the numbers as the job's
+    metrics and `history` as per-step series (snakemake_logger_plugin_mlflow.content.metrics_from_json).
     """
     for key, value in metrics.items():
         if key == "history":

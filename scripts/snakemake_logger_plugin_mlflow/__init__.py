@@ -3,7 +3,7 @@
 Found by Snakemake because the package is named `snakemake_logger_plugin_<name>` and lies on
 `sys.path`; enabled with `--logger mlflow` (this project: `logger: [mlflow]` in
 profiles/default/config.yaml). Its settings, as `--logger-mlflow-<field>` options, are in
-`plugin.py`; the MLflow side lives in `hook.py`. What is logged where: README, "Tracking with MLflow".
+`plugin.py`; the MLflow side lives in `hook.py`. What is logged where: docs/tracking.md.
 
 - `plugin.py`: `LogHandler`, `LogHandlerSettings` (Snakemake's side; imports its plugin interface)
 - `hook.py`: the MLflow runs (imports MLflow only once an invocation has jobs to run)
