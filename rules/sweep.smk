@@ -4,7 +4,7 @@
 # promoted()) is known only then, so a 40-trial sweep builds one image, not forty.
 #
 # Every trial has a result: a training that cannot finish (diverged) is recorded as its outcome and
-# its job succeeds (train_model --on-failure record), so the ranking runs and lists it as failed. A
+# its job succeeds (train_model --on-failure record), so the ranking runs and lists it, with why. A
 # job that fails otherwise (killed for memory or time after its retries, a lost node) is no result:
 # under --keep-going the other trials still finish, and the ranking waits for the rerun (the killed
 # trial resumes from its last epoch).
