@@ -8,8 +8,10 @@ concurrency (the node's CPUs; a trial takes 2).
 Prints, as JSON: each run's wall time (the data prepared beforehand, untimed), the trials' own
 runtimes (their benchmark files: the training command alone), and per Slurm job its queue wait
 (submit -> start) and elapsed time (start -> end, whole seconds, from slurmctld), so that the
-overhead splits into queueing, each job's own start-up (a Snakemake process that parses the
-workflow inside the job) and the executor's status polling.
+overhead splits into each job's own start-up and end around the training (a Snakemake process
+that parses the workflow inside the job) and the time between jobs (submission, the executor's
+status polling). Timings on a shared machine vary from run to run: compare the parts, not only
+the two wall times.
 """
 
 from __future__ import annotations
@@ -142,6 +144,10 @@ def main() -> None:
             # the job's own start-up and end: a Snakemake process in the job, around the training
             "job_around_training_s": summary([jobs[t]["elapsed_s"] - slurm_trials[t] for t in jobs]),
         },
+        # with one trial at a time (a trial takes 2 CPUs): the wall time outside the trials' commands
+        # (local) or outside their Slurm jobs (Slurm): start-up, submission, status polling, ranking
+        "local_outside_trials_s": round(local_wall - sum(local_trials.values()), 1),
+        "slurm_outside_jobs_s": round(slurm_wall - sum(j["elapsed_s"] for j in jobs.values()), 1),
         "overhead_s": round(slurm_wall - local_wall, 1),
         "overhead_per_trial_s": round((slurm_wall - local_wall) / TRIALS, 1),
         "workdir": str(base),
