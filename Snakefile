@@ -13,6 +13,7 @@ report: "report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/audit.smk"
 include: "rules/train.smk"
 include: "rules/sweep.smk"
 include: "rules/export.smk"

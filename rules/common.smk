@@ -154,6 +154,7 @@ def final_targets(wildcards):
     section. Called when the DAG is built, after every include, so rules.<name> exist for all rules.
     """
     targets = expand(rules.prepare_dataset.output.meta, dataset=DATASET_ID)
+    targets += audit_targets()  # rules/audit.smk
     targets += shipped_targets(WRITTEN)
     return targets + report_targets() + sweep_targets()
 

@@ -35,6 +35,7 @@ rule evaluate_served_model:
         unpack(dataset_files),
         manifest=rules.build_serving_image.output.manifest,
         model=rules.export_onnx.output.onnx,
+        duplicates=audit_output("duplicates"),  # rules/audit.smk: the clean test accuracy
     output:
         metrics="results/evaluate/{experiment}/metrics.json",
         predictions="results/evaluate/{experiment}/predictions.parquet",
@@ -69,7 +70,7 @@ rule evaluate_served_model:
     shell:
         "python scripts/evaluate_served_model.py --manifest {input.manifest:q}"
         " --model {input.model:q} --data {params.data:q} --experiment {wildcards.experiment}"
-        " --settings {params.settings:q} --outdir {params.outdir:q}"
+        " --settings {params.settings:q} --outdir {params.outdir:q} --duplicates {input.duplicates:q}"
         " --server-log {log.server:q} --log {log.rule:q}"
 
 

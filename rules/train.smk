@@ -4,6 +4,7 @@
 rule train_model:
     input:
         unpack(dataset_files),
+        unpack(audit_gate),  # rules/audit.smk: with audit.max_test_leakage set, the audit first
     output:
         checkpoint="results/train/{experiment}/model.pt",
         history="results/train/{experiment}/history.csv",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from cifarflow.audit import clean_accuracy, clean_mask
 from cifarflow.dataset import load_meta, load_split
 from cifarflow.engines import ServerSpec, container_name, running
 from cifarflow.errors import PipelineError
@@ -72,6 +73,8 @@ def main(args: argparse.Namespace) -> None:
     predicted = served.argmax(1)
     matrix = confusion(labels, predicted, len(class_names))
     figures |= classification_metrics(matrix, class_names)
+    # the test images without a near-duplicate in train or val (the audit's pairs)
+    figures |= clean_accuracy(labels, predicted, clean_mask(pd.read_parquet(args.duplicates), len(labels)))
     served_ips, offline_ips = len(images) / served_s, len(images) / offline_s
     figures |= {
         "images": len(images),
@@ -85,9 +88,12 @@ def main(args: argparse.Namespace) -> None:
         "concurrency": evaluate["concurrency"],
     }
     log.info(
-        "as served: accuracy %.4f, macro F1 %.4f; latency p50 %.2f / p95 %.2f / p99 %.2f ms; "
+        "as served: accuracy %.4f (clean test images: %.4f on %d), macro F1 %.4f; "
+        "latency p50 %.2f / p95 %.2f / p99 %.2f ms; "
         "%.0f images/s = %.0f%% of in-process ONNX Runtime (%.0f images/s)",
         figures["accuracy"],
+        figures["clean_accuracy"],
+        figures["clean_images"],
         figures["macro_f1"],
         figures["latency_ms_p50"],
         figures["latency_ms_p95"],
@@ -127,5 +133,6 @@ if __name__ == "__main__":
     parser.add_argument("--experiment", required=True)
     parser.add_argument("--settings", required=True, help="the `serving` and `evaluate` config, JSON")
     parser.add_argument("--outdir", required=True, help="results/evaluate/<experiment>")
+    parser.add_argument("--duplicates", required=True, help="results/audit/<dataset-id>/duplicates.parquet")
     parser.add_argument("--server-log", required=True, help="where the server's own output goes")
     run_cli(main, parser)

@@ -21,6 +21,7 @@ def main(args: argparse.Namespace) -> None:
         "experiment": manifest["experiment"],
         "model_sha256": manifest["model_sha256"],
         "macro_f1": f"{figures['macro_f1']:.6f}",
+        "clean_accuracy": f"{figures['clean_accuracy']:.6f}",  # test images without a train/val duplicate
         "latency_ms_p50": str(figures["latency_ms_p50"]),
         "throughput_images_per_second": str(figures["throughput_images_per_second"]),
     }

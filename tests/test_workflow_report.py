@@ -40,6 +40,8 @@ def expected_items() -> set[tuple[str, str, str, str]]:
     items = {
         ("Data", "all", "sample images", "samples.png"),
         ("Data", "all", "class counts", "class_counts.html"),
+        ("Data", "all", "closest cross-split pairs", "closest_pairs.png"),
+        ("Data", "all", "class balance per split", "class_balance.png"),
         ("Comparison", "all", "table", "comparison.html"),
         ("Comparison", "all", "bar chart", "comparison.png"),
         ("Comparison", "all", "recipes", "recipes.html"),
@@ -108,6 +110,7 @@ def test_zip_report_holds_the_report_and_every_item(reported):
 def test_every_figure_is_a_valid_png_of_real_size(reported):
     figures = sorted((reported / "results").glob("report/**/*.png"))
     figures += sorted((reported / "results" / "evaluate").glob("*/*.png"))
+    figures += sorted((reported / "results" / "audit").glob("*/*.png"))
     names = [p.name for p in figures]
     assert len(figures) == sum(1 for *_, name in expected_items() if name.endswith(".png")), names
     for path in figures:
@@ -125,6 +128,23 @@ def test_comparison_and_headline_figures_match_the_metrics(reported):
         assert f"``{name}``" in summary and f"{train['test_accuracy'] * 100:.2f}%" in summary
     metrics = json.loads((reported / "results/report/compare/metrics.json").read_text())
     assert metrics["experiments"] == 2 and 0 < metrics["test_accuracy_mean"] <= 1
+
+
+def test_clean_test_accuracy_in_metrics_registry_and_report(reported):
+    """Accuracy on the test images without a train/val near-duplicate (the audit's pairs), next to
+    the full figure: evaluation's metrics.json, the registered version's tag, the headline."""
+    from mlflow import MlflowClient
+
+    summary = (reported / "results/report/compare/summary.rst").read_text()
+    assert "clean test accuracy" in summary
+    client = MlflowClient(f"sqlite:///{reported / 'mlflow.db'}")
+    for name in EXPERIMENTS:
+        figures = json.loads((reported / f"results/evaluate/{name}/metrics.json").read_text())
+        assert figures["clean_images"] + figures["leaked_images"] == figures["images"]
+        assert 0 < figures["clean_accuracy"] <= 1 and f"{figures['clean_accuracy'] * 100:.2f}%" in summary
+        registration = json.loads((reported / f"results/register/{name}/registration.json").read_text())
+        version = client.get_model_version(registration["name"], registration["version"])
+        assert version.tags["clean_accuracy"] == f"{figures['clean_accuracy']:.6f}"
 
 
 def test_replotting_never_retrains(reported):

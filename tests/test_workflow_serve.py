@@ -287,6 +287,8 @@ def test_sigterm_during_evaluation_stops_the_server_and_writes_nothing(served, t
             json.dumps(settings),
             "--outdir",
             str(out),
+            "--duplicates",
+            str(next((wf / "results/audit").glob("*/duplicates.parquet"))),
             "--server-log",
             str(server_log),
             "--log",

@@ -215,6 +215,67 @@ def comparison_chart(table: pd.DataFrame) -> Figure:
     return fig
 
 
+def duplicate_pair_grid(
+    pairs: pd.DataFrame,
+    images: dict[str, np.ndarray],
+    class_names: list[str],
+    title: str,
+    columns: int = 4,
+) -> Figure:
+    """Pairs side by side (the audit's duplicates.parquet rows, in their order), each titled with
+    split, index and class of both images, kind and distance; pixels unsmoothed."""
+    if pairs.empty:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, title + "\n(no pairs)", ha="center", va="center")
+        return fig
+    rows = math.ceil(len(pairs) / columns)
+    height = rows * 1.75 + 0.6
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 2.6, height), squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.6 / height, hspace=0.6, wspace=0.1)
+    for ax in axes.flat:
+        ax.axis("off")
+
+    def name(label: int) -> str:
+        return class_names[label] if 0 <= label < len(class_names) else "?"
+
+    for ax, row in zip(axes.flat, pairs.itertuples(index=False), strict=False):
+        a = images[row.split_a][int(row.index_a)]
+        b = images[row.split_b][int(row.index_b)]
+        gap = np.full((a.shape[0], 2, 3), 255, dtype=np.uint8)
+        ax.imshow(np.concatenate([a, gap, b], axis=1), interpolation="nearest")
+        ax.set_title(
+            f"{row.split_a} #{int(row.index_a)} | {row.split_b} #{int(row.index_b)}\n"
+            f"{name(int(row.label_a))} | {name(int(row.label_b))}\n{row.kind}, d={row.distance:.3f}",
+            fontsize=7,
+        )
+    fig.suptitle(title, fontsize=10, y=1 - 0.15 / height, va="top")
+    return fig
+
+
+def class_balance_chart(balance: pd.DataFrame, title: str) -> Figure:
+    """Share of each class per split (grouped bars), with each split's image count in the legend."""
+    shares = balance / balance.sum().replace(0, 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(balance) + 2), 3.6))
+    width = 0.8 / max(len(shares.columns), 1)
+    x = np.arange(len(shares))
+    colors = plt.get_cmap("tab10").colors
+    for k, split in enumerate(shares.columns):
+        ax.bar(
+            x + (k - (len(shares.columns) - 1) / 2) * width,
+            shares[split],
+            width,
+            label=f"{split} ({int(balance[split].sum()):,})",
+            color=colors[k % len(colors)],
+        )
+    ax.axhline(1 / max(len(balance), 1), color="black", linewidth=0.8, linestyle=":", label="balanced")
+    ax.set_xticks(x, balance.index, rotation=45, ha="right")
+    ax.set_ylabel("share of the split")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+
+
 # -- Sweep -----------------------------------------------------------------------------------------
 
 STOPPED = "#d62728"

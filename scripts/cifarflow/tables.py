@@ -320,6 +320,7 @@ def comparison_frame(experiments: Mapping[str, Mapping[str, Any]]) -> pd.DataFra
             "val_accuracy": train["val_accuracy"],
             "test_accuracy": train["test_accuracy"],
             "served_accuracy": evaluate.get("accuracy", math.nan),
+            "clean_accuracy": evaluate.get("clean_accuracy", math.nan),
             "macro_f1": evaluate.get("macro_f1", math.nan),
             "train_seconds": train["train_seconds"],
             "train_images_per_second": train["images_per_second"],
@@ -359,6 +360,7 @@ COMPARISON_COLUMNS = (
     ("val_accuracy", "val accuracy", pct),
     ("test_accuracy", "test accuracy", pct),
     ("served_accuracy", "served accuracy", pct),
+    ("clean_accuracy", "clean test accuracy", pct),
     ("macro_f1", "served macro F1", pct),
     ("train_seconds", "train time (s)", lambda v: num(v, 1)),
     ("train_images_per_second", "train images/s", num),
@@ -418,6 +420,7 @@ def summary_rst(frame: pd.DataFrame, champion_name: str | None, registration: di
     of a description taller than the window."""
     columns = [
         ("test_accuracy", "test accuracy", pct),
+        ("clean_accuracy", "clean test accuracy", pct),
         ("train_seconds", "train time (s)", lambda v: num(v, 1)),
         ("argmax_agreement", "ONNX = PyTorch", lambda v: pct(v, 2)),
         ("mismatches", "served = offline", _served_matches),
