@@ -50,9 +50,8 @@ def test_each_trial_is_a_slurm_job_of_its_own(on_slurm):
     (best,) = ranking["promoted"]
     dataset = next((workdir / "results/data").iterdir()).name
     later = sorted(job for job in jobs.values() if job[0] != "train_model")
-    assert later == sorted(
-        [("prepare_dataset", dataset), ("export_onnx", best), ("evaluate_served_model", best)]
-    )
+    expected = [("prepare_dataset", dataset), ("audit_dataset", dataset)]
+    assert later == sorted([*expected, ("export_onnx", best), ("evaluate_served_model", best)])
     for stage in ("export", "evaluate", "register"):
         assert [p.name for p in (workdir / "results" / stage).glob("[!.]*")] == [best], stage
 

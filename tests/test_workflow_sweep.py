@@ -66,6 +66,7 @@ def test_every_trial_trains_and_only_the_best_goes_on(swept):
     workdir, run, images = swept
     assert started(run) == {
         "prepare_dataset": 1,
+        "audit_dataset": 1,
         "train_model": 4,
         "rank_sweep": 1,
         "export_onnx": 1,
