@@ -45,6 +45,7 @@ lock:  ## constraints.txt (and envs/*.yaml's pins) from a fresh resolve of pypro
 	$(PYTHON) tests/lockfile.py
 
 ui: install  ## browse every run's params and metrics (MLflow's default store: ./mlflow.db)
+	@echo "The runs table: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (MLflow 3.17 opens on its GenAI view otherwise; each run's end prints its experiment's link)"
 	mlflow ui
 
 # The pipeline image for snakemake --use-singularity (docs/hpc-and-containers.md), with Podman

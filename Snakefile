@@ -17,6 +17,7 @@ include: "rules/audit.smk"
 include: "rules/train.smk"
 include: "rules/sweep.smk"
 include: "rules/export.smk"
+include: "rules/robustness.smk"
 include: "rules/serve.smk"
 include: "rules/report.smk"
 

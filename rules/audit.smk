@@ -1,31 +1,6 @@
 # The dataset audit: exact and near-duplicates within and across splits, anomalies, class balance
 # (scripts/cifarflow/audit.py). It runs beside training; with audit.max_test_leakage set, training
 # waits for it (train_model's input), so that a leaky dataset stops the run before any training.
-AUDIT = config["audit"]
-
-
-def audit_settings(wildcards):
-    """What audit_dataset decides with; a change reruns the audit (and the evaluation reading it)."""
-    return json.dumps(AUDIT, sort_keys=True)
-
-
-def audit_gate(wildcards):
-    """train_model's extra input when the leakage gate is on: the audit's metrics. ancient(): a
-    rerun of the audit (other settings) does not retrain; it only has to have passed."""
-    if AUDIT["max_test_leakage"] is None:
-        return {}
-    return {"audit": ancient(audit_output("metrics"))}
-
-
-def audit_output(name):
-    """This dataset's path of one of audit_dataset's outputs (called once every rule exists)."""
-    return expand(getattr(rules.audit_dataset.output, name), dataset=DATASET_ID)[0]
-
-
-def audit_targets():
-    return [audit_output("metrics")]
-
-
 rule audit_dataset:
     input:
         unpack(dataset_files),

@@ -1,4 +1,5 @@
 # Config lookups and paths shared by the rules. No logic beyond wiring: the library decides.
+import hashlib
 import json
 import re
 import shlex
@@ -39,6 +40,7 @@ TRIALS = list(SWEEP.trials) if SWEEP else []
 # promoted trials, known once the sweep is ranked: promoted()).
 WRITTEN = sorted(set(TRAINED) - set(TRIALS))
 EXPORT = config["export"]
+AUDIT = config["audit"]
 # The pipeline image (containers/pipeline) every rule runs in under --use-singularity (= --sdm
 # apptainer; profiles/slurm), except the two serving rules that drive a container engine themselves
 # (rules/serve.smk). None = the environment the job inherits (the venv). One image for CPU and GPU
@@ -106,10 +108,13 @@ def mlflow_tags(wildcards):
 
 
 def export_settings(wildcards):
-    """What export_onnx reads; quantisation settings are not among them, so they never re-export."""
-    return json.dumps(
-        {"opset": EXPORT["opset"], "parity": EXPORT["parity"]}, sort_keys=True
-    )
+    """What export_onnx reads; quantisation settings are not among them, so they never re-export.
+    calibrate only when on: an export made before the setting existed is not redone for it.
+    """
+    settings = {"opset": EXPORT["opset"], "parity": EXPORT["parity"]}
+    if EXPORT["calibrate"] != "none":
+        settings["calibrate"] = EXPORT["calibrate"]
+    return json.dumps(settings, sort_keys=True)
 
 
 def by_attempt(amount):
@@ -148,6 +153,105 @@ def registry_settings(wildcards):
     )
 
 
+def model_config_sha256(wildcards):
+    """sha256 of the settings that made this experiment's model, as the model card shows it: the
+    dataset's, the recipe, export, serving, evaluation and robustness (each already reruns its step).
+    """
+    made_by = {
+        "dataset": prepare_settings(DATASET),
+        "recipe": experiment_recipe(wildcards.experiment).asdict(),
+        "export": json.loads(export_settings(wildcards)),
+        "serving": json.loads(serving_settings(wildcards)),
+        "evaluate": config["evaluate"],
+        "robustness": config["robustness"],
+    }
+    return hashlib.sha256(json.dumps(made_by, sort_keys=True).encode()).hexdigest()
+
+
+def card_inputs(wildcards):
+    """What register_model's model card reads besides the model, the manifest and the evaluation."""
+    return {
+        "export": rules.export_onnx.output.metrics,
+        "train": rules.train_model.output.metrics,
+        "meta": f"{DATA_DIR}/meta.json",
+        "robustness": rules.evaluate_robustness.output.table,
+        "audit": audit_output("metrics"),
+    }
+
+
+# Each job's log records the software versions it ran with (cifarflow.runtime.run_cli). The model card
+# and the report's versions table read them from the logs: named as params, not inputs, because a
+# missing log would make Snakemake rerun its job (retrain, for a log deleted by hand); the jobs
+# themselves are inputs through their outputs, so their logs are written before they are read.
+CARD_JOBS = (
+    "prepare_dataset",
+    "train_model",
+    "export_onnx",
+    "evaluate_robustness",
+    "build_serving_image",
+    "evaluate_served_model",
+)
+
+
+def job_file(name, kind, **wildcards):
+    """The first log (kind "log") or output (kind "output") of rule `name`, for these wildcards."""
+    return str(getattr(getattr(rules, name), kind)[0]).format(
+        dataset=DATASET_ID, **wildcards
+    )
+
+
+def job_logs(jobs):
+    """JOB=LOG arguments (--logs) of the scripts that read the versions."""
+    return " ".join(shlex.quote(f"{job}={log}") for job, log in jobs.items())
+
+
+def card_logs(wildcards):
+    return job_logs(
+        {
+            job: job_file(job, "log", experiment=wildcards.experiment)
+            for job in CARD_JOBS
+        }
+    )
+
+
+def versioned_jobs():
+    """(job name, rule, wildcards) of every job that computes (the report's own jobs aside). With a
+    sweep, it waits for the ranking (shipped())."""
+    jobs = [
+        ("prepare_dataset", "prepare_dataset", {}),
+        ("audit_dataset", "audit_dataset", {}),
+    ]
+    per_experiment = ["export_onnx"]
+    per_experiment += ["quantize_onnx"] if EXPORT["quantize"] == "int8" else []
+    per_experiment += [
+        "evaluate_robustness",
+        "build_serving_image",
+        "evaluate_served_model",
+        "register_model",
+    ]
+    # every training (a sweep's trials too); the rest for the shipped experiments only
+    jobs += [
+        (f"train_model/{e}", "train_model", {"experiment": e}) for e in EXPERIMENTS
+    ]
+    for experiment in shipped():
+        jobs += [
+            (f"{rule}/{experiment}", rule, {"experiment": experiment})
+            for rule in per_experiment
+        ]
+    return jobs
+
+
+def versions_inputs(wildcards):
+    """One output of every such job: the table is made after them, and again when one reruns."""
+    return [job_file(rule, "output", **w) for _, rule, w in versioned_jobs()]
+
+
+def versions_logs(wildcards):
+    return job_logs(
+        {name: job_file(rule, "log", **w) for name, rule, w in versioned_jobs()}
+    )
+
+
 def final_targets(wildcards):
     """The targets (Snakefile, `all`) that do not wait for a sweep's ranking. The data and every
     hand-written experiment through registration, with their report items, and the sweep's report
@@ -182,6 +286,8 @@ def shipped_targets(names):
         *rules.tabulate_export.output,
         *rules.tabulate_manifest.output,
         *rules.plot_evaluation.output,
+        *rules.plot_robustness.output,
+        rules.register_model.output.card_html,
     ]
     return targets + expand(per_experiment, experiment=names)
 
@@ -190,10 +296,13 @@ def shipped_targets(names):
 # not beside its rules (snakemake --lint: no functions in a file of rules), and name other rules'
 # files as rules.<name>.output: resolved when called, after every rule is defined.
 def report_targets():
-    """The data's report items (each experiment's: shipped_targets; the comparison's:
-    promoted_targets).
+    """The data's report items and the software versions table (each experiment's:
+    shipped_targets; the comparison's: promoted_targets).
     """
-    return expand(rules.plot_dataset.output, dataset=DATASET_ID)
+    return [
+        *rules.tabulate_versions.output,
+        *expand(rules.plot_dataset.output, dataset=DATASET_ID),
+    ]
 
 
 def export_table_inputs(wildcards):
@@ -249,6 +358,29 @@ def recipes_json(wildcards):
     """Every shipped experiment's resolved recipe (compare_experiments shows them side by side)."""
     recipes = {name: experiment_recipe(name).asdict() for name in shipped()}
     return json.dumps(recipes, sort_keys=True)
+
+
+# The dataset audit's settings, gate and outputs (rules/audit.smk).
+def audit_settings(wildcards):
+    """What audit_dataset decides with; a change reruns the audit (and the evaluation reading it)."""
+    return json.dumps(AUDIT, sort_keys=True)
+
+
+def audit_gate(wildcards):
+    """train_model's extra input when the leakage gate is on: the audit's metrics. ancient(): a
+    rerun of the audit (other settings) does not retrain; it only has to have passed."""
+    if AUDIT["max_test_leakage"] is None:
+        return {}
+    return {"audit": ancient(audit_output("metrics"))}
+
+
+def audit_output(name):
+    """This dataset's path of one of audit_dataset's outputs (called once every rule exists)."""
+    return expand(getattr(rules.audit_dataset.output, name), dataset=DATASET_ID)[0]
+
+
+def audit_targets():
+    return [audit_output("metrics")]
 
 
 # Sweeps (rules/sweep.smk)

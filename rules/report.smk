@@ -139,6 +139,12 @@ rule plot_evaluation:
             category="Evaluation",
             labels={"experiment": "{experiment}", "figure": "most confidently wrong"},
         ),
+        reliability=report(
+            "results/report/evaluate/{experiment}/reliability.png",
+            caption="../report/reliability.rst",
+            category="Evaluation",
+            labels={"experiment": "{experiment}", "figure": "reliability diagram"},
+        ),
     log:
         "logs/plot_evaluation/{experiment}.log",
     benchmark:
@@ -153,7 +159,62 @@ rule plot_evaluation:
     shell:
         "python scripts/plot_evaluation.py --metrics {input.metrics:q} --predictions {input.predictions:q}"
         " --data {params.data:q} --experiment {wildcards.experiment} --per-class {output.per_class:q}"
-        " --wrong {output.wrong:q} --log {log:q}"
+        " --wrong {output.wrong:q} --reliability {output.reliability:q} --log {log:q}"
+
+
+rule plot_robustness:
+    input:
+        table=rules.evaluate_robustness.output.table,
+    output:
+        table=report(
+            "results/report/robustness/{experiment}/corruption_accuracy.html",
+            caption="../report/corruption_accuracy.rst",
+            category="Robustness",
+            labels={"experiment": "{experiment}", "figure": "accuracy table"},
+        ),
+        heatmap=report(
+            "results/report/robustness/{experiment}/corruption_heatmap.png",
+            caption="../report/corruption_heatmap.rst",
+            category="Robustness",
+            labels={"experiment": "{experiment}", "figure": "heat map"},
+        ),
+    log:
+        "logs/plot_robustness/{experiment}.log",
+    benchmark:
+        "benchmarks/plot_robustness/{experiment}.tsv"
+    localrule: True
+    conda:
+        "../envs/report.yaml"
+    container:
+        PIPELINE_IMAGE
+    shell:
+        "python scripts/plot_robustness.py --table {input.table:q} --experiment {wildcards.experiment}"
+        " --html {output.table:q} --heatmap {output.heatmap:q} --log {log:q}"
+
+
+rule tabulate_versions:
+    input:
+        versions_inputs,
+    output:
+        report(
+            "results/report/versions/software_versions.html",
+            caption="../report/software_versions.rst",
+            category="Software versions",
+            labels={"experiment": "all", "figure": "every job"},
+        ),
+    log:
+        "logs/tabulate_versions/tabulate_versions.log",
+    benchmark:
+        "benchmarks/tabulate_versions/tabulate_versions.tsv"
+    localrule: True
+    conda:
+        "../envs/report.yaml"
+    container:
+        PIPELINE_IMAGE
+    params:
+        logs=versions_logs,
+    shell:
+        "python scripts/tabulate_versions.py --logs {params.logs} --out {output:q} --log {log:q}"
 
 
 rule compare_experiments:

@@ -75,14 +75,22 @@ rule evaluate_served_model:
 
 
 # Only after the gate (its input is the evaluation). Runs where Snakemake runs, beside the MLflow store.
+# The model card reads what the run measured (and the versions each job's log records).
 rule register_model:
     input:
+        unpack(card_inputs),
         model=rules.export_onnx.output.onnx,
         manifest=rules.build_serving_image.output.manifest,
         evaluation=rules.evaluate_served_model.output.metrics,
-        training=rules.train_model.output.metrics,
     output:
         registration="results/register/{experiment}/registration.json",
+        card="results/register/{experiment}/model_card.md",
+        card_html=report(
+            "results/register/{experiment}/model_card.html",
+            caption="../report/model_card.rst",
+            category="Model card",
+            labels={"experiment": "{experiment}", "figure": "model card"},
+        ),
     log:
         "logs/register_model/{experiment}.log",
     benchmark:
@@ -95,8 +103,12 @@ rule register_model:
     threads: 1
     params:
         settings=registry_settings,
+        config_sha256=model_config_sha256,
+        logs=card_logs,
     shell:
         "python scripts/register_model.py --model {input.model:q} --manifest {input.manifest:q}"
-        " --evaluation {input.evaluation:q} --training {input.training:q} --settings {params.settings:q}"
-        " --output {output.registration:q}"
+        " --evaluation {input.evaluation:q} --export {input.export:q} --train {input.train:q}"
+        " --meta {input.meta:q} --robustness {input.robustness:q} --audit {input.audit:q} --logs {params.logs}"
+        " --config-sha256 {params.config_sha256} --settings {params.settings:q}"
+        " --output {output.registration:q} --card {output.card:q} --card-html {output.card_html:q}"
         " --log {log:q}"

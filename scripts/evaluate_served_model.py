@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from cifarflow.audit import clean_accuracy, clean_mask
+from cifarflow.calibration import calibration_metrics
 from cifarflow.dataset import load_meta, load_split
 from cifarflow.engines import ServerSpec, container_name, running
 from cifarflow.errors import PipelineError
@@ -73,6 +74,7 @@ def main(args: argparse.Namespace) -> None:
     predicted = served.argmax(1)
     matrix = confusion(labels, predicted, len(class_names))
     figures |= classification_metrics(matrix, class_names)
+    figures |= calibration_metrics(served, labels)  # of the served probabilities: ece, nll, brier
     # the test images without a near-duplicate in train or val (the audit's pairs)
     figures |= clean_accuracy(labels, predicted, clean_mask(pd.read_parquet(args.duplicates), len(labels)))
     served_ips, offline_ips = len(images) / served_s, len(images) / offline_s
@@ -87,6 +89,13 @@ def main(args: argparse.Namespace) -> None:
         "batch_size": batch,
         "concurrency": evaluate["concurrency"],
     }
+    log.info(
+        "calibration as served: ECE %.4f, NLL %.4f, Brier %.4f, mean confidence %.4f",
+        figures["ece"],
+        figures["nll"],
+        figures["brier"],
+        figures["mean_confidence"],
+    )
     log.info(
         "as served: accuracy %.4f (clean test images: %.4f on %d), macro F1 %.4f; "
         "latency p50 %.2f / p95 %.2f / p99 %.2f ms; "

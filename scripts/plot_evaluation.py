@@ -1,15 +1,18 @@
-"""Rule plot_evaluation: per-class precision/recall (HTML) and a grid of the most confidently wrong
-test images (PNG) of the served model, from evaluate_served_model's metrics and predictions."""
+"""Rule plot_evaluation: per-class precision/recall (HTML), a grid of the most confidently wrong
+test images (PNG) and the reliability diagram (PNG) of the served model, from evaluate_served_model's
+metrics and predictions."""
 
 import argparse
 import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+from cifarflow.calibration import calibration_metrics, reliability
 from cifarflow.dataset import load_meta, load_split
 from cifarflow.errors import PipelineError
-from cifarflow.plots import confidently_wrong_grid, most_confidently_wrong, save_png
+from cifarflow.plots import confidently_wrong_grid, most_confidently_wrong, reliability_diagram, save_png
 from cifarflow.runtime import run_cli, write_text
 from cifarflow.tables import per_class_html
 
@@ -33,7 +36,14 @@ def main(args: argparse.Namespace) -> None:
     log.info("%d of %d test images misclassified", misclassified, len(predictions))
     grid = confidently_wrong_grid(test.images, wrong, meta["class_names"], misclassified, len(predictions))
     save_png(grid, args.wrong)
-    log.info("wrote %s and %s", args.per_class, args.wrong)
+    probabilities = np.stack(predictions["probabilities"].to_numpy())
+    labels = predictions["label"].to_numpy()
+    title = f"{args.experiment}: reliability as served, {len(labels):,} test images"
+    diagram = reliability_diagram(
+        reliability(probabilities, labels), calibration_metrics(probabilities, labels), title
+    )
+    save_png(diagram, args.reliability)
+    log.info("wrote %s, %s and %s", args.per_class, args.wrong, args.reliability)
 
 
 if __name__ == "__main__":
@@ -46,5 +56,6 @@ if __name__ == "__main__":
     parser.add_argument("--experiment", required=True, help="the experiment's name (titles)")
     parser.add_argument("--per-class", required=True, help="where to write the per-class table (HTML)")
     parser.add_argument("--wrong", required=True, help="where to write the confidently-wrong grid (PNG)")
+    parser.add_argument("--reliability", required=True, help="where to write the reliability diagram (PNG)")
     parser.add_argument("--limit", type=int, default=24, help="images in the grid")
     run_cli(main, parser)

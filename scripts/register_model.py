@@ -1,18 +1,31 @@
-"""Rule register_model: after the quality gate, the ONNX model goes to the MLflow Model Registry."""
+"""Rule register_model: after the quality gate, the ONNX model goes to the MLflow Model Registry with
+its model card (Markdown and HTML, also written beside registration.json)."""
 
 import argparse
 import json
 from pathlib import Path
 
-from cifarflow.registry import register, tracking_uri
-from cifarflow.runtime import run_cli, write_json
+import onnx
+from cifarflow.model_card import CardInputs, render
+from cifarflow.registry import log_card, register, tracking_uri, use_experiment
+from cifarflow.runtime import run_cli, write_json, write_text
+from cifarflow.versions import from_logs, software_versions
+
+
+def read(path: str | None) -> dict | None:
+    return json.loads(Path(path).read_text()) if path else None
+
+
+def job_versions(pairs: list[str]) -> dict[str, dict[str, str]]:
+    """What each job that made the model recorded, and this job's own versions last."""
+    return from_logs(pairs) | {"register_model": software_versions()}
 
 
 def main(args: argparse.Namespace) -> None:
     settings = json.loads(args.settings)
     manifest = json.loads(Path(args.manifest).read_text())
     figures = json.loads(Path(args.evaluation).read_text())
-    training = json.loads(Path(args.training).read_text())
+    train = read(args.train)
     tags = {
         "image": manifest["image"],
         "image_id": manifest["image_id"],
@@ -25,16 +38,40 @@ def main(args: argparse.Namespace) -> None:
         "latency_ms_p50": str(figures["latency_ms_p50"]),
         "throughput_images_per_second": str(figures["throughput_images_per_second"]),
     }
+    uri = tracking_uri(settings["mlflow"]["tracking_uri"])
+    use_experiment(uri, settings["mlflow"]["experiment"])
     record = register(
         model_path=Path(args.model),
         name=settings["register"]["model_name"],
         alias=settings["register"]["alias"],
         tags=tags,
         accuracy=figures["accuracy"],
-        val_accuracy=training["val_accuracy"],  # what decides the alias
-        uri=tracking_uri(settings["mlflow"]["tracking_uri"]),
+        val_accuracy=train["val_accuracy"],  # what decides the alias
+        uri=uri,
         lock_file=Path(args.output).parent.parent / ".registry.lock",
     )
+    metadata = {p.key: p.value for p in onnx.load(args.model, load_external_data=False).metadata_props}
+    card = CardInputs(
+        experiment=manifest["experiment"],
+        registration=record,
+        manifest=manifest,
+        evaluation=figures,
+        export=read(args.export),
+        train=train,
+        meta=read(args.meta),
+        recipe=json.loads(metadata["recipe"]),
+        recipe_sha256=metadata["recipe_sha256"],
+        config_sha256=args.config_sha256,
+        versions=job_versions(args.logs),
+        robustness=read(args.robustness),
+        audit=read(args.audit),
+    )
+    markdown, page = render(card)
+    outputs = [Path(args.card), Path(args.card_html)]
+    write_text(outputs[0], markdown)
+    write_text(outputs[1], page)
+    folder = log_card(uri, record["name"], record["version"], outputs, manifest["engine"])
+    record["model_card"] = f"{record['model_uri']}/{folder + '/' if folder else ''}{outputs[0].name}"
     write_json(args.output, record)
 
 
@@ -43,7 +80,15 @@ if __name__ == "__main__":
     parser.add_argument("--model", required=True, help="results/export/<experiment>/model.onnx")
     parser.add_argument("--manifest", required=True, help="results/image/<experiment>/manifest.json")
     parser.add_argument("--evaluation", required=True, help="results/evaluate/<experiment>/metrics.json")
-    parser.add_argument("--training", required=True, help="results/train/<experiment>/metrics.json")
+    parser.add_argument("--export", required=True, help="results/export/<experiment>/metrics.json")
+    parser.add_argument("--train", required=True, help="results/train/<experiment>/metrics.json")
+    parser.add_argument("--meta", required=True, help="results/data/<dataset-id>/meta.json")
+    parser.add_argument("--robustness", required=True, help="results/robustness/<experiment>/robustness.json")
+    parser.add_argument("--audit", required=True, help="the dataset audit's metrics.json")
+    parser.add_argument("--logs", nargs="*", default=[], help="JOB=LOG of the jobs that made the model")
+    parser.add_argument("--config-sha256", required=True, help="of the settings that made this model")
     parser.add_argument("--settings", required=True, help="the `register` and `mlflow` config, JSON")
     parser.add_argument("--output", required=True, help="where to write registration.json")
+    parser.add_argument("--card", required=True, help="where to write model_card.md")
+    parser.add_argument("--card-html", required=True, help="where to write model_card.html")
     run_cli(main, parser)

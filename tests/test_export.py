@@ -7,6 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from cifarflow import calibration as cal
 from cifarflow.config import validate_config
 from cifarflow.errors import PipelineError
 from cifarflow.export import export, quantize
@@ -96,3 +97,72 @@ def test_int8_quantisation_reports_accuracy_and_speed(exported, tiny_data, tmp_p
         figures["fp32_test_accuracy"] - figures["int8_test_accuracy"]
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx"]
+
+
+def overconfident_checkpoint(source, target, factor: float = 20.0):
+    """The same model with its head's weights scaled: the same argmax, logits `factor` times sharper
+    (the tiny model trained with label smoothing is under-confident: T ~ 0.25 would suit it)."""
+    checkpoint = torch.load(source, weights_only=True)
+    (head,) = [key for key in checkpoint["weights"] if key.endswith("head.weight")]
+    checkpoint["weights"][head] = checkpoint["weights"][head] * factor
+    torch.save(checkpoint, target)
+    return target
+
+
+def test_temperature_fitted_on_val_goes_into_the_graph_and_keeps_every_prediction(
+    exported,
+    tiny_data,  # noqa: F811
+    tmp_path,
+):
+    out, plain_figures = exported
+    sharp = overconfident_checkpoint(out / "model.pt", tmp_path / "sharp.pt")
+    plain = export(sharp, tiny_data, tmp_path / "plain.onnx", SETTINGS, threads=2)
+    settings = {**SETTINGS, "calibrate": "temperature"}
+    figures = export(sharp, tiny_data, tmp_path / "calibrated.onnx", settings, threads=2)
+    assert plain["temperature"] == 1.0 and plain["test_ece_before"] == plain["test_ece_after"]
+    assert "temperature" not in {p.key for p in onnx.load(tmp_path / "plain.onnx").metadata_props}
+    t = figures["temperature"]
+    assert t > 1.5  # the sharpened model is over-confident: the temperature softens it
+
+    # fitted on the validation split, and only there
+    run = lambda path, split: ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(  # noqa: E731
+        None, {"image": np.load(tiny_data / f"{split}_images.npy")}
+    )
+    val_labels = np.load(tiny_data / "val_labels.npy")
+    raw_val_logits, _ = run(tmp_path / "plain.onnx", "val")
+    assert t == pytest.approx(cal.fit_temperature(raw_val_logits, val_labels), rel=1e-3)
+    assert figures["val_nll_after"] < figures["val_nll_before"] - 0.05
+    assert figures["val_nll_before"] == pytest.approx(
+        cal.nll_from_logits(raw_val_logits, val_labels), abs=1e-4
+    )
+
+    # in the graph: logits / T and their softmax; every prediction and the accuracy unchanged
+    meta = {p.key: p.value for p in onnx.load(tmp_path / "calibrated.onnx").metadata_props}
+    assert float(meta["temperature"]) == pytest.approx(t, rel=1e-5)
+    raw_logits, raw_probs = run(tmp_path / "plain.onnx", "test")
+    logits, probs = run(tmp_path / "calibrated.onnx", "test")
+    np.testing.assert_allclose(logits, raw_logits / float(meta["temperature"]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(probs, cal.softmax(logits), atol=1e-6)
+    np.testing.assert_array_equal(probs.argmax(1), raw_probs.argmax(1))
+    assert figures["onnx_test_accuracy"] == plain["onnx_test_accuracy"] == plain_figures["onnx_test_accuracy"]
+    assert figures["argmax_agreement"] >= 0.9995 and figures["max_probability_diff"] <= 1e-4  # the gate held
+    # calibration on test: "before" is the plain graph's, "after" the calibrated graph's
+    labels = np.load(tiny_data / "test_labels.npy")
+    assert figures["test_ece_before"] == pytest.approx(
+        cal.expected_calibration_error(raw_probs, labels), abs=1e-5
+    )
+    assert figures["test_ece_after"] == pytest.approx(cal.expected_calibration_error(probs, labels), abs=1e-5)
+    assert figures["test_nll_after"] < figures["test_nll_before"]
+
+
+def test_temperature_needs_a_validation_split(exported, tiny_data, tmp_path):  # noqa: F811
+    out, _ = exported
+    data = tmp_path / "noval"
+    data.mkdir()
+    for f in tiny_data.iterdir():
+        (data / f.name).write_bytes(f.read_bytes())
+    np.save(data / "val_images.npy", np.zeros((0, 32, 32, 3), np.uint8))
+    np.save(data / "val_labels.npy", np.zeros((0,), np.int64))
+    with pytest.raises(PipelineError, match="no validation split.*export.calibrate: none"):
+        export(out / "model.pt", data, tmp_path / "model.onnx", {**SETTINGS, "calibrate": "temperature"})
+    assert not (tmp_path / "model.onnx").exists()

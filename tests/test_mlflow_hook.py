@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -25,12 +27,13 @@ from types import SimpleNamespace
 
 import pytest
 from cifarflow import ports
-from conftest import ROOT, make_image_tree, snakemake, write_yaml
+from conftest import ROOT, make_image_tree, require_system_part, snakemake, write_yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from snakemake_interface_logger_plugins.common import LogEvent
 from snakemake_logger_plugin_mlflow import LogHandler, LogHandlerSettings
 from snakemake_logger_plugin_mlflow.content import (
+    VERSIONS_MARKER,
     file_digest,
     flatten,
     metrics_from_json,
@@ -39,6 +42,7 @@ from snakemake_logger_plugin_mlflow.content import (
     safe_key,
     split_tags,
     tags_from_json,
+    versions_from_log,
 )
 
 BIN = Path(sys.executable).parent
@@ -158,6 +162,11 @@ def test_demo_run_logs_one_parent_and_a_child_per_job(workflow):
     child = runs.named(f"prepare_dataset/dataset={data.name}")
     assert child.info.status == "FINISHED"
     assert child.data.tags["snakemake.rule"] == "prepare_dataset"
+    # the versions the job ran with, from its log's record
+    assert child.data.tags["version.numpy"] == importlib.metadata.version("numpy")
+    assert child.data.tags["version.python"] == platform.python_version()
+    assert child.data.tags["version.image"] == "none (the host's environment)"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert json.loads(child.data.tags["snakemake.wildcards"]) == {"dataset": data.name}
     params = child.data.params
     assert params["wildcards.dataset"] == data.name and params["threads"] == "2"
@@ -311,7 +320,7 @@ def rest(url: str, endpoint: str, body: dict | None = None, **query) -> dict:
 
 @pytest.mark.workflow
 def test_logs_to_a_tracking_server_over_http(workflow, mlflow_server):
-    snakemake(
+    proc = snakemake(
         workflow,
         *DATA_STAGE,
         "--logger-mlflow-tracking-uri",
@@ -345,6 +354,60 @@ def test_logs_to_a_tracking_server_over_http(workflow, mlflow_server):
             response.read().decode()
             == (workflow / "logs" / "prepare_dataset" / f"{data.name}.log").read_text()
         )
+
+    # the experiment is a model-training one, and the link printed at the end opens MLflow's UI on
+    # its runs table (parent and job runs), where a new user expects them
+    assert (
+        experiment["tags"]
+        and {t["key"]: t["value"] for t in experiment["tags"]}["mlflow.experimentKind"]
+        == "custom_model_development"
+    )
+    url = f"{mlflow_server}/#/experiments/{experiment['experiment_id']}?workflowType=machine_learning"
+    assert f"its runs table: {url}" in proc.stdout + proc.stderr
+
+
+def test_the_printed_link_opens_mlflow_ui_on_the_runs_table(mlflow_server, tmp_path, monkeypatch):
+    """MLflow's own UI in headless Chromium: the link each invocation ends with shows the runs table
+    with the invocation's run; the same experiment without workflowType shows MLflow 3.17's GenAI
+    overview, which is why the link carries it."""
+    from playwright.sync_api import sync_playwright
+    from report_browser import ARGS, CHROMIUM
+    from snakemake_logger_plugin_mlflow.uri import runs_table_url
+
+    require_system_part("chromium")
+    monkeypatch.chdir(tmp_path)
+    Path("job.log").write_text("done\n")
+    handler = LogHandler(
+        SimpleNamespace(dryrun=False), LogHandlerSettings(tracking_uri=mlflow_server, experiment="ui")
+    )
+    job = dict(rule_name="train_model", jobid=1, input=[], output=[], log=["job.log"], wildcards={})
+    events = [
+        _event(LogEvent.WORKFLOW_STARTED, cmd="snakemake", config_md5="0" * 32, datetime="ui check"),
+        _event(LogEvent.RUN_INFO, stats={"train_model": 1, "total": 1}),
+        _event(LogEvent.JOB_INFO, **job),
+        _event(LogEvent.JOB_FINISHED, job_id=1),
+    ]
+    try:
+        for record in events:
+            handler.hook.capture(record)
+            handler.emit(record)
+    finally:
+        handler.close()
+    experiment = MlflowClient(mlflow_server).get_experiment_by_name("ui")
+    url = runs_table_url(mlflow_server, experiment.experiment_id)
+    parent_name = "snakemake ui check"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(url)
+            page.get_by_text(parent_name).first.wait_for(timeout=60_000)
+            assert page.get_by_role("columnheader", name="Run Name").count() >= 1
+            page.goto(url.split("?")[0])
+            page.get_by_text("No data available for the selected time range").first.wait_for(timeout=60_000)
+            assert page.get_by_text(parent_name).count() == 0
+        finally:
+            browser.close()
 
 
 # ---- a store that cannot be used -------------------------------------------------------------
@@ -884,7 +947,9 @@ def test_events_to_a_real_store_without_snakemake(tmp_path, monkeypatch):
     (out / "metrics.json").write_text(
         json.dumps({"test_accuracy": 0.42, "val_accuracy": 0.35, "history": history})
     )
-    Path("train.log").write_text("epoch 1\nepoch 2\nepoch 3\n")
+    versions = {"python": "3.11.2", "torch": "2.14.1", "image": "cifarflow-pipeline:0.1.0-cuda"}
+    line = f"12:00:00 INFO {VERSIONS_MARKER}{json.dumps(versions)}\n"
+    Path("train.log").write_text(f"running in image x\n{line}epoch 1\nepoch 2\nepoch 3\n")
     Path("bench.tsv").write_text("s\tmax_rss\tcpu_time\tparams\n2.00\t10.00\t1.00\t{'lr': 0.1}\n")
     uri = f"sqlite:///{tmp_path / 'unit.db'}"
     handler = LogHandler(
@@ -930,6 +995,52 @@ def test_events_to_a_real_store_without_snakemake(tmp_path, monkeypatch):
         "params.lr": "0.1",
     }
     assert artifacts_of(uri, child) == {"train.log", "results/x/metrics.json", "bench.tsv"}
+    # the versions the job's log records, as tags of its run; the experiment opens on the runs table
+    assert {k: v for k, v in child.data.tags.items() if k.startswith("version.")} == {
+        f"version.{k}": v for k, v in versions.items()
+    }
+    experiment = MlflowClient(uri).get_experiment_by_name("unit")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (None, "custom_model_development"),
+        ("genai_development_inferred", "custom_model_development"),  # MLflow's own guess is replaced
+        ("genai_development", "genai_development"),  # a kind someone chose stays
+    ],
+)
+def test_an_existing_experiment_becomes_a_model_training_one_unless_chosen_otherwise(tmp_path, before, after):
+    uri = f"sqlite:///{tmp_path / 'kind.db'}"
+    MlflowClient(uri).create_experiment("kind", tags={"mlflow.experimentKind": before} if before else None)
+    handler = LogHandler(
+        SimpleNamespace(dryrun=False), LogHandlerSettings(tracking_uri=uri, experiment="kind")
+    )
+    events = [
+        _event(LogEvent.WORKFLOW_STARTED, cmd="snakemake", config_md5="0" * 32, datetime="now"),
+        _event(LogEvent.RUN_INFO, stats={"total": 1}),
+    ]
+    try:
+        for record in events:
+            handler.hook.capture(record)
+            handler.emit(record)
+    finally:
+        handler.close()
+    assert MlflowClient(uri).get_experiment_by_name("kind").tags.get("mlflow.experimentKind") == after
+
+
+def test_the_hook_reads_the_versions_line_the_library_writes(tmp_path):
+    """One marker on both sides, though the hook never imports the workflow's library."""
+    from cifarflow.versions import LOG_MARKER, log_line, software_versions
+
+    assert VERSIONS_MARKER == LOG_MARKER
+    found = software_versions()
+    log = tmp_path / "job.log"
+    log.write_text(f"12:00:00 INFO running in ...\n12:00:00 INFO {log_line(found)}\n" + "x\n" * 100_000)
+    assert versions_from_log(log) == {f"version.{k}": v for k, v in found.items()}
+    log.write_text("no versions here\n")
+    assert versions_from_log(log) == {}
 
 
 def test_strict_starts_no_further_job_once_logging_failed():

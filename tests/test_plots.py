@@ -119,3 +119,31 @@ def test_save_png_writes_the_same_bytes_for_the_same_figure_and_nothing_on_failu
     with pytest.raises(ValueError):
         plots.save_png(broken, tmp_path / "c.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
+
+
+def test_reliability_diagram_draws_accuracy_per_confidence_bin_and_the_counts():
+    from cifarflow.calibration import calibration_metrics, reliability
+
+    probabilities = np.array([[0.9, 0.05, 0.05], [0.92, 0.04, 0.04], [0.2, 0.7, 0.1], [0.42, 0.3, 0.28]])
+    labels = np.array([0, 1, 1, 2])
+    figures = calibration_metrics(probabilities, labels)
+    fig = plots.reliability_diagram(reliability(probabilities, labels), figures, "default: reliability")
+    top, bottom = fig.axes
+    accuracy_bars, gaps = top.containers[0].patches, top.containers[1].patches
+    assert sorted(round(p.get_height(), 6) for p in accuracy_bars) == [0.0, 0.5, 1.0]  # bins 6, 13, 10
+    starts = sorted(round(p.get_x(), 6) for p in accuracy_bars)
+    assert starts == [round(m / 15, 6) for m in (6, 10, 13)]
+    assert sorted(round(p.get_height(), 6) for p in gaps) == [-0.3, 0.41, 0.42]  # confidence - accuracy
+    assert [p.get_height() for p in bottom.patches if p.get_height()] == [1, 1, 2]
+    assert "ECE 0.3850" in top.texts[0].get_text() and top.get_title() == "default: reliability"
+
+
+def test_robustness_heatmap_has_a_cell_per_corruption_and_severity():
+    from cifarflow.robustness import Robustness
+
+    result = Robustness(0.9, {"contrast": {1: 0.85, 5: 0.4}, "pixelate": {1: 0.9, 5: 0.7}}, 100, 0)
+    fig = plots.robustness_heatmap(result, "default")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.texts] == ["85.0%", "40.0%", "90.0%", "70.0%"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["contrast (mean 62.5%)", "pixelate (mean 80.0%)"]
+    assert "uncorrupted 90.0%, mean under corruption 71.2%" in ax.get_title()

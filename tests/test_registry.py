@@ -1,6 +1,7 @@
 """register_model against a real MLflow store (the alias moves only on merit); choosing a serving engine."""
 
 import json
+from pathlib import Path
 
 import pytest
 from cifarflow.registry import register, tracking_uri
@@ -149,3 +150,35 @@ def test_choose_names_the_missing_engine_and_the_fix(engine, monkeypatch, tmp_pa
     ):
         choose(engine)
     assert choose("auto") == "process"
+
+
+def test_the_model_card_is_a_file_of_the_registered_version(model, tmp_path):  # noqa: F811
+    import mlflow
+    from cifarflow.registry import log_card, use_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment_id = use_experiment(uri, "cifar10")
+    register_tags, client = registrar(model, tmp_path)
+    record = register_tags(tags("a" * 64), 0.9)
+    card, page = tmp_path / "model_card.md", tmp_path / "model_card.html"
+    card.write_text("# Model card: clf version 1\n")
+    page.write_text("<h1>Model card: clf version 1</h1>\n")
+    assert log_card(uri, "clf", record["version"], [card, page], "podman") == ""
+    # a later evaluation of the same version: its card goes beside the first, which stays
+    card.write_text("# a later evaluation\n")
+    assert log_card(uri, "clf", record["version"], [card, page], "process") == "evaluations/process"
+
+    first = mlflow.artifacts.download_artifacts(artifact_uri="models:/clf/1/model_card.md", tracking_uri=uri)
+    assert Path(first).read_text() == "# Model card: clf version 1\n"
+    files = Path(mlflow.artifacts.download_artifacts(artifact_uri="models:/clf/1", tracking_uri=uri))
+    assert (files / "model_card.html").read_text().startswith("<h1>Model card")
+    assert (files / "evaluations/process/model_card.md").read_text() == "# a later evaluation\n"
+    assert (files / "MLmodel").exists()  # beside the model it describes
+    # the model is logged in the workflow's experiment, which MLflow's UI opens on its runs table
+    version = client.get_model_version("clf", "1")
+    model_id = version.model_id or version.source.removeprefix("models:/")  # SQL registries: source
+    assert client.get_logged_model(model_id).experiment_id == experiment_id
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "genai_development")
+    use_experiment(uri, "cifar10")  # a kind someone chose stays
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "genai_development"

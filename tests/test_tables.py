@@ -202,3 +202,45 @@ def test_recipes_side_by_side_bold_the_keys_that_differ():
     page = tables.recipes_html({"a": {"lr": 0.1, "seed": 0}, "b": {"lr": 0.1, "seed": 1}})
     assert Cells(page).rows == [["key", "a", "b"], ["lr", "0.1", "0.1"], ["seed", "0", "1"]]
     assert '<tr class="best"><td class="text">seed</td>' in page and '<tr><td class="text">lr</td>' in page
+
+
+def test_robustness_table_has_each_severity_the_means_and_marks_the_hardest():
+    from cifarflow.robustness import Robustness
+
+    result = Robustness(
+        0.9,
+        {"contrast": {1: 0.85, 5: 0.4}, "pixelate": {1: 0.9, 5: 0.7}},
+        200,
+        3,
+        confidence={"contrast": {1: 0.8, 5: 0.6}, "pixelate": {1: 0.9, 5: 0.8}},
+    )
+    page = tables.robustness_html(result, "default")
+    rows = Cells(page).rows
+    assert rows[0] == ["corruption", "severity 1", "severity 5", "mean", "mean confidence"]
+    assert rows[1] == ["contrast", "85.00%", "40.00%", "62.50%", "70.00%"]
+    assert rows[3] == ["mean", "87.50%", "55.00%", "71.25%", ""]
+    assert '<tr class="weak"><td class="text">contrast' in page
+    assert "200 test images" in page and "relative drop of 20.83%" in page
+
+
+def test_versions_table_groups_jobs_by_environment():
+    image = {"python": "3.11.2", "torch": "2.14.1", "image": "cifarflow-pipeline:0.1.0-cuda"}
+    host = {"python": "3.11.7", "torch": "2.14.1", "image": "none (the host's environment)"}
+    jobs = {
+        "train_model/default": {**image, "gpu": "none visible"},
+        "export_onnx/default": {**image, "gpu": "none visible"},
+        "register_model/default": image,
+        "evaluate_served_model/default": host,
+        "plot_old/default": {"not recorded": "logs/old.log predates version records: rerun the job"},
+    }
+    groups = tables.environments(jobs)
+    in_image = ["train_model/default", "export_onnx/default", "register_model/default"]
+    assert [(name, members) for name, members, _ in groups] == [
+        ("cifarflow-pipeline:0.1.0-cuda", in_image),
+        ("host", ["evaluate_served_model/default"]),
+        ("not recorded", ["plot_old/default"]),
+    ]
+    rows = Cells(tables.versions_html(jobs)).rows
+    assert rows[0] == ["software", "cifarflow-pipeline:0.1.0-cuda", "host", "not recorded"]
+    assert ["python", "3.11.2", "3.11.7", "-"] in rows and ["gpu", "none visible", "-", "-"] in rows
+    assert ["evaluate_served_model/default", "host"] in rows and ["job", "environment"] in rows

@@ -40,17 +40,21 @@ HOST_RULES = {"build_serving_image", "evaluate_served_model"}
 # only; it needs the internet or a hand-placed archive, so this offline test cannot run it).
 DEMO_RULES = {
     "prepare_dataset",
+    "audit_dataset",
     "train_model",
     "export_onnx",
     "quantize_onnx",
     "build_serving_image",
     "evaluate_served_model",
     "register_model",
+    "evaluate_robustness",
     "plot_dataset",
     "plot_training",
     "tabulate_export",
     "tabulate_manifest",
     "plot_evaluation",
+    "plot_robustness",
+    "tabulate_versions",
     "compare_experiments",
 }
 
@@ -71,7 +75,7 @@ def pipeline_image(podman) -> dict:
     return {**image, "ref": f"localhost/{image['image']}"}
 
 
-def snakemake(workdir: Path, *args: str, path: list[Path], env: dict | None = None, timeout: float = 900):
+def snakemake(workdir: Path, *args: str, path: list[Path], env: dict | None = None, timeout: float = 1500):
     env = dict(os.environ, **(env or {}), PATH=os.pathsep.join([*map(str, path), os.environ["PATH"]]))
     start = time.monotonic()
     proc = subprocess.run(
@@ -183,6 +187,58 @@ def test_the_demo_ran_end_to_end_every_containerised_job_inside_the_image(runs, 
     for run in runs_of(sqlite_uri(boxed), "cifar10").children:
         rule = run.info.run_name.split("/")[0]
         assert run.data.tags.get("container.image") == (None if rule in HOST_RULES else image), rule
+
+
+def test_every_job_recorded_the_software_it_really_ran_with(runs, pipeline_image):
+    """The versions each job recorded (its MLflow run's version.* tags, the report's table, the model
+    card) are those of where it ran: the image's Python and pins for jobs in the image, the host's for
+    the two host rules."""
+    import importlib.metadata
+    import platform
+
+    from cifarflow.versions import from_log
+    from lockfile import read_lock
+    from test_tables import Cells
+
+    boxed = runs["boxed"]
+    probe = "import json, platform; print(json.dumps(platform.python_version()))"
+    image_python = json.loads(
+        subprocess.run(
+            ["podman", "run", "--rm", pipeline_image["ref"], "python", "-c", probe],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    pins = read_lock()  # what the image installs (containers/pipeline: `-c constraints.txt`)
+    for run in runs_of(sqlite_uri(boxed), "cifar10").children:
+        rule, tags = run.info.run_name.split("/")[0], run.data.tags
+        versions = {k.removeprefix("version."): v for k, v in tags.items() if k.startswith("version.")}
+        (log,) = job_logs(boxed, rule)  # one job of each rule: one experiment
+        assert versions == from_log(log.read_text()), rule  # the tags are the log's record
+        if rule in HOST_RULES:
+            assert versions["image"] == "none (the host's environment)" and "image_file" not in versions
+            assert versions["python"] == platform.python_version() and versions["kserve"] != "not installed"
+        else:
+            assert versions["image"] == pipeline_image["image"], rule
+            assert versions["python"] == image_python, rule
+            assert versions["image_file"].startswith(str(boxed / ".snakemake" / "singularity")), rule
+            assert versions["image_digest"] == "unknown inside the job", rule
+            for package in ("torch", "torchvision", "onnx", "onnxruntime", "mlflow", "numpy"):
+                assert versions[package] == pins[package], (rule, package)
+            assert versions["snakemake"] == versions["kserve"] == "not installed", rule  # not in the image
+        assert versions["torch"] == importlib.metadata.version("torch")  # image and host: the same build
+    # the report's table: the image's column and the host's, each job under the one it ran in
+    rows = Cells((boxed / "results/report/versions/software_versions.html").read_text()).rows
+    assert rows[0] == ["software", pipeline_image["image"], "host"]
+    table = {row[0]: row[1:] for row in rows[1:] if len(row) == 3}
+    assert table["python"] == [image_python, platform.python_version()]
+    assert table["kserve"] == ["not installed", importlib.metadata.version("kserve")]
+    placed = {row[0]: row[1] for row in rows if len(row) == 2}
+    assert placed["train_model/default"] == pipeline_image["image"]
+    assert placed["evaluate_served_model/default"] == "host"
+    card = (boxed / "results/register/default/model_card.md").read_text()
+    assert f"| python | {image_python} | {image_python} |" in card  # prepare_dataset, train_model
 
 
 def test_register_model_registered_from_inside_the_image(runs, pipeline_image):

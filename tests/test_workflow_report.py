@@ -15,7 +15,8 @@ from report_browser import walk_report
 pytestmark = pytest.mark.workflow
 EXPERIMENTS = ("default", "short")
 # The process engine runs the serving code without a container engine, like any CI machine can;
-# the 2-epoch model is let through the gate so that both experiments get registered.
+# the 2-epoch model is let through the gate so that both experiments get registered. The graphs are
+# temperature-scaled: what is served, checked equal to offline and carded is the calibrated model.
 TWO = """\
 experiments:
   default: {}
@@ -24,6 +25,8 @@ experiments:
     seed: 1
 serving:
   engine: process
+export:
+  calibrate: temperature
 evaluate:
   min_accuracy: 0.5
   latency_requests: 50
@@ -31,7 +34,7 @@ evaluate:
 ARGS = ("--configfile", "config/demo.yaml", "two.yaml")
 REPORT_RULES = {
     "plot_dataset", "plot_training", "tabulate_export", "tabulate_manifest", "plot_evaluation",
-    "compare_experiments", "all",
+    "plot_robustness", "tabulate_versions", "compare_experiments", "all",
 }  # fmt: skip
 
 
@@ -45,6 +48,7 @@ def expected_items() -> set[tuple[str, str, str, str]]:
         ("Comparison", "all", "table", "comparison.html"),
         ("Comparison", "all", "bar chart", "comparison.png"),
         ("Comparison", "all", "recipes", "recipes.html"),
+        ("Software versions", "all", "every job", "software_versions.html"),
     }
     per_experiment = [
         ("Training", "loss and accuracy", "curves.png"),
@@ -55,6 +59,10 @@ def expected_items() -> set[tuple[str, str, str, str]]:
         ("Evaluation", "confusion matrix", "confusion_matrix.png"),
         ("Evaluation", "per-class precision and recall", "per_class.html"),
         ("Evaluation", "most confidently wrong", "confidently_wrong.png"),
+        ("Evaluation", "reliability diagram", "reliability.png"),
+        ("Robustness", "accuracy table", "corruption_accuracy.html"),
+        ("Robustness", "heat map", "corruption_heatmap.png"),
+        ("Model card", "model card", "model_card.html"),
     ]
     items |= {(c, e, f, n) for e in EXPERIMENTS for c, f, n in per_experiment}
     return items
@@ -66,7 +74,7 @@ def reported(tmp_path_factory) -> Path:
     workdir = copy_workflow(tmp_path_factory.mktemp("report") / "wf")
     write_yaml(workdir / "two.yaml", TWO)
     start = time.perf_counter()
-    run = snakemake(workdir, *ARGS)
+    run = snakemake(workdir, *ARGS, timeout=1500)  # about 30 jobs; a shared CI machine takes its time
     print(f"demo DAG, two experiments: {time.perf_counter() - start:.1f} s")
     assert jobs_run(run)["train_model"] == 2 and jobs_run(run)["compare_experiments"] == 1
     start = time.perf_counter()
@@ -128,6 +136,96 @@ def test_comparison_and_headline_figures_match_the_metrics(reported):
         assert f"``{name}``" in summary and f"{train['test_accuracy'] * 100:.2f}%" in summary
     metrics = json.loads((reported / "results/report/compare/metrics.json").read_text())
     assert metrics["experiments"] == 2 and 0 < metrics["test_accuracy_mean"] <= 1
+
+
+def test_the_model_card_shows_the_runs_own_figures_and_is_in_the_registry(reported):
+    import mlflow
+    from cifarflow import model_card as mc
+
+    for name in EXPERIMENTS:
+        card = (reported / f"results/register/{name}/model_card.md").read_text()
+
+        def read(stage: str, file: str = "metrics.json", name: str = name) -> dict:
+            return json.loads((reported / f"results/{stage}/{name}/{file}").read_text())
+
+        evaluation, export = read("evaluate"), read("export")
+        registration, manifest = read("register", "registration.json"), read("image", "manifest.json")
+        robustness = read("robustness", "robustness.json")
+        assert card.startswith(f"# Model card: {registration['name']} version {registration['version']}\n")
+        for heading in (
+            "Intended use",
+            "Out-of-scope use",
+            "Data",
+            "Metrics",
+            "Calibration",
+            "Robustness",
+            "How it was served and proven",
+            "Limitations",
+            "Provenance",
+            "Software versions",
+        ):
+            assert f"# {heading}\n" in card, heading
+        assert f"| accuracy, as served | {mc.pct(evaluation['accuracy'])} |" in card
+        assert f"| expected calibration error (15 bins, top label) | {evaluation['ece']:.4f} |" in card
+        assert f"| Brier score (multi-class, 0..2) | {evaluation['brier']:.4f} |" in card
+        assert f"{export['test_ece_before']:.4f} / {export['test_ece_after']:.4f}" in card
+        assert export["temperature"] != 1.0 and f"T = {export['temperature']:.4f}" in card
+        assert f"relative drop {mc.pct(robustness_metrics(reported, name)['relative_drop'])}" in card
+        first = robustness["corruptions"][0]
+        row = " | ".join(mc.pct(robustness["accuracy"][first][str(s)]) for s in robustness["severities"])
+        assert f"| {first} | {row} |" in card
+        assert "| served = offline ONNX Runtime, every test image | yes |" in card
+        assert f"`{manifest['model_sha256']}`" in card
+        assert "| train_model | export_onnx | evaluate_robustness |" in card  # versions of each job
+        # the dataset audit's figures and the clean test accuracy
+        (audit_file,) = (reported / "results/audit").glob("*/metrics.json")
+        audit = json.loads(audit_file.read_text())
+        leaked = mc.number(audit["test_with_train_duplicate_count"])
+        assert f"test images with a near-duplicate in train or val: {leaked}" in card
+        assert f"share of the test split: {mc.pct(audit['test_with_train_duplicate_fraction'])}" in card
+        assert (
+            f"without such a near-duplicate: {mc.pct(evaluation['clean_accuracy'])} on "
+            f"{mc.number(evaluation['clean_images'])} images" in card
+        )
+        # the card is a file of the registered version, read back from the store
+        store = f"sqlite:///{reported / 'mlflow.db'}"
+        mlflow.set_registry_uri(store)  # models:/ resolves through the registry (reset after the test)
+        stored = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{registration['model_uri']}/model_card.md", tracking_uri=store
+        )
+        assert Path(stored).read_text() == card and registration["model_card"].endswith("/model_card.md")
+        # calibration: what is served is the temperature-scaled graph, and it is better calibrated
+        assert evaluation["mismatches"] == 0 and export["test_ece_after"] < export["test_ece_before"]
+
+
+def robustness_metrics(workdir: Path, name: str) -> dict:
+    return json.loads((workdir / f"results/robustness/{name}/metrics.json").read_text())
+
+
+def test_accuracy_falls_with_severity_for_the_demo_model(reported):
+    for name in EXPERIMENTS:
+        metrics = robustness_metrics(reported, name)
+        by_severity = [metrics[f"accuracy_severity_{s}"] for s in range(1, 6)]
+        assert all(a > b for a, b in zip(by_severity, by_severity[1:], strict=False)), by_severity
+        assert metrics["uncorrupted_accuracy"] > metrics["mean_corruption_accuracy"] > 0.3
+        assert metrics["images"] == 300  # config/demo.yaml's draw
+
+
+def test_the_versions_table_lists_what_each_job_ran_with(reported):
+    import importlib.metadata
+    import platform
+
+    from test_tables import Cells
+
+    rows = Cells((reported / "results/report/versions/software_versions.html").read_text()).rows
+    assert rows[0] == ["software", "host"]  # one environment: every job ran in this venv
+    versions = {row[0]: row[1] for row in rows[1:] if len(row) == 2 and row[0] != "job"}
+    assert versions["python"] == platform.python_version()
+    for package in ("torch", "onnxruntime", "mlflow", "numpy", "kserve", "snakemake"):
+        assert versions[package] == importlib.metadata.version(package), package
+    jobs = {row[0] for row in rows if len(row) == 2 and row[1] == "host"}
+    assert {f"train_model/{n}" for n in EXPERIMENTS} <= jobs and {"prepare_dataset", "audit_dataset"} <= jobs
+    assert {f"register_model/{n}" for n in EXPERIMENTS} <= jobs
 
 
 def test_clean_test_accuracy_in_metrics_registry_and_report(reported):

@@ -18,6 +18,7 @@ import pandas as pd
 import psutil
 import pytest
 import yaml
+from cifarflow.calibration import calibration_metrics
 from conftest import copy_workflow, jobs_run, nothing_to_do, snakemake
 from mlflow import MlflowClient
 from PIL import Image
@@ -60,7 +61,7 @@ def ports_in(server_log: str) -> list[int]:
 def served(tmp_path_factory, podman):
     wf = copy_workflow(tmp_path_factory.mktemp("serve") / "wf")
     (wf / "local.yaml").write_text(yaml.safe_dump({"serving": podman}))
-    proc = snakemake(wf, REGISTRATION, "--configfile", "config/demo.yaml", "local.yaml")
+    proc = snakemake(wf, REGISTRATION, "--configfile", "config/demo.yaml", "local.yaml", timeout=1500)
     return wf, proc
 
 
@@ -134,6 +135,9 @@ def test_the_served_model_matches_offline_onnx_runtime_and_its_figures_are_compl
     assert len(table) == metrics["images"] == probabilities.shape[0] and probabilities.shape[1] == 10
     assert (probabilities.argmax(1) == table["predicted"]).all()
     assert (table["predicted"] == table["label"]).mean() == pytest.approx(metrics["accuracy"])
+    # calibration of the served probabilities: ECE, NLL, Brier (cifarflow.calibration's definitions)
+    calibration = calibration_metrics(probabilities, table["label"].to_numpy())
+    assert {key: metrics[key] for key in calibration} == calibration and 0 <= metrics["ece"] <= 1
     labels = np.load(next((wf / "results/data").glob("*/test_labels.npy")))
     assert (table["label"].to_numpy() == labels).all()
     for png in ("confusion_matrix.png", "latency_histogram.png"):
@@ -173,6 +177,22 @@ def test_the_model_is_registered_with_signature_tags_and_the_champion_alias(serv
         experiment_names=["cifar10"], filter_string="tags.`snakemake.rule` = 'evaluate_served_model'"
     )
     assert len(runs) == 1 and runs["metrics.accuracy"][0] == pytest.approx(record["accuracy"])
+
+
+def test_the_model_card_names_the_image_and_is_a_file_of_the_registered_version(served):
+    wf, _ = served
+    record = read_json(wf / REGISTRATION)
+    card = (wf / f"results/register/{EXP}/model_card.md").read_text()
+    manifest = read_json(wf / f"results/image/{EXP}/manifest.json")
+    assert "| engine | podman |" in card and f"| image | `{manifest['image']}` |" in card
+    assert f"| image id | `{manifest['image_id']}` |" in card
+    assert "| served = offline ONNX Runtime, every test image | yes |" in card
+    store = f"sqlite:///{wf / 'mlflow.db'}"
+    mlflow.set_registry_uri(store)  # models:/ resolves through the registry (reset after the test)
+    stored = mlflow.artifacts.download_artifacts(artifact_uri=record["model_card"], tracking_uri=store)
+    assert Path(stored).read_text() == card
+    page = (wf / f"results/register/{EXP}/model_card.html").read_text()
+    assert "<h2>How it was served and proven</h2>" in page and manifest["image_id"] in page
 
 
 def test_nothing_reruns_and_only_a_serving_change_rebuilds_the_image(served):

@@ -19,6 +19,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from .calibration import calibration_metrics, fit_temperature, nll_from_logits, softmax
 from .config import Recipe
 from .dataset import load_split
 from .errors import PipelineError
@@ -34,15 +35,24 @@ BATCH = 256
 
 
 class ServingModel(nn.Module):
-    """uint8 NHWC RGB images -> (logits, probabilities), float32 [N, classes]."""
+    """uint8 NHWC RGB images -> (logits, probabilities), float32 [N, classes].
 
-    def __init__(self, classifier: nn.Module):
+    With a temperature T (export.calibrate: temperature) both outputs are the calibrated ones: logits
+    = the classifier's logits / T and probabilities = softmax(logits), so a client that applies its
+    own softmax to `logits` gets the calibrated probabilities too; the class ranking is unchanged.
+    T = 1 adds nothing to the graph (the same file as before calibration existed).
+    """
+
+    def __init__(self, classifier: nn.Module, temperature: float = 1.0):
         super().__init__()
         self.classifier = classifier
+        self.temperature = float(temperature)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = image.permute(0, 3, 1, 2).float() / 255.0
         logits = self.classifier(x)
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
         return logits, torch.softmax(logits, dim=1)
 
 
@@ -80,9 +90,16 @@ def speed(sess: ort.InferenceSession, images: np.ndarray) -> dict[str, float]:
     }
 
 
-def _metadata(checkpoint: dict) -> dict[str, str]:
+def _metadata(checkpoint: dict, temperature: float) -> dict[str, str]:
     recipe = Recipe.from_config(checkpoint["recipe"])
-    return {
+    calibration = {}
+    if temperature != 1.0:
+        calibration = {
+            "temperature": repr(temperature),
+            "calibration": "temperature scaling fitted on the validation split: logits = the model's "
+            "logits / temperature, probabilities = softmax(logits)",
+        }
+    return calibration | {
         "class_names": json.dumps(checkpoint["class_names"]),
         "normalization": json.dumps({"mean": checkpoint["mean"], "std": checkpoint["std"], "scale": 1 / 255}),
         "input_format": "uint8 [N,32,32,3] RGB (NHWC); scaling, normalisation and TTA are in the graph",
@@ -94,9 +111,9 @@ def _metadata(checkpoint: dict) -> dict[str, str]:
     }
 
 
-def to_onnx(model: nn.Module, checkpoint: dict, path: Path, opset: int) -> None:
+def to_onnx(model: nn.Module, checkpoint: dict, path: Path, opset: int, temperature: float = 1.0) -> None:
     """Export the serving wrapper (dynamic batch), attach metadata, run onnx.checker's full check."""
-    wrapper = ServingModel(model).eval()
+    wrapper = ServingModel(model, temperature).eval()
     example = torch.zeros(2, 32, 32, 3, dtype=torch.uint8)
     program = torch.onnx.export(
         wrapper,
@@ -113,7 +130,7 @@ def to_onnx(model: nn.Module, checkpoint: dict, path: Path, opset: int) -> None:
         kept = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
         del node.metadata_props[:]
         node.metadata_props.extend(kept)
-    for key, value in _metadata(checkpoint).items():
+    for key, value in _metadata(checkpoint, temperature).items():
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, path)
     onnx.checker.check_model(str(path), full_check=True)
@@ -152,15 +169,55 @@ def parity(torch_out, ort_out, labels: np.ndarray, limits: dict) -> dict[str, fl
     return {k: round(v, 7) for k, v in figures.items()}
 
 
+def fit_on_validation(model: nn.Module, data_dir: Path) -> tuple[float, dict[str, float]]:
+    """The temperature that minimises NLL on the validation split (never test), and that NLL before/after."""
+    val = load_split(data_dir, "val")
+    if len(val.labels) == 0:
+        raise PipelineError(
+            "export.calibrate is 'temperature', but the dataset has no validation split to fit it on "
+            "(dataset.val_fraction is 0): raise dataset.val_fraction or set export.calibrate: none"
+        )
+    labels = np.asarray(val.labels)
+    logits, _ = predict(torch_runner(ServingModel(model)), np.asarray(val.images))
+    temperature = fit_temperature(logits, labels)
+    figures = {
+        "val_nll_before": round(nll_from_logits(logits, labels), 6),
+        "val_nll_after": round(nll_from_logits(logits, labels, temperature), 6),
+    }
+    log.info(
+        "temperature %.4f fitted on %d validation images: NLL %.4f -> %.4f",
+        temperature,
+        len(labels),
+        figures["val_nll_before"],
+        figures["val_nll_after"],
+    )
+    return temperature, figures
+
+
+def calibration_figures(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict[str, float]:
+    """ECE, NLL and Brier on test of the exported graph (`logits`: its output, already divided by the
+    temperature) and of the same model without the temperature ("before")."""
+    figures = {"temperature": round(temperature, 6)}
+    for when, probabilities in (("before", softmax(logits, 1 / temperature)), ("after", softmax(logits))):
+        for key, value in calibration_metrics(probabilities, labels).items():
+            if key != "mean_confidence":
+                figures[f"test_{key}_{when}"] = value
+    return figures
+
+
 def export(checkpoint_path: Path, data_dir: Path, out_path: Path, settings: dict, threads: int = 0) -> dict:
-    """Export, gate on parity over the whole test split, measure; the .onnx appears only if it passed."""
+    """Export, gate on parity over the whole test split, measure; the .onnx appears only if it passed.
+    With export.calibrate: temperature, a temperature fitted on the validation split goes into the graph."""
     if threads:
         torch.set_num_threads(threads)
     model, checkpoint = load_checkpoint(checkpoint_path)
     test = load_split(data_dir, "test")
     images, labels = np.asarray(test.images), np.asarray(test.labels)
+    temperature, fitted = 1.0, {}
+    if settings.get("calibrate", "none") == "temperature":
+        temperature, fitted = fit_on_validation(model, data_dir)
     with atomic_path(out_path) as tmp:
-        to_onnx(model, checkpoint, tmp, settings["opset"])
+        to_onnx(model, checkpoint, tmp, settings["opset"], temperature)
         sess = load_session(tmp, threads)
         log.info(
             "exported %s (opset %d, %s bytes); checking parity on %d test images",
@@ -169,13 +226,21 @@ def export(checkpoint_path: Path, data_dir: Path, out_path: Path, settings: dict
             f"{tmp.stat().st_size:,}",
             len(labels),
         )
+        onnx_out = predict(ort_runner(sess), images)
         figures = parity(
-            predict(torch_runner(ServingModel(model)), images),
-            predict(ort_runner(sess), images),
+            predict(torch_runner(ServingModel(model, temperature)), images),
+            onnx_out,
             labels,
             settings["parity"],
         )
         log.info("parity: %s", figures)
+        figures |= fitted | calibration_figures(onnx_out[0], labels, temperature)
+        log.info(
+            "test ECE %.4f before, %.4f after the temperature (%.4g)",
+            figures["test_ece_before"],
+            figures["test_ece_after"],
+            temperature,
+        )
         figures |= speed(sess, images)
         figures["model_bytes"] = tmp.stat().st_size
     return figures

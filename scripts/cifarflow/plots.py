@@ -215,6 +215,87 @@ def comparison_chart(table: pd.DataFrame) -> Figure:
     return fig
 
 
+def reliability_diagram(bins: list[dict], figures: dict[str, float], title: str) -> Figure:
+    """calibration.reliability()'s bins: accuracy against mean confidence per confidence bin (bars,
+    the gap to the bin's mean confidence hatched), and how many predictions fall in each bin (below)."""
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(5.6, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    width = bins[0]["upper"] - bins[0]["lower"]
+    lower = np.array([b["lower"] for b in bins])
+    filled = [i for i, b in enumerate(bins) if b["count"]]
+    accuracy = np.array([bins[i]["accuracy"] for i in filled])
+    confidence = np.array([bins[i]["confidence"] for i in filled])
+    top.bar(
+        lower[filled],
+        accuracy,
+        width=width,
+        align="edge",
+        color="#4c72b0",
+        edgecolor="white",
+        label="accuracy",
+    )
+    top.bar(
+        lower[filled],
+        confidence - accuracy,
+        bottom=accuracy,
+        width=width,
+        align="edge",
+        fill=False,
+        hatch="//",
+        edgecolor="#c44e52",
+        linewidth=0.8,
+        label="gap to the mean confidence",
+    )
+    top.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1, label="perfectly calibrated")
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy in the bin")
+    top.legend(loc="upper left", fontsize=8)
+    top.text(
+        0.98,
+        0.04,
+        f"ECE {figures['ece']:.4f}\nNLL {figures['nll']:.4f}\nBrier {figures['brier']:.4f}",
+        transform=top.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=9,
+        bbox={"facecolor": "white", "edgecolor": "#ccc"},
+    )
+    top.set_title(title, fontsize=10)
+    counts = np.array([b["count"] for b in bins])
+    bottom.bar(lower, counts, width=width, align="edge", color="#8c8c8c", edgecolor="white")
+    bottom.set_yscale("symlog")
+    bottom.set_ylabel("predictions")
+    bottom.set_xlabel(f"confidence (top probability), {len(bins)} equal-width bins")
+    bottom.set_xlim(0, 1)
+    fig.tight_layout()
+    return fig
+
+
+def robustness_heatmap(robustness, title: str) -> Figure:
+    """Accuracy per corruption (rows) and severity (columns), with the uncorrupted accuracy and each
+    row's mean; `robustness` is a robustness.Robustness."""
+    names, severities = list(robustness.accuracy), robustness.severities
+    table = np.array([[robustness.accuracy[n][s] for s in severities] for n in names])
+    means = robustness.by_corruption()
+    fig, ax = plt.subplots(figsize=(1.1 * len(severities) + 4.2, 0.42 * len(names) + 1.6))
+    image = ax.imshow(table, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(severities)), [f"severity {s}" for s in severities])
+    ax.set_yticks(range(len(names)), [f"{n} (mean {means[n]:.1%})" for n in names])
+    for i in range(len(names)):
+        for j in range(len(severities)):
+            value = table[i, j]
+            ax.text(j, i, f"{value:.1%}", ha="center", va="center", fontsize=8, color="black")
+    fig.colorbar(image, ax=ax, label="accuracy", format=matplotlib.ticker.PercentFormatter(1.0))
+    ax.set_title(
+        f"{title}: uncorrupted {robustness.uncorrupted_accuracy:.1%}, mean under corruption "
+        f"{robustness.mean_corruption_accuracy:.1%} (relative drop {robustness.relative_drop:.1%})",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return fig
+
+
 def duplicate_pair_grid(
     pairs: pd.DataFrame,
     images: dict[str, np.ndarray],

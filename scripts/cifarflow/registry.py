@@ -177,3 +177,49 @@ def register(
         "tracking_uri": uri,
         "model_uri": f"models:/{name}/{version}",
     }
+
+
+# The experiment is a model-training one, not GenAI (MLflow UIs that pick the view by this tag open
+# it on the runs table). The MLflow hook sets the same tag where it creates or finds the experiment.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def use_experiment(uri: str, name: str) -> str:
+    """Make `name` (config mlflow.experiment, where the hook logs the runs) the experiment the
+    registered model is logged in: created when missing, tagged as a model-training experiment
+    unless someone chose another kind (MLflow's own guesses, `*_inferred`, are replaced)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(tracking_uri=uri)
+    key, kind = EXPERIMENT_KIND
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        experiment_id = client.create_experiment(name, tags={key: kind})
+    else:
+        experiment_id = found.experiment_id
+        current = found.tags.get(key)
+        if not current or current.endswith("_inferred") or current == "no_inferred_type":
+            client.set_experiment_tag(experiment_id, key, kind)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def log_card(uri: str, name: str, version: int, files: list[Path], engine: str) -> str:
+    """Attach the model card files to the registered version (the files of its logged model, beside
+    MLONNX's): at the top the first time, so `models:/<name>/<version>/model_card.md` is the card it
+    was registered with; a later evaluation's card goes to evaluations/<engine>/, as its tags do.
+    Returns where they went, relative to the version's files."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    registered = client.get_model_version(name, str(version))
+    # MLflow 3's SQL registry leaves model_id empty; the version's source names its logged model
+    model_id = registered.model_id or registered.source.removeprefix("models:/")
+    present = {info.path for info in client.list_logged_model_artifacts(model_id)}
+    folder = None if files[0].name not in present else f"evaluations/{engine}"
+    for file in files:
+        client.log_model_artifact(model_id, str(file), folder)
+    log.info("model card of %s version %s in its files at %s", name, version, folder or "the top")
+    return folder or ""

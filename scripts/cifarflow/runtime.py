@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from .errors import PipelineError
 from .logs import setup_logging
+from .versions import log_line, software_versions
 
 log = logging.getLogger("cifarflow")
 T = TypeVar("T")
@@ -124,6 +125,8 @@ def run_cli(main: Callable[[argparse.Namespace], None], parser: argparse.Argumen
     args = parser.parse_args()
     setup_logging(args.log)
     log.info("%s", where_running())
+    # What made this job's outputs; the MLflow hook tags the job's run with it, the report tabulates it.
+    log.info("%s", log_line(software_versions()))
     # Snakemake stops jobs with SIGTERM: unwind like Ctrl-C, so cleanups run (servers, partial files).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     start = time.perf_counter()

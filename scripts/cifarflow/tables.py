@@ -526,3 +526,86 @@ def sweep_ranking_html(ranking: Mapping[str, Any]) -> str:
         html_table(frame, classes, wrap, text_columns=2 + len(swept)),
         note,
     )
+
+
+# -- Robustness ------------------------------------------------------------------------------------
+
+
+def robustness_html(robustness, experiment: str) -> str:
+    """Accuracy per corruption and severity (a robustness.Robustness), each row's mean and mean
+    confidence, the uncorrupted accuracy above and the mean per severity below; the worst row red."""
+    severities = robustness.severities
+    means = robustness.by_corruption()
+    rows = []
+    for name, row in robustness.accuracy.items():
+        confidence = robustness.confidence.get(name, {})
+        mean_confidence = sum(confidence.values()) / len(confidence) if confidence else math.nan
+        rows.append([name, *(pct(row[s]) for s in severities), pct(means[name]), pct(mean_confidence)])
+    by_severity = robustness.by_severity()
+    rows.append(
+        ["mean", *(pct(by_severity[s]) for s in severities), pct(robustness.mean_corruption_accuracy), ""]
+    )
+    frame = pd.DataFrame(
+        rows, columns=["corruption", *(f"severity {s}" for s in severities), "mean", "mean confidence"]
+    )
+    worst_row = list(robustness.accuracy).index(min(means, key=means.get))
+    note = (
+        f"The exported graph in ONNX Runtime on {robustness.images:,} test images, corrupted in the style of "
+        f"CIFAR-10-C (seed {robustness.seed}). Uncorrupted accuracy {pct(robustness.uncorrupted_accuracy)}; "
+        f"mean under corruption {pct(robustness.mean_corruption_accuracy)}, a relative drop of "
+        f"{pct(robustness.relative_drop)}. Mean confidence: the average top probability, to set against "
+        "the accuracy. Red: the hardest corruption."
+    )
+    table = html_table(frame, {len(frame) - 1: "total", worst_row: "weak"})
+    return html_page(f"Accuracy under corruption: {experiment}", table, note)
+
+
+# -- Software versions -----------------------------------------------------------------------------
+
+
+def environments(jobs: Mapping[str, Mapping[str, str]]) -> list[tuple[str, list[str], dict[str, str]]]:
+    """Jobs grouped by the software they ran with: (name, jobs, versions) per distinct environment,
+    in order of first appearance. `gpu` (recorded only by jobs that loaded torch) does not split a
+    group; a group's gpu is that of its jobs which checked."""
+    groups: dict[tuple, tuple[list[str], dict[str, str]]] = {}
+    for job, versions in jobs.items():
+        key = tuple(sorted((k, v) for k, v in versions.items() if k != "gpu"))
+        members, merged = groups.setdefault(key, ([], dict(versions)))
+        members.append(job)
+        merged.update({k: v for k, v in versions.items() if k == "gpu"})
+    named: list[tuple[str, list[str], dict[str, str]]] = []
+    seen: dict[str, int] = {}
+    for members, versions in groups.values():
+        image = versions.get("image", "")
+        base = (
+            "not recorded"
+            if "not recorded" in versions
+            else ("host" if not image or image.startswith("none") else image)
+        )
+        seen[base] = seen.get(base, 0) + 1
+        named.append((base if seen[base] == 1 else f"{base} ({seen[base]})", members, versions))
+    return named
+
+
+def versions_html(jobs: Mapping[str, Mapping[str, str]]) -> str:
+    """The software every job ran with (what each job's log records, as its MLflow run's version.*
+    tags): one column per distinct environment, then which job ran in which."""
+    groups = environments(jobs)
+    keys = list(dict.fromkeys(k for _, _, versions in groups for k in versions))
+    software = pd.DataFrame(
+        [[key, *(versions.get(key, "-") for _, _, versions in groups)] for key in keys],
+        columns=["software", *(name for name, _, _ in groups)],
+    )
+    placement = pd.DataFrame(
+        [(job, name) for name, members, _ in groups for job in members], columns=["job", "environment"]
+    )
+    note = (
+        f"{len(jobs)} jobs in {len(groups)} environment(s). Each job records the versions it ran with "
+        "at its start (its log's 'software versions' line; the MLflow hook sets them as version.* tags "
+        "of the job's run). image: the pipeline image (CIFARFLOW_IMAGE) or the host's environment; "
+        "image_digest: known inside a job only when passed as CIFARFLOW_IMAGE_DIGEST. cuda/cudnn: of "
+        "the installed torch; gpu: recorded by the jobs that loaded torch."
+    )
+    body = html_table(software, text_columns=len(software.columns)) + "\n<h1>Jobs</h1>\n"
+    body += html_table(placement, text_columns=2)
+    return html_page("Software versions", body, note)

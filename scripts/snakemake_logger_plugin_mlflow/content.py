@@ -7,6 +7,7 @@
 - `split_tags`: a job's params -> (the params, the tags its `mlflow_tags` param asks for).
 - `flatten`: nested params/config -> flat `a.b.c` string values, JSON strings included.
 - `file_digest`: sha256 of a file, or why it was not hashed (directory, too large, missing).
+- `versions_from_log`: the software versions a job's log records -> `version.<name>` tags.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ BENCHMARK_DICTS = ("params", "wildcards", "resources")
 # A rule param of this name holds tags for the job's run (a dict, or a JSON object as text), e.g. a
 # sweep trial's sweep and settings; it is not logged as params.
 TAGS_PARAM = "mlflow_tags"
+# The line a job's log carries with the versions it ran with (cifarflow.versions.LOG_MARKER, which this
+# package does not import: the hook never imports the workflow's library; a test holds them equal).
+VERSIONS_MARKER = "software versions: "
+VERSIONS_READ = 1 << 16  # the line is near the top of the log: read no more than this
 
 
 def safe_key(key: str) -> str:
@@ -297,3 +302,20 @@ def artifact_dir(path: str) -> str | None:
         return "files"
     parent = os.path.dirname(rel)
     return parent or None
+
+
+def versions_from_log(path: str | os.PathLike) -> dict[str, str]:
+    """`version.<name>` -> version from the versions line near the top of a job's log ({} if none)."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        head = handle.read(VERSIONS_READ)
+    for line in head.splitlines():
+        at = line.find(VERSIONS_MARKER)
+        if at < 0:
+            continue
+        try:
+            data = json.loads(line[at + len(VERSIONS_MARKER) :])
+        except ValueError:
+            continue
+        if isinstance(data, dict):
+            return {f"version.{key}": str(value) for key, value in data.items()}
+    return {}

@@ -60,8 +60,9 @@ from .content import (
     split_tags,
     tags_from_json,
     truncate,
+    versions_from_log,
 )
-from .uri import tracking_uri
+from .uri import runs_table_url, tracking_uri
 
 PLOT_SUFFIXES = {".png", ".svg", ".jpg", ".jpeg", ".pdf"}
 PLOT_LIMIT = 5 << 20  # plots larger than 5 MiB are not uploaded
@@ -92,6 +93,17 @@ LOST = {
         "the Snakemake version this plugin is tested with (pyproject.toml)",
     ),
 }
+
+
+# What the experiment is: model training, not GenAI. MLflow UIs that pick an experiment's view by this
+# tag open it on the runs table; 3.17's picks by its workflowType instead (uri.runs_table_url, the
+# link printed at the end). Set when the experiment is created, or on an existing one that has no
+# kind or only the UI's own guess (`*_inferred`); a kind someone chose stays.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def _kind_unset(kind: str | None) -> bool:
+    return not kind or kind.endswith("_inferred") or kind == "no_inferred_type"
 
 
 def _ms(seconds: float | None = None) -> int:
@@ -191,6 +203,18 @@ def _git_info(directory: str) -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         return {}
     return {"git.commit": commit, "git.dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}
+
+
+def _versions(logs: list[str]) -> dict[str, str]:
+    """The software versions the job's log records, as `version.<name>` tags (its own run_cli line)."""
+    for log in logs:
+        try:
+            found = versions_from_log(local_path(log))
+        except OSError:  # the upload of the same file says what went wrong
+            continue
+        if found:
+            return found
+    return {}
 
 
 @dataclass
@@ -403,7 +427,7 @@ class MlflowHook:
         client = MlflowClient(tracking_uri=uri)
         found = client.get_experiment_by_name(experiment)
         if found is None:
-            experiment_id = client.create_experiment(experiment)
+            experiment_id = client.create_experiment(experiment, tags=dict([EXPERIMENT_KIND]))
         elif found.lifecycle_stage != "active":
             raise RuntimeError(
                 f"experiment '{experiment}' is deleted; restore it (mlflow experiments restore) "
@@ -411,6 +435,8 @@ class MlflowHook:
             )
         else:
             experiment_id = found.experiment_id
+            if _kind_unset(found.tags.get(EXPERIMENT_KIND[0])):
+                client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
         info = self.state.info
         tags = {
             "snakemake.command": truncate(str(info.get("cmd") or " ".join(sys.argv)), MAX_TAG_VALUE),
@@ -652,6 +678,7 @@ class MlflowHook:
         else:
             tags["hook.params"] = "not available: no benchmark file with --benchmark-extended"
         artifacts = {f: LOG_LIMIT for f in job.log if os.path.isfile(local_path(f))}
+        tags |= _versions(list(artifacts))
         for file in job.output:
             path = local_path(file)
             if os.path.basename(path) == "metrics.json" and os.path.isfile(path):
@@ -677,6 +704,7 @@ class MlflowHook:
         raw, _ = split_tags(job.params or {})
         params = flatten(raw, "params") if raw else {}
         kept = self._keep_all(logs) if kept is None else kept
+        tags |= _versions([copy for copy in kept.values() if isinstance(copy, str)])
         for file in logs:
             if isinstance(kept.get(file), FileNotFoundError):  # not written, or removed by the job itself
                 tags[f"hook.artifact:{os.path.normpath(local_path(file))}"] = "not uploaded: no such file"
@@ -811,3 +839,9 @@ class MlflowHook:
             )
         self._batch(self.parent_id, metrics=metrics, tags=tags)
         self.client.set_terminated(self.parent_id, self._parent_status())
+        url = runs_table_url(self.state.uri, self.experiment_id)
+        local = "" if self.state.uri.startswith(("http://", "https://")) else " (run `mlflow ui` here first)"
+        self.logger.info(
+            f"MLflow: this invocation is run {self.parent_id} of experiment '{self.state.experiment}' "
+            f"in {self.state.uri}; its runs table: {url}{local}"
+        )

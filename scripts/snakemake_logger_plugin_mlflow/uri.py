@@ -17,3 +17,16 @@ def tracking_uri(configured: str | None, *, override: str | None = None) -> str:
     """
     uri = override or configured or os.environ.get("MLFLOW_TRACKING_URI")
     return uri or f"sqlite:///{os.path.abspath('mlflow.db')}"
+
+
+# What `mlflow ui` serves when started without options.
+MLFLOW_UI = "http://127.0.0.1:5000"
+
+
+def runs_table_url(uri: str, experiment_id: str) -> str:
+    """Where MLflow's UI shows an experiment's runs table: on the tracking server itself for an
+    http(s) store, else on `mlflow ui` in the working directory. MLflow 3.17's UI opens every
+    experiment on its GenAI overview unless told `workflowType=machine_learning` (or its sidebar's
+    'Model training' was chosen in that browser): its experiment-kind tag no longer decides."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else MLFLOW_UI
+    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
