@@ -355,6 +355,8 @@ def class_balance_chart(balance: pd.DataFrame, title: str) -> Figure:
     ax.set_ylabel("share of the split")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 # -- Sweep -----------------------------------------------------------------------------------------
