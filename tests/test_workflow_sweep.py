@@ -70,6 +70,7 @@ def test_every_trial_trains_and_only_the_best_goes_on(swept):
         "train_model": 4,
         "rank_sweep": 1,
         "export_onnx": 1,
+        "evaluate_robustness": 1,
         "build_serving_image": 1,
         "evaluate_served_model": 1,
         "register_model": 1,
@@ -79,13 +80,15 @@ def test_every_trial_trains_and_only_the_best_goes_on(swept):
         "tabulate_export": 1,
         "tabulate_manifest": 1,
         "plot_evaluation": 1,
+        "plot_robustness": 1,
+        "tabulate_versions": 1,
         "compare_experiments": 1,
         "all": 1,
     }
     assert sorted(p.name for p in (workdir / "results/train").iterdir()) == sorted(TRIALS)
     ranking = read(workdir, "results/sweep/demo/ranking.json")
     (best,) = ranking["promoted"]
-    for stage in ("export", "image", "evaluate", "register"):
+    for stage in ("export", "robustness", "image", "evaluate", "register"):
         assert [p.name for p in (workdir / "results" / stage).glob("[!.]*")] == [best], stage
     # one image, of the promoted trial's model
     manifest = read(workdir, f"results/image/{best}/manifest.json")
