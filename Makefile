@@ -14,7 +14,7 @@ LOCK := constraints.txt
 # Seconds per set-up step of the last `make test`, for the timing summary at the end of its pytest run
 SETUP_TIMES := $(abspath $(VENV))/.setup-times
 
-.PHONY: install run demo test lock ui lint clean pipeline-image
+.PHONY: install run demo sweep-demo test lock ui lint clean pipeline-image
 
 $(INSTALLED): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ run: install  ## the whole workflow on the default config (downloads CIFAR-10 on
 
 demo: install  ## offline: synthetic data, small sizes
 	snakemake --cores 4 --configfile config/demo.yaml
+
+sweep-demo: install  ## offline: a sweep of four tiny trials on the demo data, the best shipped
+	snakemake --cores 4 --configfile config/demo.yaml config/sweep-demo.yaml
 
 # install, then the Debian packages the tests need (tests/setup_system.py: installs what is missing
 # as root, else says what to install and those tests skip), then the whole suite
@@ -57,4 +60,4 @@ lint: install
 	snakemake --lint
 
 clean:  ## remove outputs (keeps the venv and downloaded archives)
-	rm -rf results/data results/train results/export results/quantize results/report logs benchmarks .snakemake
+	rm -rf results/data results/train results/export results/quantize results/sweep results/report logs benchmarks .snakemake

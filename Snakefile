@@ -15,6 +15,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/audit.smk"
 include: "rules/train.smk"
+include: "rules/sweep.smk"
 include: "rules/export.smk"
 include: "rules/robustness.smk"
 include: "rules/serve.smk"
@@ -24,4 +25,5 @@ include: "rules/report.smk"
 rule all:
     default_target: True
     input:
-        final_targets(),
+        final_targets,
+        promoted_targets,

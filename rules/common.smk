@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 from cifarflow.config import (
     cifar10_archive,
     dataset_id,
+    load_schema,
     prepare_settings,
     recipe,
     validate_config,
@@ -17,18 +18,27 @@ from cifarflow.config import (
 from cifarflow.dataset import SPLITS, array_files
 from cifarflow.engines import serving_sources
 from cifarflow.errors import PipelineError
+from cifarflow.sweep import experiments, plan
 from snakemake.logging import logger
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
+SCHEMA = Path(workflow.basedir) / "config" / "schema.yaml"
 try:
-    validate_config(config, Path(workflow.basedir) / "config" / "schema.yaml")
+    validate_config(config, SCHEMA)
+    SWEEP = plan(config, load_schema(SCHEMA))  # None without sweep.parameters
+    # name -> overrides of `train`: every experiment, the sweep's trials included
+    TRAINED = experiments(config, SWEEP)
 except PipelineError as err:
     raise WorkflowError(str(err)) from None
 
 DATASET = config["dataset"]
 DATASET_ID = dataset_id(DATASET)
 DATA_DIR = f"results/data/{DATASET_ID}"
-EXPERIMENTS = sorted(config["experiments"])
+EXPERIMENTS = sorted(TRAINED)  # every training, the sweep's trials included
+TRIALS = list(SWEEP.trials) if SWEEP else []
+# Exported, served, evaluated and registered: every hand-written experiment (and the sweep's
+# promoted trials, known once the sweep is ranked: promoted()).
+WRITTEN = sorted(set(TRAINED) - set(TRIALS))
 EXPORT = config["export"]
 AUDIT = config["audit"]
 # The pipeline image (containers/pipeline) every rule runs in under --use-singularity (= --sdm
@@ -51,6 +61,7 @@ if (
 wildcard_constraints:
     dataset=re.escape(DATASET_ID),
     experiment="|".join(re.escape(name) for name in EXPERIMENTS),
+    sweep=re.escape(SWEEP.name) if SWEEP else "(?!)",  # no sweep: no sweep rule matches
 
 
 def dataset_settings(wildcards):
@@ -74,9 +85,26 @@ def dataset_files(wildcards):
     return files
 
 
+def experiment_recipe(name):
+    """The resolved recipe of an experiment or a sweep trial."""
+    return recipe({"train": config["train"], "experiments": TRAINED}, name)
+
+
 def recipe_json(wildcards):
     """The experiment's resolved recipe; only a change to it retrains."""
-    return recipe(config, wildcards.experiment).to_json()
+    return experiment_recipe(wildcards.experiment).to_json()
+
+
+def on_failure(wildcards):
+    """A sweep trial whose training cannot finish (diverges) records that as its outcome, so the
+    other trials and the ranking go on; an experiment's job fails."""
+    return "record" if wildcards.experiment in TRIALS else "fail"
+
+
+def mlflow_tags(wildcards):
+    """Tags of the job's MLflow run (the hook reads this param): a trial's sweep and settings."""
+    trial = wildcards.experiment
+    return json.dumps(SWEEP.tags(trial) if trial in TRIALS else {}, sort_keys=True)
 
 
 def export_settings(wildcards):
@@ -104,7 +132,7 @@ def train_gpus(wildcards):
     """GPUs a training job asks for: one when its recipe trains on CUDA (training uses one device),
     none for cpu or auto (auto trains on whatever the node has: on Slurm, no GPU is waited for).
     """
-    return 1 if recipe(config, wildcards.experiment).device == "cuda" else 0
+    return 1 if experiment_recipe(wildcards.experiment).device == "cuda" else 0
 
 
 def serving_settings(wildcards):
@@ -131,7 +159,7 @@ def model_config_sha256(wildcards):
     """
     made_by = {
         "dataset": prepare_settings(DATASET),
-        "recipe": recipe(config, wildcards.experiment).asdict(),
+        "recipe": experiment_recipe(wildcards.experiment).asdict(),
         "export": json.loads(export_settings(wildcards)),
         "serving": json.loads(serving_settings(wildcards)),
         "evaluate": config["evaluate"],
@@ -187,12 +215,13 @@ def card_logs(wildcards):
 
 
 def versioned_jobs():
-    """(job name, rule, wildcards) of every job that computes (the report's own jobs aside)."""
+    """(job name, rule, wildcards) of every job that computes (the report's own jobs aside). With a
+    sweep, it waits for the ranking (shipped())."""
     jobs = [
         ("prepare_dataset", "prepare_dataset", {}),
         ("audit_dataset", "audit_dataset", {}),
     ]
-    per_experiment = ["train_model", "export_onnx"]
+    per_experiment = ["export_onnx"]
     per_experiment += ["quantize_onnx"] if EXPORT["quantize"] == "int8" else []
     per_experiment += [
         "evaluate_robustness",
@@ -200,7 +229,11 @@ def versioned_jobs():
         "evaluate_served_model",
         "register_model",
     ]
-    for experiment in EXPERIMENTS:
+    # every training (a sweep's trials too); the rest for the shipped experiments only
+    jobs += [
+        (f"train_model/{e}", "train_model", {"experiment": e}) for e in EXPERIMENTS
+    ]
+    for experiment in shipped():
         jobs += [
             (f"{rule}/{experiment}", rule, {"experiment": experiment})
             for rule in per_experiment
@@ -219,25 +252,35 @@ def versions_logs(wildcards):
     )
 
 
-def final_targets():
-    """rule all's input (Snakefile). Called after every include, when rules.<name> exist for all rules."""
+def final_targets(wildcards):
+    """The targets (Snakefile, `all`) that do not wait for a sweep's ranking. The data and every
+    hand-written experiment through registration, with their report items, and the sweep's report
+    section. Called when the DAG is built, after every include, so rules.<name> exist for all rules.
+    """
     targets = expand(rules.prepare_dataset.output.meta, dataset=DATASET_ID)
     targets += audit_targets()  # rules/audit.smk
-    targets += expand(rules.export_onnx.output.onnx, experiment=EXPERIMENTS)
-    if EXPORT["quantize"] == "int8":
-        targets += expand(rules.quantize_onnx.output.onnx, experiment=EXPERIMENTS)
-    targets += expand(rules.register_model.output.registration, experiment=EXPERIMENTS)
-    targets += report_targets()  # rules/report.smk
-    return targets
+    targets += shipped_targets(WRITTEN)
+    return targets + report_targets() + sweep_targets()
 
 
-# The report (rules/report.smk): its targets and its rules' inputs and arguments. They live here,
-# not beside its rules (snakemake --lint: no functions in a file of rules), and name other rules'
-# files as rules.<name>.output: resolved when called, after every rule is defined.
-def report_targets():
-    """Every report item of this config, each named (appended to final_targets): --report needs
+def promoted_targets(wildcards):
+    """The targets (Snakefile, `all`) that wait for the sweep's ranking, a checkpoint. The promoted
+    trials through registration with their report items, and the comparison of everything shipped.
+    """
+    # compare_experiments' report items; its summary.rst and metrics.json come with them
+    compare = rules.compare_experiments.output
+    return shipped_targets(promoted()) + [compare.table, compare.chart, compare.recipes]
+
+
+def shipped_targets(names):
+    """Export, registration (which needs the serving image and the evaluation) and the report
+    items of the experiments `names`. Every report item is named among the targets: --report needs
     them all, and a job whose other outputs exist is not rerun for one that is missing.
     """
+    targets = expand(rules.export_onnx.output.onnx, experiment=names)
+    if EXPORT["quantize"] == "int8":
+        targets += expand(rules.quantize_onnx.output.onnx, experiment=names)
+    targets += expand(rules.register_model.output.registration, experiment=names)
     per_experiment = [
         *rules.plot_training.output,
         *rules.tabulate_export.output,
@@ -246,15 +289,19 @@ def report_targets():
         *rules.plot_robustness.output,
         rules.register_model.output.card_html,
     ]
-    # compare_experiments' report items; its summary.rst and metrics.json come with them
-    compare = rules.compare_experiments.output
+    return targets + expand(per_experiment, experiment=names)
+
+
+# The report (rules/report.smk): its targets and its rules' inputs and arguments. They live here,
+# not beside its rules (snakemake --lint: no functions in a file of rules), and name other rules'
+# files as rules.<name>.output: resolved when called, after every rule is defined.
+def report_targets():
+    """The data's report items and the software versions table (each experiment's:
+    shipped_targets; the comparison's: promoted_targets).
+    """
     return [
         *rules.tabulate_versions.output,
         *expand(rules.plot_dataset.output, dataset=DATASET_ID),
-        *expand(per_experiment, experiment=EXPERIMENTS),
-        compare.table,
-        compare.chart,
-        compare.recipes,
     ]
 
 
@@ -281,9 +328,35 @@ def test_split_files(wildcards):
     return {name: files[name] for name in ("meta", "test_images", "test_labels")}
 
 
+def comparison_inputs(wildcards):
+    """Every shipped experiment's metrics of each stage, in shipped() order (compare_experiments);
+    with a sweep, its ranking too, which decides which trials are among them.
+    """
+    names = shipped()
+    inputs = {
+        "train": expand(rules.train_model.output.metrics, experiment=names),
+        "export": expand(rules.export_onnx.output.metrics, experiment=names),
+        "evaluate": expand(
+            rules.evaluate_served_model.output.metrics, experiment=names
+        ),
+        "manifest": expand(rules.build_serving_image.output.manifest, experiment=names),
+        "registration": expand(
+            rules.register_model.output.registration, experiment=names
+        ),
+    }
+    if SWEEP:
+        inputs["ranking"] = expand(rules.rank_sweep.output.ranking, sweep=SWEEP.name)
+    return inputs
+
+
+def compared(wildcards):
+    """The experiments compare_experiments shows: the shipped ones (rank_sweep is among its inputs)."""
+    return shipped()
+
+
 def recipes_json(wildcards):
-    """Every experiment's resolved recipe (compare_experiments shows them side by side)."""
-    recipes = {name: recipe(config, name).asdict() for name in EXPERIMENTS}
+    """Every shipped experiment's resolved recipe (compare_experiments shows them side by side)."""
+    recipes = {name: experiment_recipe(name).asdict() for name in shipped()}
     return json.dumps(recipes, sort_keys=True)
 
 
@@ -308,3 +381,34 @@ def audit_output(name):
 
 def audit_targets():
     return [audit_output("metrics")]
+
+
+# Sweeps (rules/sweep.smk)
+def promoted():
+    """The sweep's trials that go on to export, serving and registration: the best by validation
+    accuracy, as rank_sweep (a checkpoint: the DAG after it depends on its result) wrote them.
+    """
+    if SWEEP is None:
+        return []
+    ranking = checkpoints.rank_sweep.get(sweep=SWEEP.name).output.ranking
+    return json.loads(Path(ranking).read_text())["promoted"]
+
+
+def shipped():
+    """Every experiment that is exported, served, evaluated and registered."""
+    return sorted([*WRITTEN, *promoted()])
+
+
+def sweep_targets():
+    """The sweep's report section, after its ranking (none without a sweep)."""
+    return expand(rules.plot_sweep.output, sweep=SWEEP.name) if SWEEP else []
+
+
+def trial_metrics(wildcards):
+    """Every trial's training metrics, in trial order (rank_sweep, plot_sweep)."""
+    return expand(rules.train_model.output.metrics, experiment=TRIALS)
+
+
+def sweep_json(wildcards):
+    """The expanded sweep: its trials and their settings (a change re-ranks), what it promotes."""
+    return SWEEP.to_json()

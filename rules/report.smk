@@ -219,17 +219,7 @@ rule tabulate_versions:
 
 rule compare_experiments:
     input:
-        train=expand(rules.train_model.output.metrics, experiment=EXPERIMENTS),
-        export=expand(rules.export_onnx.output.metrics, experiment=EXPERIMENTS),
-        evaluate=expand(
-            rules.evaluate_served_model.output.metrics, experiment=EXPERIMENTS
-        ),
-        manifest=expand(
-            rules.build_serving_image.output.manifest, experiment=EXPERIMENTS
-        ),
-        registration=expand(
-            rules.register_model.output.registration, experiment=EXPERIMENTS
-        ),
+        unpack(comparison_inputs),
     output:
         table=report(
             "results/report/compare/comparison.html",
@@ -261,7 +251,7 @@ rule compare_experiments:
     container:
         PIPELINE_IMAGE
     params:
-        experiments=EXPERIMENTS,
+        experiments=compared,
         recipes=recipes_json,
     shell:
         "python scripts/compare_experiments.py --experiments {params.experiments:q} --recipes {params.recipes:q}"

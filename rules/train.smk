@@ -1,5 +1,6 @@
-# One training job per experiment. A killed or crashed job resumes from its last completed epoch
-# (results/train/<experiment>/resume.pt, deliberately not an output, so Snakemake keeps it).
+# One training job per experiment, and per sweep trial. A killed or crashed job resumes from its last
+# completed epoch (results/train/<experiment>/resume.pt, deliberately not an output, so Snakemake
+# keeps it). A trial that diverges records that as its outcome and succeeds (rules/sweep.smk).
 rule train_model:
     input:
         unpack(dataset_files),
@@ -28,6 +29,9 @@ rule train_model:
         recipe=recipe_json,
         data=DATA_DIR,
         outdir=subpath(output.checkpoint, parent=True),
+        on_failure=on_failure,
+        mlflow_tags=mlflow_tags,
     shell:
         "python scripts/train_model.py --data {params.data:q} --recipe {params.recipe:q}"
-        " --outdir {params.outdir:q} --threads {threads} --log {log:q}"
+        " --outdir {params.outdir:q} --threads {threads} --on-failure {params.on_failure}"
+        " --log {log:q}"

@@ -25,6 +25,7 @@ def main(args: argparse.Namespace) -> None:
     settings = json.loads(args.settings)
     manifest = json.loads(Path(args.manifest).read_text())
     figures = json.loads(Path(args.evaluation).read_text())
+    train = read(args.train)
     tags = {
         "image": manifest["image"],
         "image_id": manifest["image_id"],
@@ -45,6 +46,7 @@ def main(args: argparse.Namespace) -> None:
         alias=settings["register"]["alias"],
         tags=tags,
         accuracy=figures["accuracy"],
+        val_accuracy=train["val_accuracy"],  # what decides the alias
         uri=uri,
         lock_file=Path(args.output).parent.parent / ".registry.lock",
     )
@@ -55,7 +57,7 @@ def main(args: argparse.Namespace) -> None:
         manifest=manifest,
         evaluation=figures,
         export=read(args.export),
-        train=read(args.train),
+        train=train,
         meta=read(args.meta),
         recipe=json.loads(metadata["recipe"]),
         recipe_sha256=metadata["recipe_sha256"],
@@ -81,7 +83,7 @@ if __name__ == "__main__":
     parser.add_argument("--export", required=True, help="results/export/<experiment>/metrics.json")
     parser.add_argument("--train", required=True, help="results/train/<experiment>/metrics.json")
     parser.add_argument("--meta", required=True, help="results/data/<dataset-id>/meta.json")
-    parser.add_argument("--robustness", help="results/robustness/<experiment>/robustness.json")
+    parser.add_argument("--robustness", required=True, help="results/robustness/<experiment>/robustness.json")
     parser.add_argument("--audit", required=True, help="the dataset audit's metrics.json")
     parser.add_argument("--logs", nargs="*", default=[], help="JOB=LOG of the jobs that made the model")
     parser.add_argument("--config-sha256", required=True, help="of the settings that made this model")

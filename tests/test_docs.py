@@ -41,9 +41,7 @@ def tracked_files() -> list[Path]:
         return [ROOT / name for name in listed.split("\0") if name and (ROOT / name).is_file()]
     skip = GENERATED | {".git", ".pytest_cache", ".ruff_cache", "__pycache__"}
     return [
-        path
-        for path in ROOT.rglob("*")
-        if path.is_file() and not skip & set(path.relative_to(ROOT).parts)
+        path for path in ROOT.rglob("*") if path.is_file() and not skip & set(path.relative_to(ROOT).parts)
     ]
 
 

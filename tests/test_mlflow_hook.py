@@ -40,6 +40,8 @@ from snakemake_logger_plugin_mlflow.content import (
     parse_benchmark,
     run_name,
     safe_key,
+    split_tags,
+    tags_from_json,
     versions_from_log,
 )
 
@@ -355,9 +357,11 @@ def test_logs_to_a_tracking_server_over_http(workflow, mlflow_server):
 
     # the experiment is a model-training one, and the link printed at the end opens MLflow's UI on
     # its runs table (parent and job runs), where a new user expects them
-    assert experiment["tags"] and {t["key"]: t["value"] for t in experiment["tags"]}[
-        "mlflow.experimentKind"
-    ] == "custom_model_development"
+    assert (
+        experiment["tags"]
+        and {t["key"]: t["value"] for t in experiment["tags"]}["mlflow.experimentKind"]
+        == "custom_model_development"
+    )
     url = f"{mlflow_server}/#/experiments/{experiment['experiment_id']}?workflowType=machine_learning"
     assert f"its runs table: {url}" in proc.stdout + proc.stderr
 
@@ -480,12 +484,14 @@ rule step:
     params:
         lr=lambda wildcards: 0.1 * (int(wildcards.i) + 1),
         recipe={"optimizer": {"name": "sgd", "momentum": 0.9}, "widths": [8, 16]},
+        mlflow_tags=lambda wildcards: {"group": "steps", "step.i": int(wildcards.i), "step.widths": [8, 16]},
     resources:
         mem_mb=100,
     shell:
         "sleep 0.5; echo step {wildcards.i} > {log};"
         " printf '\\211PNG fake' > {output.plot};"
-        " echo '{{\"score\": {wildcards.i}, \"history\": [{{\"epoch\": 1, \"loss\": 2.0}},"
+        " echo '{{\"score\": {wildcards.i}, \"note\": \"step {wildcards.i}\","
+        " \"history\": [{{\"epoch\": 1, \"loss\": 2.0}},"
         " {{\"epoch\": 2, \"loss\": 1.5}}]}}' > {output.metrics}"
 
 
@@ -575,6 +581,11 @@ def test_parallel_jobs_plots_directories_containers_and_retries(tmp_path):
         assert step.data.params["params.recipe.widths"] == "[8, 16]"
         assert step.data.params["resources.mem_mb"] == "100"
         assert step.data.metrics["score"] == i and step.data.metrics["loss"] == 1.5
+        # the mlflow_tags param: tags (lists as JSON), not params; metrics.json's text: a tag
+        assert step.data.tags["group"] == "steps" and step.data.tags["step.i"] == str(i)
+        assert step.data.tags["step.widths"] == "[8, 16]" and step.data.tags["note"] == f"step {i}"
+        assert not any(key.startswith("params.mlflow_tags") for key in step.data.params)
+        assert "note" not in step.data.metrics
         assert metric_steps(uri, step, "loss") == [(1, 2.0), (2, 1.5)]
         assert {f"out/{i}/curve.png", f"out/{i}/metrics.json", f"logs/step/{i}.log"} <= artifacts_of(
             uri, step
@@ -843,6 +854,23 @@ def test_one_place_decides_the_store_and_it_needs_no_snakemake(tmp_path, monkeyp
 
 
 # ---- unit level: the plugin's pieces, and its events against a real store --------------------
+
+
+def test_tags_come_from_the_mlflow_tags_param_and_metrics_json_text():
+    params = {
+        "recipe": '{"lr": 0.1}',
+        "mlflow_tags": '{"sweep": "s", "sweep.widths": [8, 16], "sweep.lr": 0.1}',
+    }
+    rest, tags = split_tags(params)
+    assert rest == {"recipe": '{"lr": 0.1}'} and params["mlflow_tags"]  # a copy: the job's params stay
+    assert tags == {"sweep": "s", "sweep.widths": "[8, 16]", "sweep.lr": "0.1"}
+    assert split_tags({"mlflow_tags": {"a b/c": True}}) == ({}, {"a b/c": "true"})
+    assert split_tags({"mlflow_tags": "not json", "x": 1}) == ({"x": 1}, {})  # no tags, and no param
+    assert split_tags({"x": 1}) == ({"x": 1}, {})
+    data = {"outcome": "diverged", "reason": "x" * 9000, "epochs": 0, "history": []}
+    tags = tags_from_json(data)
+    assert set(tags) == {"outcome", "reason"} and tags["outcome"] == "diverged"
+    assert len(tags["reason"]) == 8000 and tags["reason"].endswith("[truncated]")
 
 
 def test_metrics_json_history_becomes_step_metrics():

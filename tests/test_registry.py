@@ -22,13 +22,15 @@ def registrar(model, tmp_path):  # noqa: F811
     """register() of `model` into a fresh SQLite store, as register_model calls it."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
-    def reg(tags, accuracy):
+    def reg(tags, accuracy, val_accuracy=None):
+        """`accuracy`: test, as served; `val_accuracy`, which decides: the same unless given."""
         return register(
             model_path=model,
             name="clf",
             alias="champion",
             tags=tags,
             accuracy=accuracy,
+            val_accuracy=accuracy if val_accuracy is None else val_accuracy,
             uri=uri,
             lock_file=tmp_path / "lock",
         )
@@ -37,16 +39,18 @@ def registrar(model, tmp_path):  # noqa: F811
 
 
 def test_champion_moves_only_to_a_better_model_on_the_same_dataset(model, tmp_path):  # noqa: F811
+    """Better = higher validation accuracy. Test accuracy is recorded, never compared: here it runs
+    against validation accuracy (1 - val), and never moves the alias."""
     register_tags, client = registrar(model, tmp_path)
 
-    def reg(sha, accuracy, dataset="synthetic-tiny"):
-        return register_tags(tags(sha, dataset), accuracy)
+    def reg(sha, val_accuracy, dataset="synthetic-tiny"):
+        return register_tags(tags(sha, dataset), round(1 - val_accuracy, 6), val_accuracy)
 
     first = reg("a" * 64, 0.90)
     assert (first["version"], first["champion"], first["champion_version"]) == (1, True, 1)
-    worse = reg("b" * 64, 0.80)
+    worse = reg("b" * 64, 0.80)  # its test accuracy (0.2) is twice the champion's: no matter
     assert (worse["version"], worse["champion"], worse["champion_version"]) == (2, False, 1)
-    assert "does not beat version 1's 0.9000" in worse["champion_reason"]
+    assert "val accuracy 0.8000 does not beat version 1's 0.9000" in worse["champion_reason"]
     assert json.loads(json.dumps(worse)) == worse  # what register_model writes (a numpy bool was not JSON)
     better = reg("c" * 64, 0.95)
     assert (better["version"], better["champion"], better["champion_version"]) == (3, True, 3)
@@ -57,7 +61,13 @@ def test_champion_moves_only_to_a_better_model_on_the_same_dataset(model, tmp_pa
     assert (again["version"], again["champion"]) == (3, True)
     assert str(client.get_model_version_by_alias("clf", "champion").version) == "3"
     assert len(client.search_model_versions("name = 'clf'")) == 4
-    assert client.get_model_version("clf", "2").tags["accuracy"] == "0.800000"
+    assert client.get_model_version("clf", "2").tags["accuracy"] == "0.200000"
+    assert client.get_model_version("clf", "2").tags["val_accuracy"] == "0.800000"
+    # a champion registered before selection moved to validation accuracy has none to compare
+    client.delete_model_version_tag("clf", "3", "val_accuracy")
+    newer = reg("e" * 64, 0.99)
+    assert (newer["champion"], newer["champion_version"]) == (False, 3)
+    assert "registered without a validation accuracy" in newer["champion_reason"]
 
 
 def test_a_later_evaluation_of_a_version_goes_beside_its_tags_never_over_them(model, tmp_path):  # noqa: F811

@@ -152,8 +152,18 @@ def test_the_model_card_shows_the_runs_own_figures_and_is_in_the_registry(report
         registration, manifest = read("register", "registration.json"), read("image", "manifest.json")
         robustness = read("robustness", "robustness.json")
         assert card.startswith(f"# Model card: {registration['name']} version {registration['version']}\n")
-        for heading in ("Intended use", "Out-of-scope use", "Data", "Metrics", "Calibration", "Robustness",
-                        "How it was served and proven", "Limitations", "Provenance", "Software versions"):
+        for heading in (
+            "Intended use",
+            "Out-of-scope use",
+            "Data",
+            "Metrics",
+            "Calibration",
+            "Robustness",
+            "How it was served and proven",
+            "Limitations",
+            "Provenance",
+            "Software versions",
+        ):
             assert f"# {heading}\n" in card, heading
         assert f"| accuracy, as served | {mc.pct(evaluation['accuracy'])} |" in card
         assert f"| expected calibration error (15 bins, top label) | {evaluation['ece']:.4f} |" in card

@@ -357,3 +357,116 @@ def class_balance_chart(balance: pd.DataFrame, title: str) -> Figure:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# -- Sweep -----------------------------------------------------------------------------------------
+
+STOPPED = "#d62728"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _label(value) -> str:
+    return "x".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _numeric_axis(ax, xs: list[float]) -> None:
+    """Log when the values span a decade or more; ticks at the values themselves when they are few
+    (a grid), and every value inside the axis (the stopped trials' crosses are not autoscaled)."""
+    low, high = min(xs), max(xs)
+    log_scale = low > 0 and high / low >= 10
+    if log_scale:
+        ax.set_xscale("log")
+        pad = (high / low) ** 0.08
+        ax.set_xlim(low / pad, high * pad)
+    else:
+        pad = (high - low) * 0.08 or abs(low) * 0.1 or 1.0
+        ax.set_xlim(low - pad, high + pad)
+    distinct = sorted(set(xs))
+    if len(distinct) <= 8:
+        ax.set_xticks(distinct, [f"{x:g}" for x in distinct])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    elif log_scale:
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
+def sweep_parameters(ranking: dict) -> Figure:
+    """Validation accuracy against each swept parameter (rank_sweep's ranking.json), one panel per
+    parameter: finished trials as dots, the promoted ones as stars, trials that did not finish as
+    red crosses along the bottom. Numbers on a numeric axis (log when they span a decade or more),
+    other values (optimizer, widths, ...) as categories."""
+    rows = ranking["trials"]
+    keys = ranking["swept"] or ["trial"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False, sharey=True)
+    for ax, key in zip(axes[0], keys, strict=True):
+        values = [row["trial"] if key == "trial" else row["settings"][key] for row in rows]
+        if all(_is_number(v) for v in values):
+            xs = [float(v) for v in values]
+            _numeric_axis(ax, xs)
+        else:
+            # in their natural order: widths by size, names alphabetically, false before true
+            distinct = {_label(v): v for v in values}
+            order = sorted(distinct, key=lambda text: distinct[text])
+            xs = [order.index(_label(v)) for v in values]
+            ax.set_xticks(range(len(order)), order, rotation=30 if len(order) > 3 else 0, ha="right")
+            ax.set_xlim(-0.5, len(order) - 0.5)
+        for kind, marker, size, color in (("finished", "o", 40, TRAIN), ("promoted", "*", 220, VAL)):
+            chosen = [
+                (x, row["val_accuracy"])
+                for x, row in zip(xs, rows, strict=True)
+                if row["outcome"] == "ok" and row["promoted"] == (kind == "promoted")
+            ]
+            if chosen:
+                ax.scatter(
+                    *zip(*chosen, strict=True), marker=marker, s=size, color=color, label=kind, zorder=3
+                )
+        stopped = [x for x, row in zip(xs, rows, strict=True) if row["outcome"] != "ok"]
+        if stopped:  # no accuracy to plot: along the bottom edge, in axes coordinates
+            ax.scatter(
+                stopped,
+                [0.04] * len(stopped),
+                transform=ax.get_xaxis_transform(),
+                marker="x",
+                s=60,
+                color=STOPPED,
+                label="did not finish",
+                zorder=3,
+            )
+        ax.set_xlabel(key)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation accuracy")
+    axes[0][0].yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    axes[0][0].margins(y=0.25)
+    # below the panels: inside, it would hide the crosses along the bottom edge
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.suptitle(f"Sweep {ranking['sweep']}: validation accuracy by setting", fontsize=11)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig
+
+
+def sweep_curves(histories: dict[str, pd.DataFrame], sweep: str) -> Figure:
+    """Validation accuracy and training loss per epoch of the best trials (name -> history, best
+    first), one line each."""
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(9, 3.6))
+    colors = plt.get_cmap("tab10").colors
+    for i, (name, history) in enumerate(histories.items()):
+        style = {
+            "color": colors[i % len(colors)],
+            "marker": "o" if len(history) <= 30 else None,
+            "label": name,
+        }
+        acc.plot(history["epoch"], history["val_accuracy"], **style)
+        loss.plot(history["epoch"], history["train_loss"], **style)
+    for ax, label in ((acc, "validation accuracy"), (loss, "training loss")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    acc.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    acc.legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"Sweep {sweep}: the {len(histories)} best trials by validation accuracy", fontsize=11)
+    fig.tight_layout()
+    return fig

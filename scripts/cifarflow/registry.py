@@ -1,4 +1,9 @@
-"""The MLflow Model Registry step: register a model that passed the gate; move `champion` only on merit."""
+"""The MLflow Model Registry step: register a model that passed the gate; move `champion` only on merit.
+
+Merit is validation accuracy, on the same dataset: the split held out for choosing. Test accuracy
+(as served) is recorded and reported, never compared: a model chosen among many for its test
+accuracy would carry a test figure biased upward, the winner of many draws of the same noise.
+"""
 
 from __future__ import annotations
 
@@ -66,14 +71,16 @@ def register(
     accuracy: float,
     uri: str,
     lock_file: Path,
+    val_accuracy: float,
 ) -> dict:
     """Register the model at `model_path` as a version of `name` (or find its version by sha256) and
-    move `alias` to it when its accuracy beats the alias's version on the same dataset.
+    move `alias` to it when its validation accuracy beats the alias's version's on the same dataset.
 
     `tags`: the model's identity (model_sha256, dataset_id) and this evaluation's provenance and
     figures (engine, image, image_id, experiment, macro_f1, ...). A new version gets them as its
-    tags, with `accuracy`. A version never has them rewritten: a later evaluation of the same model
-    (another engine, a rebuilt image) is recorded beside them as eval.<engine>.* tags.
+    tags, with `accuracy` (test, as served: recorded, never compared) and `val_accuracy`. A version
+    never has them rewritten: a later evaluation of the same model (another engine, a rebuilt
+    image) is recorded beside them as eval.<engine>.* tags.
     """
     import mlflow
     import onnx
@@ -83,7 +90,7 @@ def register(
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    tags = {**tags, "accuracy": f"{accuracy:.6f}"}
+    tags = {**tags, "accuracy": f"{accuracy:.6f}", "val_accuracy": f"{val_accuracy:.6f}"}
     with exclusive(lock_file):
         existing = [
             v
@@ -118,10 +125,10 @@ def register(
             champion = client.get_model_version_by_alias(name, alias)
         except MlflowException:
             champion = None
-        # Accuracy as served is the model's accuracy on the dataset's test split, whichever engine
-        # served it (the evaluation checks every served prediction against offline ONNX Runtime):
-        # comparable across engines, not across datasets. The champion's figure is the one it was
-        # registered with; latency and throughput depend on the engine and never decide.
+        # Validation accuracy decides: the trained model's, on the dataset's validation split (the
+        # served model is that model: the evaluation checks every served prediction against it).
+        # Comparable across engines, not across datasets. The champion's figure is the one it was
+        # registered with; test accuracy, latency and throughput are recorded and never decide.
         if champion is None:
             moved, reason = True, f"no '{alias}' yet"
         elif str(champion.version) == version:
@@ -135,11 +142,20 @@ def register(
                     f"not {tags['dataset_id']}: not comparable, so it stays (move it by hand if you mean to)"
                 ),
             )
+        elif "val_accuracy" not in champion.tags:
+            moved, reason = (
+                False,
+                (
+                    f"'{alias}' is version {champion.version}, registered without a validation accuracy "
+                    "(chosen on test accuracy, before selection moved to validation): not comparable, so "
+                    "it stays (move it by hand if you mean to)"
+                ),
+            )
         else:
-            best = float(champion.tags.get("accuracy", "nan"))
-            moved = bool(accuracy > best or np.isnan(best))  # numpy bool: not JSON
+            best = float(champion.tags["val_accuracy"])
+            moved = val_accuracy > best
             reason = (
-                f"accuracy {accuracy:.4f} {'beats' if moved else 'does not beat'} version "
+                f"val accuracy {val_accuracy:.4f} {'beats' if moved else 'does not beat'} version "
                 f"{champion.version}'s {best:.4f} on the same dataset"
             )
         if moved:
@@ -154,6 +170,7 @@ def register(
         "champion_version": int(current.version),
         "champion_reason": reason,
         "accuracy": accuracy,
+        "val_accuracy": val_accuracy,
         "dataset_id": tags["dataset_id"],
         "engine": tags["engine"],
         "image": tags["image"],

@@ -94,7 +94,8 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_metrics(path: str | os.PathLike, metrics: dict[str, Any]) -> None:
-    """Write a rule's metrics.json: flat name -> finite number, plus an optional `history` list.
+    """Write a rule's metrics.json: flat name -> finite number (a metric in MLflow) or text (a tag,
+    e.g. a training's `outcome`), plus an optional `history` list.
 
     This file is the contract between rules and the MLflow hook, which logs the numbers as the job's
     metrics and `history` as per-step series (snakemake_logger_plugin_mlflow.content.metrics_from_json).
@@ -104,8 +105,10 @@ def write_metrics(path: str | os.PathLike, metrics: dict[str, Any]) -> None:
             if not isinstance(value, list):
                 raise TypeError("metrics['history'] must be a list of per-step dicts")
             continue
+        if isinstance(value, str):
+            continue
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise TypeError(f"metric {key!r} must be a finite number, got {value!r}")
+            raise TypeError(f"metric {key!r} must be a finite number or a text, got {value!r}")
     write_json(path, metrics)
 
 

@@ -26,6 +26,7 @@ td.fail { color: #b00020; font-weight: 600; }
 td.pass { color: #137333; }
 tr.weak td { color: #b00020; }
 td.champion { font-weight: 600; }
+td.wrap { white-space: normal; text-align: left; min-width: 16em; max-width: 32em; }
 """
 
 
@@ -33,7 +34,7 @@ def html_page(title: str, body: str, note: str = "") -> str:
     """A complete HTML document with inline CSS (the report embeds it as is, offline)."""
     note_html = f'<p class="note">{html.escape(note)}</p>\n' if note else ""
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
         f"<h1>{html.escape(title)}</h1>\n{note_html}{body}\n</body>\n</html>\n"
     )
@@ -154,15 +155,30 @@ def export_html(export: dict, parity_limits: dict, experiment: str, quantize: di
     e, limits = export, parity_limits
     # (group, figure, value, gate, metric whose gate decides pass/FAIL)
     rows = [
-        ("parity", "argmax agreement, ONNX Runtime vs PyTorch", pct(e["argmax_agreement"], 3),
-         f">= {pct(limits['min_argmax_agreement'], 3)}", "argmax_agreement"),
-        ("parity", "max |probability difference|", f"{e['max_probability_diff']:.2e}",
-         f"<= {limits['max_probability_diff']:.0e}", "max_probability_diff"),
+        (
+            "parity",
+            "argmax agreement, ONNX Runtime vs PyTorch",
+            pct(e["argmax_agreement"], 3),
+            f">= {pct(limits['min_argmax_agreement'], 3)}",
+            "argmax_agreement",
+        ),
+        (
+            "parity",
+            "max |probability difference|",
+            f"{e['max_probability_diff']:.2e}",
+            f"<= {limits['max_probability_diff']:.0e}",
+            "max_probability_diff",
+        ),
         ("parity", "max |logit difference|", f"{e['max_logit_diff']:.2e}", "", None),
         ("parity", "test accuracy, PyTorch", pct(e["torch_test_accuracy"]), "", None),
         ("parity", "test accuracy, ONNX Runtime", pct(e["onnx_test_accuracy"]), "", None),
-        ("parity", "accuracy difference", f"{e['accuracy_diff'] * 100:.3f} points",
-         f"<= {limits['max_accuracy_diff'] * 100:.3f} points", "accuracy_diff"),
+        (
+            "parity",
+            "accuracy difference",
+            f"{e['accuracy_diff'] * 100:.3f} points",
+            f"<= {limits['max_accuracy_diff'] * 100:.3f} points",
+            "accuracy_diff",
+        ),
         ("speed", "latency, batch 1, p50", f"{e['latency_ms_p50']:.2f} ms", "", None),
         ("speed", "latency, batch 1, p99", f"{e['latency_ms_p99']:.2f} ms", "", None),
         ("speed", "throughput, batch 256", f"{num(e['throughput_images_per_second'])} images/s", "", None),
@@ -173,14 +189,21 @@ def export_html(export: dict, parity_limits: dict, experiment: str, quantize: di
         rows += [
             ("int8", "test accuracy, int8", pct(q["int8_test_accuracy"]), "", None),
             ("int8", "accuracy drop vs fp32", f"{q['accuracy_drop'] * 100:.2f} points", "", None),
-            ("int8", "throughput, batch 256, int8",
-             f"{num(q['int8_throughput_images_per_second'])} images/s", "", None),
+            (
+                "int8",
+                "throughput, batch 256, int8",
+                f"{num(q['int8_throughput_images_per_second'])} images/s",
+                "",
+                None,
+            ),
             ("int8", "speed-up over fp32", f"{q['speedup']:.2f}x", "", None),
             ("int8", "model.int8.onnx", f"{q['model_bytes'] / 1e6:.2f} MB", "", None),
         ]
     frame = pd.DataFrame(
-        [(group, name, value, gate, ("pass" if passes[key] else "FAIL") if key else "")
-         for group, name, value, gate, key in rows],
+        [
+            (group, name, value, gate, ("pass" if passes[key] else "FAIL") if key else "")
+            for group, name, value, gate, key in rows
+        ],
         columns=["", "figure", "value", "gate", "result"],
     )
     cells = {(i, "result"): "pass" if r == "pass" else "fail" for i, r in enumerate(frame["result"]) if r}
@@ -235,7 +258,9 @@ def per_class_frame(metrics: dict, class_names: list[str], support: Mapping[int,
     """Precision, recall, F1 and test images per class from evaluate's metrics.json, plus the macro
     average; numbers, not text."""
     missing = [
-        f"{kind}_{name}" for name in class_names for kind in ("precision", "recall")
+        f"{kind}_{name}"
+        for name in class_names
+        for kind in ("precision", "recall")
         if f"{kind}_{name}" not in metrics
     ]
     if missing:
@@ -249,8 +274,13 @@ def per_class_frame(metrics: dict, class_names: list[str], support: Mapping[int,
         f1 = 2 * p * r / (p + r) if p + r else 0.0
         rows.append((name, p, r, f1, int(support.get(cls, 0))))
     frame = pd.DataFrame(rows, columns=["class", "precision", "recall", "F1", "test images"])
-    macro = ("macro average", frame["precision"].mean(), frame["recall"].mean(), frame["F1"].mean(),
-             int(frame["test images"].sum()))
+    macro = (
+        "macro average",
+        frame["precision"].mean(),
+        frame["recall"].mean(),
+        frame["F1"].mean(),
+        int(frame["test images"].sum()),
+    )
     frame.loc[len(frame)] = macro
     return frame
 
@@ -437,6 +467,65 @@ def _rst(text: str) -> str:
     for char in ("\\", "*", "`", "|", "_"):
         text = text.replace(char, "\\" + char)
     return text
+
+
+# -- Sweep -----------------------------------------------------------------------------------------
+
+
+def _setting(value: Any) -> str:
+    if isinstance(value, list):
+        return "x".join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _outcome(row: Mapping[str, Any]) -> str:
+    """promoted, ok, or what stopped the training and why (the reason once: 'training diverged: ...')."""
+    if row["promoted"]:
+        return "promoted"
+    reason = row["reason"] or ""
+    if not reason or reason.startswith(f"training {row['outcome']}"):
+        return reason or row["outcome"]
+    return f"{row['outcome']}: {reason}"
+
+
+def sweep_ranking_html(ranking: Mapping[str, Any]) -> str:
+    """Every trial of a sweep, best first (rank_sweep's ranking.json): its settings, validation and
+    test accuracy, training time; the promoted trials in bold, those that did not finish in red with
+    their reason. Keys fixed for every trial go in the note."""
+    rows, swept = ranking["trials"], ranking["swept"]
+    fixed = {k: v for k, v in rows[0]["settings"].items() if k not in swept}
+    frame = pd.DataFrame(
+        [
+            {
+                "rank": "-" if row["rank"] is None else str(row["rank"]),
+                "trial": row["trial"],
+                **{key: _setting(row["settings"].get(key)) for key in swept},
+                "val accuracy": pct(row["val_accuracy"]),
+                "test accuracy": pct(row["test_accuracy"]),
+                "train time (s)": num(row["train_seconds"], 1),
+                "epochs": num(row["epochs"]),
+                "outcome": _outcome(row),
+            }
+            for row in rows
+        ]
+    )
+    classes = {i: "best" for i, row in enumerate(rows) if row["promoted"]}
+    wrap = {(i, "outcome"): "wrap" for i in range(len(rows))}  # a reason is a sentence: it wraps
+    classes |= {i: "weak" for i, row in enumerate(rows) if row["outcome"] != "ok"}
+    finished = sum(row["outcome"] == "ok" for row in rows)
+    fixed_text = ", ".join(f"{k}={_setting(v)}" for k, v in fixed.items())
+    note = (
+        f"Sweep '{ranking['sweep']}' ({ranking['method']}): {len(rows)} trials, {finished} finished. "
+        "Ranked by validation accuracy, the split held out for choosing; test accuracy is shown and "
+        f"never used to choose. Bold: the {len(ranking['promoted'])} promoted (exported, served, "
+        "evaluated, registered). Red: trials that did not finish, with the reason."
+        + (f" Every trial: {fixed_text}; the rest of the recipe is `train`." if fixed_text else "")
+    )
+    return html_page(
+        f"Sweep {ranking['sweep']}: trials ranked by validation accuracy",
+        html_table(frame, classes, wrap, text_columns=2 + len(swept)),
+        note,
+    )
 
 
 # -- Robustness ------------------------------------------------------------------------------------

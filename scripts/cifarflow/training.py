@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from .config import Recipe
 from .dataset import load_meta, load_split
-from .errors import PipelineError
+from .errors import PipelineError, TrainingDiverged, TrainingFailed
 from .models import Classifier, FastNet, build_model, count_parameters
 from .runtime import atomic_path, progress
 
@@ -264,7 +264,7 @@ def train(data_dir: Path, recipe: Recipe, outdir: Path, threads: int = 0) -> dic
     images, labels = _load_splits(data_dir, device)
     n_train, batch = len(labels["train"]), recipe.batch_size
     if n_train < batch:
-        raise PipelineError(f"train.batch_size {batch} is larger than the training split ({n_train} images)")
+        raise TrainingFailed(f"train.batch_size {batch} is larger than the training split ({n_train} images)")
     model = _make_model(recipe, meta, images["train"], device)
     optimizer = make_optimizer(model, recipe)
     ema = AveragedModel(model, multi_avg_fn=ema_update(recipe.ema), use_buffers=True) if recipe.ema else None
@@ -397,11 +397,8 @@ class Resume:
         device: torch.device,
     ) -> TrainState:
         """Restore model, optimiser and EMA in place from a matching resume.pt; a fresh state if none."""
-        if not self.path.exists():
-            return TrainState()
-        saved = torch.load(self.path, map_location=device, weights_only=True)
-        if (saved.get("recipe_sha256"), saved.get("dataset_id")) != (self.recipe_sha256, self.dataset_id):
-            log.info("ignoring %s: it was made with another recipe or dataset", self.path)
+        saved = self._matching(device)
+        if saved is None:
             return TrainState()
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -411,6 +408,22 @@ class Resume:
             lookahead.average = saved["lookahead"]
         log.info("resuming after epoch %d from %s", saved["epoch"], self.path)
         return TrainState(saved["epoch"], saved["history"], saved["seconds"])
+
+    def completed(self) -> TrainState:
+        """The epochs a matching resume.pt holds (history and seconds), without loading its weights."""
+        saved = self._matching(torch.device("cpu"))
+        return (
+            TrainState() if saved is None else TrainState(saved["epoch"], saved["history"], saved["seconds"])
+        )
+
+    def _matching(self, device: torch.device) -> dict | None:
+        if not self.path.exists():
+            return None
+        saved = torch.load(self.path, map_location=device, weights_only=True)
+        if (saved.get("recipe_sha256"), saved.get("dataset_id")) != (self.recipe_sha256, self.dataset_id):
+            log.info("ignoring %s: it was made with another recipe or dataset", self.path)
+            return None
+        return saved
 
     def save(
         self,
@@ -482,7 +495,7 @@ def _check_finite(
     if len(bad):
         first = int(bad[0])
         lr = lr_at(epoch * steps_per_epoch + first, total, recipe)
-        raise PipelineError(
+        raise TrainingDiverged(
             f"training diverged: loss is {window[first].item()} at epoch {epoch + 1}, step {first + 1} "
             f"(lr {lr:.4g}). Lower train.lr or raise train.warmup, then rerun."
         )
@@ -514,8 +527,60 @@ def _write_history(path: Path, history: list[dict]) -> None:
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
     """Rebuild the trained model (eval mode, CPU) from model.pt, loaded with weights_only=True."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if "weights" not in checkpoint:  # record_failure's: a sweep trial that did not finish
+        raise PipelineError(
+            f"{path} holds no model: its training {checkpoint.get('outcome', 'failed')} "
+            f"({checkpoint.get('reason')}). Only a training that finished can be exported or served."
+        )
     recipe = Recipe.from_config(checkpoint["recipe"])
     num_classes = len(checkpoint["class_names"])
     model = build_model_of(recipe, checkpoint["mean"], checkpoint["std"], num_classes)
     model.load_state_dict(checkpoint["weights"])
     return model.eval(), checkpoint
+
+
+def record_failure(outdir: Path, recipe: Recipe, dataset_id: str, error: TrainingFailed) -> dict:
+    """The outputs of a sweep trial whose training stopped (diverged, or failed): they say so instead
+    of holding a model, so that its job succeeds and the sweep's ranking lists it with the reason.
+
+    model.pt holds no weights (load_checkpoint refuses it, naming the reason); history.csv and the
+    returned metrics hold the epochs completed before, from resume.pt, which is then removed:
+    the same recipe would stop the same way, so there is nothing to resume.
+    """
+    resume = Resume(outdir / "resume.pt", recipe.sha256(), dataset_id)
+    state = resume.completed()
+    reason = str(error)
+    marker = {
+        "format": 1,
+        "outcome": error.outcome,
+        "reason": reason,
+        "recipe": recipe.asdict(),
+        "recipe_sha256": recipe.sha256(),
+        "dataset_id": dataset_id,
+    }
+    with atomic_path(outdir / "model.pt") as tmp, open(tmp, "wb") as fh:
+        torch.save(marker, fh)
+    with atomic_path(outdir / "history.csv") as tmp, open(tmp, "w", newline="") as fh:
+        out = csv.DictWriter(fh, fieldnames=list(state.history[0]) if state.history else HISTORY_COLUMNS)
+        out.writeheader()
+        out.writerows(state.history)
+    (outdir / "tensorboard").mkdir(parents=True, exist_ok=True)
+    resume.remove()
+    log.warning("recorded as this trial's outcome (%s): %s", error.outcome, reason)
+    metrics = {"outcome": error.outcome, "reason": reason, "epochs": state.epoch, "history": state.history}
+    if state.epoch:  # the time of the epochs that completed (that of the one that stopped is not kept)
+        metrics["train_seconds"] = round(state.seconds, 3)
+    return metrics
+
+
+# history.csv's columns, as train() writes them (record_failure's when no epoch completed)
+HISTORY_COLUMNS = [
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+    "seconds",
+    "images_per_second",
+]

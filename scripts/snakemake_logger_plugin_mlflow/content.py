@@ -3,7 +3,8 @@
 - `parse_benchmark`: Snakemake's benchmark file (TSV or JSONL; extended columns when
   `--benchmark-extended`) -> numeric rows and the rule's params/wildcards/threads/resources.
 - `metrics_from_json`: a rule's `metrics.json` (flat name -> number, optional `history` list of
-  per-step dicts) -> `(key, value, step)` triples.
+  per-step dicts) -> `(key, value, step)` triples; `tags_from_json`: its text values -> tags.
+- `split_tags`: a job's params -> (the params, the tags its `mlflow_tags` param asks for).
 - `flatten`: nested params/config -> flat `a.b.c` string values, JSON strings included.
 - `file_digest`: sha256 of a file, or why it was not hashed (directory, too large, missing).
 - `versions_from_log`: the software versions a job's log records -> `version.<name>` tags.
@@ -43,6 +44,9 @@ BENCHMARK_METRICS = {
     "cpu_usage": "benchmark.cpu_usage",
 }
 BENCHMARK_DICTS = ("params", "wildcards", "resources")
+# A rule param of this name holds tags for the job's run (a dict, or a JSON object as text), e.g. a
+# sweep trial's sweep and settings; it is not logged as params.
+TAGS_PARAM = "mlflow_tags"
 # The line a job's log carries with the versions it ran with (cifarflow.versions.LOG_MARKER, which this
 # package does not import: the hook never imports the workflow's library; a test holds them equal).
 VERSIONS_MARKER = "software versions: "
@@ -159,6 +163,29 @@ def metrics_from_json(data: Mapping) -> list[tuple[str, float, int]]:
             else:
                 summary.append((name, number, 0))
     return summary + series + finals
+
+
+def tags_from_json(data: Mapping) -> dict[str, str]:
+    """metrics.json's top-level text values (e.g. a training's `outcome` and `reason`) -> tags."""
+    return {
+        safe_key(key): truncate(value, MAX_TAG_VALUE) for key, value in data.items() if isinstance(value, str)
+    }
+
+
+def split_tags(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """A job's params without `mlflow_tags`, and the tags it holds (values as text; lists as JSON).
+    A `mlflow_tags` that is neither a mapping nor a JSON object gives no tags."""
+    params = dict(params)
+    value = params.pop(TAGS_PARAM, None)
+    if isinstance(value, str):
+        value = _maybe_json(value)
+    if not isinstance(value, Mapping):
+        return params, {}
+    tags = {
+        safe_key(key): truncate(item if isinstance(item, str) else json.dumps(item), MAX_TAG_VALUE)
+        for key, item in value.items()
+    }
+    return params, tags
 
 
 def _parse_value(text: str) -> Any:

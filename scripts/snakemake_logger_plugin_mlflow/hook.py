@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,8 @@ from .content import (
     parse_benchmark,
     run_name,
     safe_key,
+    split_tags,
+    tags_from_json,
     truncate,
     versions_from_log,
 )
@@ -636,6 +639,7 @@ class MlflowHook:
             tags["snakemake.shellcmd"] = truncate(str(record.shellcmd), MAX_TAG_VALUE)
         if extra.get("container"):
             tags["container.image"] = extra["container"]
+        tags.update(split_tags(extra.get("params") or {})[1])  # e.g. a sweep trial's sweep and settings
         name = run_name(record.rule_name, wildcards)
         run = self.client.create_run(
             self.experiment_id, start_time=_ms(record.created), tags=tags, run_name=name
@@ -665,10 +669,12 @@ class MlflowHook:
                 tags["hook.benchmark"] = f"unreadable: {_describe(exc)}"
             for step, row in enumerate(benchmark.get("rows", [])):
                 metrics += [(key, value, step) for key, value in row.items()]
-        if "params" in benchmark:
-            params = flatten(benchmark["params"], "params") if benchmark["params"] else {}
-        elif job.params is not None:  # no benchmark (or not --benchmark-extended): the job's own
-            params = flatten(job.params, "params") if job.params else {}
+        if "params" in benchmark or job.params is not None:
+            # the benchmark's first; without one (or not --benchmark-extended), the job's own
+            source = benchmark.get("params", job.params)
+            raw, asked = split_tags(source) if isinstance(source, Mapping) else (source, {})
+            params = flatten(raw, "params") if raw else {}
+            tags.update(asked)  # set at the start already, unless the Job object was not found
         else:
             tags["hook.params"] = "not available: no benchmark file with --benchmark-extended"
         artifacts = {f: LOG_LIMIT for f in job.log if os.path.isfile(local_path(f))}
@@ -679,7 +685,9 @@ class MlflowHook:
                 try:
                     with open(path) as handle:
                         data = json.load(handle)
-                    metrics += metrics_from_json(data) if isinstance(data, dict) else []
+                    if isinstance(data, dict):
+                        metrics += metrics_from_json(data)
+                        tags.update(tags_from_json(data))
                     artifacts[path] = LOG_LIMIT
                 except (OSError, ValueError) as exc:
                     tags[f"hook.metrics:{os.path.normpath(path)}"] = f"unreadable: {_describe(exc)}"
@@ -693,7 +701,8 @@ class MlflowHook:
     def _job_failed(self, job: _Job, logs: list[str], kept: dict | None) -> None:
         """`kept`: what `capture` copied of the logs when the job failed (None: it did not see it)."""
         tags = {"snakemake.error": f"job failed; see {', '.join(logs) or 'the Snakemake log'}"}
-        params = flatten(job.params, "params") if job.params else {}
+        raw, _ = split_tags(job.params or {})
+        params = flatten(raw, "params") if raw else {}
         kept = self._keep_all(logs) if kept is None else kept
         tags |= _versions([copy for copy in kept.values() if isinstance(copy, str)])
         for file in logs:

@@ -1,0 +1,73 @@
+"""config/sweep-demo.yaml through profiles/slurm on the one-node Slurm cluster (tests/slurm_cluster.py):
+each trial is a Slurm job of its own, the diverging one among them, and the sweep ends as it does
+locally: ranked by validation accuracy, the best alone exported, served and registered. The
+ranking (a checkpoint) and the report's rules are local rules: they never become Slurm jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+from conftest import copy_workflow
+from slurm_cluster import slurm_profile_cluster  # noqa: F401  (fixture)
+from test_mlflow_hook import runs_of, sqlite_uri
+from test_slurm import BIN, Run, config_overrides, slurm_args
+
+pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
+SWEEP = ("--configfile", "config/demo.yaml", "config/sweep-demo.yaml")
+TRIALS = ["demo-lr0.03", "demo-lr0.3", "demo-lr1.0", "demo-lr10000.0"]
+
+
+@pytest.fixture(scope="module")
+def on_slurm(slurm_profile_cluster, tmp_path_factory):  # noqa: F811
+    cluster = slurm_profile_cluster
+    workdir = copy_workflow(tmp_path_factory.mktemp("sweep-on-slurm") / "wf")
+    env = dict(cluster.env, PATH=f"{BIN}{os.pathsep}{cluster.env['PATH']}")
+    start = time.monotonic()
+    run = Run(workdir, "sweep", (*slurm_args(cluster), *SWEEP, *config_overrides()), env).wait(2400)
+    print(f"sweep on Slurm: {time.monotonic() - start:.0f} s; Slurm jobs: {cluster.jobs()}")
+    return workdir, run, cluster.jobs()
+
+
+def test_each_trial_is_a_slurm_job_of_its_own(on_slurm):
+    workdir, run, _ = on_slurm
+    assert run.returncode == 0, run.output[-6000:]
+    # job id -> (rule, wildcards), from each job's Slurm log: .../slurm_logs/rule_<rule>/<wildcards>/<id>.log
+    # (slurmctld forgets a finished job after 10 minutes: the logs are what lasts)
+    jobs = {
+        job_id: (log.parent.parent.name.removeprefix("rule_"), log.parent.name)
+        for job_id, log in run.submitted().items()
+    }
+    trials = sorted(wildcards for rule, wildcards in jobs.values() if rule == "train_model")
+    assert trials == sorted(TRIALS), jobs  # one job per trial, the diverging one included
+    for job_id, log in run.submitted().items():
+        assert "1 of 1 steps (100%) done" in log.read_text(), (jobs[job_id], log.read_text()[-2000:])
+    # the ranking and the report are local rules, in the main process; after the ranking the
+    # promoted trial alone goes on: one export, one evaluation
+    ranking = json.loads((workdir / "results/sweep/demo/ranking.json").read_text())
+    (best,) = ranking["promoted"]
+    dataset = next((workdir / "results/data").iterdir()).name
+    later = sorted(job for job in jobs.values() if job[0] != "train_model")
+    expected = [("prepare_dataset", dataset), ("audit_dataset", dataset)]
+    assert later == sorted([*expected, ("export_onnx", best), ("evaluate_served_model", best)])
+    for stage in ("export", "evaluate", "register"):
+        assert [p.name for p in (workdir / "results" / stage).glob("[!.]*")] == [best], stage
+
+
+def test_the_ranking_lists_the_diverged_trial_and_mlflow_tags_every_trial(on_slurm):
+    workdir, _, _ = on_slurm
+    ranking = json.loads((workdir / "results/sweep/demo/ranking.json").read_text())
+    outcomes = {row["trial"]: row["outcome"] for row in ranking["trials"]}
+    assert outcomes == {
+        "demo-lr0.03": "ok",
+        "demo-lr0.3": "ok",
+        "demo-lr1.0": "ok",
+        "demo-lr10000.0": "diverged",
+    }
+    assert ranking["trials"][0]["promoted"] and ranking["trials"][0]["val_accuracy"] >= 0.9
+    runs = runs_of(sqlite_uri(workdir))
+    trained = [r for r in runs.children if r.info.run_name.startswith("train_model/")]
+    assert sorted(r.data.tags["sweep.trial"] for r in trained) == TRIALS
+    assert {r.data.tags["sweep.trial"]: r.data.tags["outcome"] for r in trained} == outcomes
