@@ -57,7 +57,8 @@ def test_a_rule_cli_logs_every_line_to_its_log_file_and_stderr_in_one_format(tmp
         ("WARNING", "somelib"),  # another library's record, under its own name
         ("INFO", "cifarflow"),  # done in ...
     ]
-    assert parsed[1][3].startswith("software versions: {") and parsed[2][3] == "working on good" and parsed[-1][3].startswith("done in ")
+    assert parsed[1][3].startswith("software versions: {") and parsed[2][3] == "working on good"
+    assert parsed[-1][3].startswith("done in ")
 
 
 def test_a_failing_rule_cli_logs_the_error_and_overwrites_the_old_log(tmp_path):

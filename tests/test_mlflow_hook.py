@@ -387,12 +387,7 @@ def test_the_printed_link_opens_mlflow_ui_on_the_runs_table(mlflow_server, tmp_p
         _event(LogEvent.JOB_INFO, **job),
         _event(LogEvent.JOB_FINISHED, job_id=1),
     ]
-    try:
-        for record in events:
-            handler.hook.capture(record)
-            handler.emit(record)
-    finally:
-        handler.close()
+    replay(handler, events)
     experiment = MlflowClient(mlflow_server).get_experiment_by_name("ui")
     url = runs_table_url(mlflow_server, experiment.experiment_id)
     parent_name = "snakemake ui check"
@@ -938,6 +933,16 @@ def _event(event: LogEvent, level: int = logging.INFO, **fields) -> logging.LogR
     return record
 
 
+def replay(handler, events) -> None:
+    """Feed Snakemake's events to the handler as Snakemake does (capture, then emit), then close it."""
+    try:
+        for record in events:
+            handler.hook.capture(record)
+            handler.emit(record)
+    finally:
+        handler.close()
+
+
 def test_events_to_a_real_store_without_snakemake(tmp_path, monkeypatch):
     """The handler fed Snakemake's events by hand: history steps, params from the benchmark."""
     monkeypatch.chdir(tmp_path)
@@ -973,12 +978,7 @@ def test_events_to_a_real_store_without_snakemake(tmp_path, monkeypatch):
         _event(LogEvent.JOB_INFO, **job),
         _event(LogEvent.JOB_FINISHED, job_id=3),
     ]
-    try:
-        for record in events:
-            handler.hook.capture(record)
-            handler.emit(record)
-    finally:
-        handler.close()
+    replay(handler, events)
     runs = runs_of(uri, "unit")
     assert runs.parent.info.status == "FINISHED"
     child = runs.named("train_model/experiment=base")
@@ -1021,12 +1021,7 @@ def test_an_existing_experiment_becomes_a_model_training_one_unless_chosen_other
         _event(LogEvent.WORKFLOW_STARTED, cmd="snakemake", config_md5="0" * 32, datetime="now"),
         _event(LogEvent.RUN_INFO, stats={"total": 1}),
     ]
-    try:
-        for record in events:
-            handler.hook.capture(record)
-            handler.emit(record)
-    finally:
-        handler.close()
+    replay(handler, events)
     assert MlflowClient(uri).get_experiment_by_name("kind").tags.get("mlflow.experimentKind") == after
 
 

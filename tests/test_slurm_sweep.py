@@ -45,14 +45,15 @@ def test_each_trial_is_a_slurm_job_of_its_own(on_slurm):
     for job_id, log in run.submitted().items():
         assert "1 of 1 steps (100%) done" in log.read_text(), (jobs[job_id], log.read_text()[-2000:])
     # the ranking and the report are local rules, in the main process; after the ranking the
-    # promoted trial alone goes on: one export, one evaluation
+    # promoted trial alone goes on: one export, one robustness evaluation, one evaluation as served
     ranking = json.loads((workdir / "results/sweep/demo/ranking.json").read_text())
     (best,) = ranking["promoted"]
     dataset = next((workdir / "results/data").iterdir()).name
     later = sorted(job for job in jobs.values() if job[0] != "train_model")
     expected = [("prepare_dataset", dataset), ("audit_dataset", dataset)]
-    assert later == sorted([*expected, ("export_onnx", best), ("evaluate_served_model", best)])
-    for stage in ("export", "evaluate", "register"):
+    shipped = [("export_onnx", best), ("evaluate_robustness", best), ("evaluate_served_model", best)]
+    assert later == sorted([*expected, *shipped])
+    for stage in ("export", "robustness", "evaluate", "register"):
         assert [p.name for p in (workdir / "results" / stage).glob("[!.]*")] == [best], stage
 
 
