@@ -1,7 +1,7 @@
 """Where a batch-1 request's time goes: the model, its TTA views, ONNX Runtime's threads, the server
 (KServe, gRPC, Python), and the container around it.
 
-    python bench/serve_breakdown.py [--model model.onnx] [--engines process podman podman-bridge]
+    python bench/serve_breakdown.py [--model model.onnx] [--engines process podman podman-host]
         [--requests 2000]
         [--base-image localhost/cifarflow-base:bookworm
          --build-option=-v --build-option=/etc/ssl/certs:/etc/ssl/certs:ro]
@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +33,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "bench")]
 
-from cifarflow.engines import Server, _ready, build, container_name, free_port, running  # noqa: E402
+from cifarflow.engines import ServerSpec, build, container_name, running  # noqa: E402
 from cifarflow.evaluation import Client  # noqa: E402
 from cifarflow.inference import INPUT, load_session  # noqa: E402
 from serve_speed import default_model  # noqa: E402
@@ -79,40 +76,21 @@ def _cpu(processes: list[psutil.Process]) -> list[float]:
     return [sum(p.cpu_times()[:2]) for p in processes]
 
 
-@contextmanager
-def bridged(engine: str, image_ref: str, name: str, threads: int, log: Path) -> Iterator[Server]:
-    """The image in a network namespace of its own (--network bridge), its ports published on
-    loopback: how a container runs where the engine's default network is not the host's."""
-    http, grpc = free_port(), free_port()
-    env = {"CIFARFLOW_HTTP_PORT": http, "CIFARFLOW_GRPC_PORT": grpc, "CIFARFLOW_THREADS": threads}
-    cmd = [engine, "run", "--rm", "--name", name, "--network", "bridge"]
-    cmd += [a for p in (http, grpc) for a in ("-p", f"127.0.0.1:{p}:{p}")]
-    cmd += [a for k, v in env.items() for a in ("-e", f"{k}={v}")] + [image_ref]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 300
-            while not _ready(http):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the bridged container did not get ready: {log.read_text()[-2000:]}")
-                time.sleep(0.2)
-            pid = subprocess.run(
-                [engine, "inspect", "--format", "{{.State.Pid}}", name], capture_output=True, text=True
-            )
-            yield Server(http, grpc, log.read_text, int(pid.stdout.strip()))
-        finally:
-            subprocess.run([engine, "rm", "-f", "-t", "3", name], capture_output=True)
-            proc.wait()
-
-
 def served(engine: str, image_ref: str, image: np.ndarray, requests: int, threads: int, tmp: Path) -> dict:
-    """Latency and CPU per request; `engine` 'podman-bridge' is the podman image in bridge networking."""
-    name = container_name(f"breakdown-{engine}", tmp)
-    base = engine.split("-")[0]
-    if engine.endswith("-bridge"):
-        server_cm = bridged(base, image_ref, name, threads, tmp / f"{engine}.log")
-    else:
-        server_cm = running(engine, image_ref, name, threads, 64, "cifar10", 300, tmp / f"{engine}.log")
+    """Latency and CPU per request. `engine` ENGINE-host: that engine's image in the host's network
+    namespace (serving.network: host); plain ENGINE: in its own namespace, ports published on
+    loopback (serving.network: private, the default)."""
+    base, _, mode = engine.partition("-")
+    spec = ServerSpec(
+        engine=base,
+        image=image_ref,
+        name=container_name(f"breakdown-{engine}", tmp),
+        model_name="cifar10",
+        threads=threads,
+        max_request_mb=64,
+        network=mode or "private",
+    )
+    server_cm = running(spec, log_file=tmp / f"{engine}.log", ready_timeout_s=300)
     with server_cm as server:
         main = psutil.Process(server.pid)
         watched = {"server": [main, *main.children(recursive=True)]}
@@ -147,9 +125,10 @@ def main() -> None:
     parser.add_argument(
         "--engines",
         nargs="+",
-        default=["process", "podman"],
-        choices=["process", "podman", "docker", "podman-bridge", "docker-bridge"],
-        help="ENGINE-bridge: that engine's image in a network namespace of its own (ports published)",
+        default=["process", "podman", "podman-host"],
+        choices=["process", "podman", "docker", "podman-host", "docker-host"],
+        help="ENGINE: the image in its own network namespace (ports published on loopback, the "
+        "default serving.network); ENGINE-host: in the host's",
     )
     parser.add_argument("--base-image", default="docker.io/library/python:3.11-slim-bookworm")
     parser.add_argument("--build-option", action="append", default=[])
@@ -172,13 +151,13 @@ def main() -> None:
             base = engine.split("-")[0]
             if base not in refs:
                 refs[base] = build(
-                    base,
-                    model,
-                    "cifarflow-serving:breakdown",
-                    {"BASE_IMAGE": args.base_image},
-                    {},
-                    args.build_option,
-                    tmp / "serving.sif",
+                    engine=base,
+                    model=model,
+                    reference="cifarflow-serving:breakdown",
+                    build_args={"BASE_IMAGE": args.base_image},
+                    labels={},
+                    extra=args.build_option,
+                    sif=tmp / "serving.sif",
                 ).image
             figures[engine] = served(engine, refs[base], image, args.requests, args.threads, tmp)
         print(json.dumps(figures, indent=2))
