@@ -60,4 +60,4 @@ lint: install
 	snakemake --lint
 
 clean:  ## remove outputs (keeps the venv and downloaded archives)
-	rm -rf results/data results/train results/export results/quantize results/sweep results/report logs benchmarks .snakemake
+	rm -rf results/data results/audit results/train results/export results/quantize results/robustness results/sweep results/report logs benchmarks .snakemake
