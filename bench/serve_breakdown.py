@@ -90,8 +90,7 @@ def served(engine: str, image_ref: str, image: np.ndarray, requests: int, thread
         max_request_mb=64,
         network=mode or "private",
     )
-    server_cm = running(spec, log_file=tmp / f"{engine}.log", ready_timeout_s=300)
-    with server_cm as server:
+    with running(spec, log_file=tmp / f"{engine}.log", ready_timeout_s=300) as server:
         main = psutil.Process(server.pid)
         watched = {"server": [main, *main.children(recursive=True)]}
         if engine != "process":

@@ -141,6 +141,15 @@ def most_confidently_wrong(predictions: pd.DataFrame, limit: int) -> pd.DataFram
     return wrong.sort_values(["confidence", "index"], ascending=[False, True]).head(limit)
 
 
+def _empty_panel(text: str) -> Figure:
+    """A framed panel with `text`, not a sliver: the report shows it where an empty grid would be."""
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    return fig
+
+
 def confidently_wrong_grid(
     images: np.ndarray,
     wrong: pd.DataFrame,
@@ -151,12 +160,8 @@ def confidently_wrong_grid(
 ) -> Figure:
     """The rows of `most_confidently_wrong`, each image titled with its test index, true class and
     predicted class with its probability."""
-    if wrong.empty:  # a framed panel, not a sliver: the report shows it where the grid would be
-        fig, ax = plt.subplots(figsize=(6, 2))
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.text(0.5, 0.5, f"no misclassified images among {total:,} test images", ha="center", va="center")
-        return fig
+    if wrong.empty:
+        return _empty_panel(f"no misclassified images among {total:,} test images")
     rows = math.ceil(len(wrong) / columns)
     height = rows * 2.1 + 0.5
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, height), squeeze=False)
@@ -306,11 +311,7 @@ def duplicate_pair_grid(
     """Pairs side by side (the audit's duplicates.parquet rows, in their order), each titled with
     split, index and class of both images, kind and distance; pixels unsmoothed."""
     if pairs.empty:
-        fig, ax = plt.subplots(figsize=(6, 2))
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.text(0.5, 0.5, title + "\n(no pairs)", ha="center", va="center")
-        return fig
+        return _empty_panel(title + "\n(no pairs)")
     rows = math.ceil(len(pairs) / columns)
     height = rows * 1.75 + 0.6
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 2.6, height), squeeze=False)
