@@ -341,9 +341,9 @@ def train(data_dir: Path, recipe: Recipe, outdir: Path, threads: int = 0) -> dic
             "images_per_second": round(steps_per_epoch * batch / seconds, 1),
         }
         state = TrainState(epoch + 1, [*state.history, row], state.seconds + seconds)
+        resume.save(state, model, optimizer, ema, lookahead)  # first, so a logged epoch is resumable
         _log_epoch(row, recipe.epochs, val_loss, val_acc, seconds)
         _write_epoch(writer, row)
-        resume.save(state, model, optimizer, ema, lookahead)
 
     # ---- test: the test split is evaluated once, here, and used for nothing else ----
     test_loss, test_acc = evaluate(evaluated, images["test"], labels["test"], device)
