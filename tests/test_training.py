@@ -105,20 +105,23 @@ def test_same_seed_same_result_and_resume_is_exact(tiny_data, tmp_path, monkeypa
     # the same weights make the same file, byte for byte (and so the same hash in the MLflow lineage)
     assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
 
-    # Interrupt the next run during epoch 2, after epoch 1's checkpoint was written.
-    real_write_epoch = training._write_epoch
-
-    def interrupt_in_epoch_2(writer, row):
-        if row["epoch"] == 2:
-            raise KeyboardInterrupt
-        real_write_epoch(writer, row)
+    # Interrupt the next run in epoch 2's validation, after epoch 1's checkpoint was written.
+    real_evaluate = training.evaluate
 
     def interrupted_run(outdir):
-        monkeypatch.setattr(training, "_write_epoch", interrupt_in_epoch_2)
+        calls = []
+
+        def interrupt_in_epoch_2(*args):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return real_evaluate(*args)
+
+        monkeypatch.setattr(training, "evaluate", interrupt_in_epoch_2)
         with pytest.raises(KeyboardInterrupt):
             train(tiny_data, recipe, outdir, threads=2)
         assert torch.load(outdir / "resume.pt", weights_only=True)["epoch"] == 1
-        monkeypatch.setattr(training, "_write_epoch", real_write_epoch)
+        monkeypatch.setattr(training, "evaluate", real_evaluate)
 
     interrupted_run(tmp_path / "c")
     resumed = train(tiny_data, recipe, tmp_path / "c", threads=2)
