@@ -141,3 +141,13 @@ def test_recipe_without_a_key_names_it():
     del train["lr"]
     with pytest.raises(PipelineError, match=r"the recipe lacks keys 'lr', 'seed': give every key"):
         Recipe.from_config(train)
+
+
+@pytest.mark.parametrize(
+    "preset", sorted(p.name for p in (ROOT / "config").glob("*.yaml") if p.name != "schema.yaml")
+)
+def test_every_config_preset_is_valid(preset):
+    """The presets users pass with --configfile (merged over config.yaml) validate as they are."""
+    overlay = yaml.safe_load((ROOT / "config" / preset).read_text())
+    resolved = validate_config(overlay, SCHEMA)
+    assert resolved["train"] == {**validate_config({}, SCHEMA)["train"], **overlay.get("train", {})}
