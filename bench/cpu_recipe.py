@@ -71,6 +71,11 @@ ROWS = {
         "default + progressive resizing (24 px, first 6 epochs)",
         {"early_crop": 24, "early_crop_epochs": 6},
     ),
+    "wide": (
+        "default at airbench94's widths 64/256/256, 12 epochs",
+        {"widths": [64, 256, 256], "epochs": 12},
+    ),
+    "wider-16": ("default at widths 48/192/256", {"widths": [48, 192, 256]}),
     "compile": ("default + torch.compile (time only; not a recipe key: it did not pay)", {}),
     "fp32": ("default in fp32", {"precision": "fp32"}),
 }
