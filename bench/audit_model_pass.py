@@ -25,9 +25,10 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "scripts")]
 import torch  # noqa: E402
 import yaml  # noqa: E402
 from cifarflow.audit import find_duplicates  # noqa: E402
+from cifarflow.checkpoint import load_checkpoint  # noqa: E402
 from cifarflow.config import Recipe, validate_config  # noqa: E402
 from cifarflow.dataset import RawDataset, Split, write_dataset  # noqa: E402
-from cifarflow.training import load_checkpoint, train  # noqa: E402
+from cifarflow.training import train  # noqa: E402
 from planted_pairs import KINDS, planted_dataset  # noqa: E402
 
 SPLITS = ("test", "val", "train")

@@ -42,6 +42,7 @@ sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "bench")]
 
 from carves import ARCHIVE, prepare_carve  # noqa: E402
 from cifarflow import training  # noqa: E402
+from cifarflow.checkpoint import load_checkpoint  # noqa: E402
 from cifarflow.config import Recipe  # noqa: E402
 from cifarflow.dataset import load_meta  # noqa: E402
 from train_cifar10 import default_train, make_recipe, run_train_model  # noqa: E402
@@ -262,7 +263,7 @@ def tta(args: argparse.Namespace) -> None:
     device = torch.device("cpu")
     images, labels = training._load_splits(data, device)
     for path in args.checkpoints:
-        model, checkpoint = training.load_checkpoint(path)
+        model, checkpoint = load_checkpoint(path)
         figures = {}
         for name, flip, translate in (
             ("none", False, False),

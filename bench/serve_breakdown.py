@@ -63,8 +63,8 @@ def without_tta(path: Path, out: Path) -> Path | None:
     checkpoint = path.with_name("model.pt")
     if not checkpoint.exists():
         return None
+    from cifarflow.checkpoint import load_checkpoint
     from cifarflow.export import to_onnx
-    from cifarflow.training import load_checkpoint
 
     model, saved = load_checkpoint(checkpoint)
     model.tta = model.tta_translate = False

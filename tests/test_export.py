@@ -1,6 +1,9 @@
 """ONNX export: the graph's interface, its metadata, the parity gate, speed figures, int8."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -176,3 +179,11 @@ def test_temperature_needs_a_validation_split(exported, tiny_data, tmp_path):  #
     with pytest.raises(PipelineError, match="no validation split.*export.calibrate: none"):
         export(out / "model.pt", data, tmp_path / "model.onnx", {**SETTINGS, "calibrate": "temperature"})
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_export_reads_the_checkpoint_without_importing_the_training_loop():
+    modules = "'cifarflow.checkpoint', 'cifarflow.training'"
+    code = f"import sys, cifarflow.export; print(*(m in sys.modules for m in ({modules})))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "scripts")}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["True", "False"]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from cifarflow import synthetic, training
+from cifarflow.checkpoint import load_checkpoint
 from cifarflow.config import Recipe, validate_config
 from cifarflow.dataset import write_dataset
 from cifarflow.errors import PipelineError
@@ -265,5 +266,5 @@ def test_progressive_resizing_trains_small_crops_first(tiny_data, tmp_path):
     recipe = base_recipe(early_crop=24, early_crop_epochs=1, tta_translate=True)
     metrics = train(tiny_data, recipe, tmp_path, threads=2)
     assert len(metrics["history"]) == 2 and 0 <= metrics["test_accuracy"] <= 1
-    model, _ = training.load_checkpoint(tmp_path / "model.pt")
+    model, _ = load_checkpoint(tmp_path / "model.pt")
     assert model.tta_translate and model(torch.rand(2, 3, 32, 32)).shape == (2, 10)

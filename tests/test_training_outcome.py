@@ -10,9 +10,10 @@ import sys
 import pytest
 import torch
 from cifarflow import training
+from cifarflow.checkpoint import load_checkpoint
 from cifarflow.config import Recipe
 from cifarflow.errors import PipelineError, TrainingDiverged
-from cifarflow.training import load_checkpoint, record_failure, train
+from cifarflow.training import record_failure, train
 from conftest import ROOT
 from test_training import base_recipe, tiny_data  # noqa: F401  (fixture)
 

@@ -20,12 +20,12 @@ import torch
 from torch import nn
 
 from .calibration import calibration_metrics, fit_temperature, nll_from_logits, softmax
+from .checkpoint import load_checkpoint
 from .config import Recipe
 from .dataset import load_split
 from .errors import PipelineError
 from .inference import INPUT, OUTPUTS, load_session, ort_runner, predict
 from .runtime import atomic_path
-from .training import load_checkpoint
 
 log = logging.getLogger("cifarflow")
 for _noisy in ("onnxscript", "onnx_ir"):  # the exporter's optimiser logs every folded constant

@@ -21,10 +21,11 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from .checkpoint import build_model_of, save_checkpoint, save_failure
 from .config import Recipe
 from .dataset import load_meta, load_split
 from .errors import PipelineError, TrainingDiverged, TrainingFailed
-from .models import Classifier, FastNet, build_model, count_parameters
+from .models import Classifier, FastNet, count_parameters
 from .runtime import atomic_path, progress
 
 if TYPE_CHECKING:
@@ -220,19 +221,6 @@ def _load_splits(
     return images, labels
 
 
-def build_model_of(recipe: Recipe, mean: list[float], std: list[float], num_classes: int) -> Classifier:
-    return build_model(
-        recipe.model,
-        mean,
-        std,
-        num_classes,
-        recipe.widths,
-        tta=recipe.tta,
-        tta_translate=recipe.tta_translate,
-        identity_init=recipe.identity_init,
-    )
-
-
 def _make_model(recipe: Recipe, meta: dict, train_images: torch.Tensor, device: torch.device) -> Classifier:
     """The recipe's network on `device`, initialised from its seed (and fast's whitening layer from
     the first 5,000 training images)."""
@@ -351,7 +339,7 @@ def train(data_dir: Path, recipe: Recipe, outdir: Path, threads: int = 0) -> dic
     writer.close()
     log.info("test: loss %.4f accuracy %.4f", test_loss, test_acc)
 
-    _save_checkpoint(outdir / "model.pt", evaluated, recipe, meta)
+    save_checkpoint(outdir / "model.pt", evaluated, recipe, meta)
     _write_history(outdir / "history.csv", state.history)
     resume.remove()  # finished: nothing left to resume
     last = state.history[-1]
@@ -453,24 +441,6 @@ class Resume:
         self.path.unlink(missing_ok=True)
 
 
-def _save_checkpoint(path: Path, model: nn.Module, recipe: Recipe, meta: dict) -> None:
-    """model.pt: the weights with all that rebuilds and describes the model (load_checkpoint)."""
-    checkpoint = {
-        "format": 1,
-        "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "recipe": recipe.asdict(),
-        "recipe_sha256": recipe.sha256(),
-        "class_names": meta["class_names"],
-        "mean": meta["mean"],
-        "std": meta["std"],
-        "dataset_id": meta["dataset_id"],
-    }
-    # Saved through a file object: torch.save(obj, path) names the zip's folder after the (random)
-    # temporary file, so the same weights would make a different file each time.
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        torch.save(checkpoint, fh)
-
-
 def _log_epoch(row: dict, epochs: int, val_loss: float, val_acc: float, seconds: float) -> None:
     log.info(
         "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.4g | %.1f s, %s img/s",
@@ -524,21 +494,6 @@ def _write_history(path: Path, history: list[dict]) -> None:
         out.writerows(history)
 
 
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
-    """Rebuild the trained model (eval mode, CPU) from model.pt, loaded with weights_only=True."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if "weights" not in checkpoint:  # record_failure's: a sweep trial that did not finish
-        raise PipelineError(
-            f"{path} holds no model: its training {checkpoint.get('outcome', 'failed')} "
-            f"({checkpoint.get('reason')}). Only a training that finished can be exported or served."
-        )
-    recipe = Recipe.from_config(checkpoint["recipe"])
-    num_classes = len(checkpoint["class_names"])
-    model = build_model_of(recipe, checkpoint["mean"], checkpoint["std"], num_classes)
-    model.load_state_dict(checkpoint["weights"])
-    return model.eval(), checkpoint
-
-
 def record_failure(outdir: Path, recipe: Recipe, dataset_id: str, error: TrainingFailed) -> dict:
     """The outputs of a sweep trial whose training stopped (diverged, or failed): they say so instead
     of holding a model, so that its job succeeds and the sweep's ranking lists it with the reason.
@@ -550,16 +505,7 @@ def record_failure(outdir: Path, recipe: Recipe, dataset_id: str, error: Trainin
     resume = Resume(outdir / "resume.pt", recipe.sha256(), dataset_id)
     state = resume.completed()
     reason = str(error)
-    marker = {
-        "format": 1,
-        "outcome": error.outcome,
-        "reason": reason,
-        "recipe": recipe.asdict(),
-        "recipe_sha256": recipe.sha256(),
-        "dataset_id": dataset_id,
-    }
-    with atomic_path(outdir / "model.pt") as tmp, open(tmp, "wb") as fh:
-        torch.save(marker, fh)
+    save_failure(outdir / "model.pt", recipe, dataset_id, error.outcome, reason)
     with atomic_path(outdir / "history.csv") as tmp, open(tmp, "w", newline="") as fh:
         out = csv.DictWriter(fh, fieldnames=list(state.history[0]) if state.history else HISTORY_COLUMNS)
         out.writeheader()
