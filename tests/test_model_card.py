@@ -244,3 +244,18 @@ def test_text_is_escaped(inputs):
     md, page = mc.render(inputs)
     assert "a<b>" not in page and "a&lt;b&gt;" in page
     assert "| c\\|d |" in md
+
+
+def test_the_card_and_the_report_tables_share_one_page_shell_and_one_rule_for_missing_figures():
+    from cifarflow import tables
+
+    def style(page: str) -> str:
+        return page[page.index("<style>") : page.index("</style>")]
+
+    card = mc.to_html([("h1", "Model card: m version 1"), ("p", "text")])
+    table = tables.html_page("a table", "<table></table>")
+    assert style(card) == style(table) and ".document" in style(card)
+    assert '<main class="document">' in card and "<h1>a table</h1>" in table
+    for value in (None, float("nan")):  # not measured: the card shows it as the tables do
+        assert mc.pct(value) == tables.pct(value) == "n/a"
+    assert mc.pct(0.91234) == tables.pct(0.91234) == "91.23%"

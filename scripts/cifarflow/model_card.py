@@ -3,7 +3,8 @@
 Every figure on the card is read from a file the run wrote (metrics.json of each stage, the dataset's
 meta.json, the serving image's manifest, the registration, the versions each job recorded, the audit
 when there is one); the text around them names what they are. The card is built once as a list of
-blocks and rendered twice, so the Markdown and the HTML show the same figures. Standard library only.
+blocks and rendered twice, so the Markdown and the HTML show the same figures; the HTML in the page shell
+of the report's tables (pages.py). Standard library only.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from .pages import html_page, pct
 
 # Where the card reads the audit's figures (results/audit/<dataset-id>/metrics.json) and the accuracy
 # on the test images without a train/val near-duplicate (the evaluation's metrics.json).
@@ -52,10 +55,7 @@ class CardInputs:
 
 
 # -- formatting: one place, so the tests can compare what the card shows with the inputs --------------
-
-
-def pct(value: float, digits: int = 2) -> str:
-    return f"{value * 100:.{digits}f}%"
+# (pct, shared with the report's tables, is pages.py's)
 
 
 def number(value: Any, digits: int = 4) -> str:
@@ -440,18 +440,6 @@ def _inline(text: str) -> str:
     return "".join(f"<code>{html.escape(p)}</code>" if i % 2 else html.escape(p) for i, p in enumerate(parts))
 
 
-CSS = """
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 16px auto; max-width: 60em;
-       padding: 0 12px; color: #222; }
-h1 { font-size: 20px; } h2 { font-size: 17px; margin-top: 1.4em; border-bottom: 1px solid #ddd; }
-h3 { font-size: 15px; margin-bottom: 4px; }
-table { border-collapse: collapse; margin: 6px 0 10px; }
-th, td { padding: 3px 10px; border-bottom: 1px solid #ddd; text-align: left; vertical-align: top; }
-th { background: #f3f5f7; }
-code { font-size: 12px; background: #f3f5f7; padding: 0 3px; word-break: break-all; }
-"""
-
-
 def to_html(blocks: list[Block]) -> str:
     title = next((b[1] for b in blocks if b[0] == "h1"), "Model card")
     body: list[str] = []
@@ -469,12 +457,7 @@ def to_html(blocks: list[Block]) -> str:
                 "<tr>" + "".join(f"<td>{_inline(v)}</td>" for v in row) + "</tr>" for row in block[2]
             )
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-        + "\n".join(body)
-        + "\n</body>\n</html>\n"
-    )
+    return html_page(title, "\n".join(body), document=True)
 
 
 def render(inputs: CardInputs) -> tuple[str, str]:

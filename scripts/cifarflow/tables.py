@@ -1,5 +1,6 @@
 """The report's tables: self-contained HTML pages (the Snakemake report shows HTML, while CSV and
-JSON only become download links), the experiment comparison, and the headline RST of workflow.rst."""
+JSON only become download links; pages.py holds their shell and formatters), the experiment
+comparison, and the headline RST of workflow.rst."""
 
 from __future__ import annotations
 
@@ -12,32 +13,8 @@ from typing import Any
 import pandas as pd
 
 from .errors import PipelineError
-
-CSS = """
-body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 12px; color: #222; }
-h1 { font-size: 16px; margin: 0 0 6px; }
-p.note { color: #555; margin: 0 0 10px; max-width: 60em; }
-table { border-collapse: collapse; }
-th, td { padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right; white-space: nowrap; }
-th { background: #f3f5f7; }
-td.text, th.text { text-align: left; }
-tr.total td, tr.best td { font-weight: 600; }
-td.fail { color: #b00020; font-weight: 600; }
-td.pass { color: #137333; }
-tr.weak td { color: #b00020; }
-td.champion { font-weight: 600; }
-td.wrap { white-space: normal; text-align: left; min-width: 16em; max-width: 32em; }
-"""
-
-
-def html_page(title: str, body: str, note: str = "") -> str:
-    """A complete HTML document with inline CSS (the report embeds it as is, offline)."""
-    note_html = f'<p class="note">{html.escape(note)}</p>\n' if note else ""
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-        f"<h1>{html.escape(title)}</h1>\n{note_html}{body}\n</body>\n</html>\n"
-    )
+from .pages import html_page, num, pct
+from .pages import text as _text
 
 
 def html_table(
@@ -67,20 +44,6 @@ def html_table(
             cells.append(f"<td{css}>{html.escape(_text(value))}</td>")
         rows.append(f"<tr{attr(row_classes.get(i))}>{''.join(cells)}</tr>")
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>"
-
-
-def _text(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return str(value)
-
-
-def pct(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value * 100:.{digits}f}%"
-
-
-def num(value: float | None, digits: int = 0) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:,.{digits}f}"
 
 
 # -- Data ------------------------------------------------------------------------------------------
