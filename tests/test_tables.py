@@ -190,6 +190,24 @@ def test_comparison_lines_experiments_up_and_summary_is_valid_rst():
     assert "<strong>champion</strong>" in html and "version 1, from" in html and "1,800" in html
 
 
+def test_the_headline_shows_figures_of_the_comparison_under_the_same_labels():
+    runs = {
+        "default": experiment(0.95, registration(1, 1, 0.95)),
+        "short": experiment(0.85, registration(2, 1)),
+    }
+    runs["short"]["evaluate"]["mismatches"] = 3
+    frame = tables.comparison_frame(runs)
+    name, reg = tables.champion(runs)
+    compared = {row[0]: row[1:] for row in Cells(tables.comparison_html(frame, name)).rows}
+    header, *rows = Cells(rst_html(tables.summary_rst(frame, name, reg))).rows
+    assert header == ["figure", "default (champion)", "short"]  # one column per experiment: narrow
+    headline = {row[0]: row[1:] for row in rows}
+    assert len(headline) == len(tables.HEADLINE) and "test accuracy" in headline
+    assert {label: compared[label] for label in headline} == headline
+    assert headline["served = offline"] == ["yes", "no: 3 differ"]
+    assert headline["ONNX = PyTorch"] == ["100.00%", "100.00%"]
+
+
 def test_comparison_without_the_serving_stage_says_what_was_not_measured():
     frame = tables.comparison_frame({"x_": experiment(served=False)})  # a name RST could misread
     assert math.isnan(frame.loc["x_", "served_accuracy"])
