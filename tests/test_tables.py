@@ -200,8 +200,8 @@ def test_the_headline_shows_figures_of_the_comparison_under_the_same_labels():
     name, reg = tables.champion(runs)
     compared = {row[0]: row[1:] for row in Cells(tables.comparison_html(frame, name)).rows}
     header, *rows = Cells(rst_html(tables.summary_rst(frame, name, reg))).rows
-    assert header == ["figure", "default (champion)", "short"]  # one column per experiment: narrow
-    headline = {row[0]: row[1:] for row in rows}
+    assert [row[0] for row in rows] == ["default (champion)", "short"]  # one row per experiment
+    headline = {label: [row[i] for row in rows] for i, label in enumerate(header) if i}
     assert len(headline) == len(tables.HEADLINE) and "test accuracy" in headline
     assert {label: compared[label] for label in headline} == headline
     assert headline["served = offline"] == ["yes", "no: 3 differ"]

@@ -388,17 +388,17 @@ def comparison_metrics(frame: pd.DataFrame) -> dict[str, float]:
 
 
 def summary_rst(frame: pd.DataFrame, champion_name: str | None, registration: dict | None) -> str:
-    """The headline results that report/workflow.rst includes, in RST: the figures of HEADLINE, one
-    row each, one column per experiment (as on the comparison page), and the registered model. Kept
-    narrow and short: the report shows it in a column beside the workflow graph (a wider table runs
-    under the graph) and clips the top of a description taller than the window."""
-    headers = [f"``{name}``" + (" (**champion**)" if name == champion_name else "") for name in frame.index]
-    lines = [".. list-table::", "   :header-rows: 1", "", "   * - figure"]
-    lines += [f"     - {header}" for header in headers]
-    for column, label, fmt in COMPARISON_COLUMNS:
-        if column in HEADLINE:
-            lines.append(f"   * - {_rst(label)}")
-            lines += [f"     - {_rst(fmt(value))}" for value in frame[column]]
+    """The headline results that report/workflow.rst includes, in RST: one row per experiment, the
+    figures of HEADLINE under the comparison's labels, and the registered model. Kept short: the
+    report clips the top of a description taller than the window (report/report.css widens its
+    column so that the table fits beside the workflow graph)."""
+    columns = [(column, label, fmt) for column, label, fmt in COMPARISON_COLUMNS if column in HEADLINE]
+    lines = [".. list-table::", "   :header-rows: 1", "", "   * - experiment"]
+    lines += [f"     - {_rst(label)}" for _, label, _ in columns]
+    for name, row in frame.iterrows():
+        mark = " (**champion**)" if name == champion_name else ""
+        lines.append(f"   * - ``{name}``{mark}")
+        lines += [f"     - {_rst(fmt(row[column]))}" for column, _, fmt in columns]
     lines.append("")
     if registration is None:
         lines.append("**Registered**: nothing in this run (no serving stage).")
