@@ -14,6 +14,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu"]
 # A shown item is a data: URI carrying its file name (images in <img>, HTML in <iframe>).
 ITEM = 'img[src*=";filename="]:not([src*="filename=logo.svg"]), iframe[src*=";filename="]'
+HEADLINE_WIDTHS = (1280, 1400)  # common window widths the start page's headline table must fit at
 
 
 @dataclass
@@ -30,6 +31,9 @@ class Item:
 class Walk:
     description: str = ""
     description_top: float = 0.0  # where the description's title starts; < 0: clipped off the top
+    # window width -> how far the headline table's right edge runs past the workflow graph's left
+    # edge, in pixels (> 0: under the graph's labels)
+    headline_overlap: dict[int, float] = field(default_factory=dict)
     categories: list[str] = field(default_factory=list)
     items: list[Item] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -90,6 +94,11 @@ def walk_report(html: Path, shots: Path) -> Walk:
             document = page.locator(".document").first
             walk.description_top = document.evaluate("e => e.getBoundingClientRect().top")
             walk.screenshots.append(_screenshot(page, shots / "workflow.png"))
+            for width in HEADLINE_WIDTHS:
+                page.set_viewport_size({"width": width, "height": 1000})
+                walk.headline_overlap[width] = _headline_overlap(page)
+                walk.screenshots.append(_screenshot(page, shots / f"workflow-{width}.png"))
+            page.set_viewport_size({"width": 1400, "height": 900})
             walk.categories = _categories(page)
             for category in walk.categories:
                 page.goto(html.as_uri())
@@ -99,6 +108,16 @@ def walk_report(html: Path, shots: Path) -> Walk:
         finally:
             browser.close()
     return walk
+
+
+def _headline_overlap(page: Page) -> float:
+    """Pixels by which the start page's first table (the headline results) reaches past the left
+    edge of the workflow graph drawn beside the description."""
+    page.locator("div#rulegraph canvas, div#rulegraph svg").first.wait_for()
+    return page.evaluate(
+        """() => document.querySelector('.document table').getBoundingClientRect().right
+                 - document.querySelector('div#rulegraph').getBoundingClientRect().left"""
+    )
 
 
 def _walk_category(page: Page, category: str, walk: Walk) -> None:

@@ -95,6 +95,9 @@ def test_html_report_renders_every_category_and_item_in_headless_chromium(report
     for text in ("Headline results", "default", "short", "Configuration", "synthetic", "epochs=2, seed=1"):
         assert text in walk.description, text
     assert "default (champion)" in walk.description and "holds the champion alias" in walk.description
+    # the headline table fits beside the workflow graph instead of running under its labels
+    assert sorted(walk.headline_overlap) == [1280, 1400]
+    assert all(overlap <= 0 for overlap in walk.headline_overlap.values()), walk.headline_overlap
 
     expected = expected_items()
     assert sorted(walk.categories) == sorted({category for category, *_ in expected})
