@@ -393,7 +393,7 @@ def test_with_the_repository_extension_on_readiness_follows_the_model(model, tes
 
 
 def test_load_many_concurrent_clients_no_errors_bounded_memory(server, test_images):
-    """A bounded version of the benchmark (bench/serve_load.py runs 32 clients for 20 s)."""
+    """A bounded version of the benchmark's load phase (bench/serve_speed.py runs 32 clients for 20 s)."""
     proc, _, grpc_port = server
     images, _ = test_images
     rss_before = psutil.Process(proc.pid).memory_info().rss

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT
-from lockfile import CONDA_NAMES, LOCK, canonical, pin_env_text, read_lock
+from lockfile import (
+    CONDA_NAMES,
+    LOCK,
+    canonical,
+    lock_problems,
+    pin_env_text,
+    project_requirements,
+    read_lock,
+)
 
 BIN = Path(sys.executable).parent
 
@@ -101,6 +109,30 @@ def test_the_lock_holds_exactly_what_pyproject_needs_inside_its_ranges():
     )
     assert not set(lock) - needed, f"in {LOCK.name} but needed by nothing: {sorted(set(lock) - needed)}"
     assert lock["torch"] == "2.14.1" and lock["torchvision"] == "0.29.1"  # pyproject's exact pins
+
+
+def test_the_lock_is_what_make_lock_wrote_for_pyproject_as_it_is():
+    """The lock's stamp (tests/lockfile.py) names the requirements it was resolved from and its pins:
+    a lock that pyproject.toml has moved on from, or whose pins were edited by hand, fails, which
+    the closure test above misses when the edit is consistent (a new requirement added by hand with
+    the version the venv happens to hold). Offline: whether a fresh resolve today would choose
+    the same versions depends on PyPI's state and is not tested (`make lock` shows it)."""
+    requirements = _project_requirements()
+    assert project_requirements() == requirements  # lockfile.py resolves what make install asks for
+    text = LOCK.read_text()
+    assert not lock_problems(text, requirements), lock_problems(text, requirements)
+
+    def caught(edited: str, why: str, added: tuple[str, ...] = ()) -> bool:
+        return any(why in problem for problem in lock_problems(edited, requirements + list(added)))
+
+    pin = next(line for line in text.splitlines() if line.startswith("numpy=="))
+    # the faiss-cpu case: a requirement added to pyproject.toml and its pin added to the lock by hand
+    by_hand = text.replace(f"{pin}\n", f"{pin}\nfaiss-gpu==1.7.2\n")
+    assert caught(by_hand, "pyproject.toml's dependencies", ("faiss-gpu>=1",))
+    assert caught(by_hand, "edited after", ("faiss-gpu>=1",))
+    assert caught(text.replace(pin, f"{pin}.post1"), "edited after")  # a version changed
+    assert caught(text.replace(f"{pin}\n", ""), "edited after")  # a pin removed
+    assert caught(text.replace("# Resolved from", "# Written from"), "not written by `make lock`")
 
 
 def test_the_venv_is_exactly_the_lock():
