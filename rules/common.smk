@@ -1,5 +1,5 @@
-# Config lookups and paths shared by the rules. No logic beyond wiring: the library decides.
-import hashlib
+# Config lookups and paths shared by the rules. No logic beyond wiring: the library decides. What
+# each job is told: rules/settings.smk.
 import json
 import re
 import shlex
@@ -64,11 +64,6 @@ wildcard_constraints:
     sweep=re.escape(SWEEP.name) if SWEEP else "(?!)",  # no sweep: no sweep rule matches
 
 
-def dataset_settings(wildcards):
-    """The settings that define the dataset, as JSON (a change reruns prepare_dataset)."""
-    return json.dumps(prepare_settings(DATASET), sort_keys=True)
-
-
 def prepare_dataset_input(wildcards):
     if DATASET["source"] == "cifar10":
         return {"archive": str(cifar10_archive(DATASET))}
@@ -90,31 +85,10 @@ def experiment_recipe(name):
     return recipe({"train": config["train"], "experiments": TRAINED}, name)
 
 
-def recipe_json(wildcards):
-    """The experiment's resolved recipe; only a change to it retrains."""
-    return experiment_recipe(wildcards.experiment).to_json()
-
-
 def on_failure(wildcards):
     """A sweep trial whose training cannot finish (diverges) records that as its outcome, so the
     other trials and the ranking go on; an experiment's job fails."""
     return "record" if wildcards.experiment in TRIALS else "fail"
-
-
-def mlflow_tags(wildcards):
-    """Tags of the job's MLflow run (the hook reads this param): a trial's sweep and settings."""
-    trial = wildcards.experiment
-    return json.dumps(SWEEP.tags(trial) if trial in TRIALS else {}, sort_keys=True)
-
-
-def export_settings(wildcards):
-    """What export_onnx reads; quantisation settings are not among them, so they never re-export.
-    calibrate only when on: an export made before the setting existed is not redone for it.
-    """
-    settings = {"opset": EXPORT["opset"], "parity": EXPORT["parity"]}
-    if EXPORT["calibrate"] != "none":
-        settings["calibrate"] = EXPORT["calibrate"]
-    return json.dumps(settings, sort_keys=True)
 
 
 def by_attempt(amount):
@@ -133,39 +107,6 @@ def train_gpus(wildcards):
     none for cpu or auto (auto trains on whatever the node has: on Slurm, no GPU is waited for).
     """
     return 1 if experiment_recipe(wildcards.experiment).device == "cuda" else 0
-
-
-def serving_settings(wildcards):
-    """What the image is built from; a change rebuilds it (as do the model and the serving code)."""
-    keys = ("engine", "model_name", "image", "base_image", "build_options")
-    return json.dumps({key: config["serving"][key] for key in keys}, sort_keys=True)
-
-
-def evaluation_settings(wildcards):
-    return json.dumps(
-        {"serving": config["serving"], "evaluate": config["evaluate"]}, sort_keys=True
-    )
-
-
-def registry_settings(wildcards):
-    return json.dumps(
-        {"register": config["register"], "mlflow": config["mlflow"]}, sort_keys=True
-    )
-
-
-def model_config_sha256(wildcards):
-    """sha256 of the settings that made this experiment's model, as the model card shows it: the
-    dataset's, the recipe, export, serving, evaluation and robustness (each already reruns its step).
-    """
-    made_by = {
-        "dataset": prepare_settings(DATASET),
-        "recipe": experiment_recipe(wildcards.experiment).asdict(),
-        "export": json.loads(export_settings(wildcards)),
-        "serving": json.loads(serving_settings(wildcards)),
-        "evaluate": config["evaluate"],
-        "robustness": config["robustness"],
-    }
-    return hashlib.sha256(json.dumps(made_by, sort_keys=True).encode()).hexdigest()
 
 
 def card_inputs(wildcards):
@@ -354,18 +295,7 @@ def compared(wildcards):
     return shipped()
 
 
-def recipes_json(wildcards):
-    """Every shipped experiment's resolved recipe (compare_experiments shows them side by side)."""
-    recipes = {name: experiment_recipe(name).asdict() for name in shipped()}
-    return json.dumps(recipes, sort_keys=True)
-
-
-# The dataset audit's settings, gate and outputs (rules/audit.smk).
-def audit_settings(wildcards):
-    """What audit_dataset decides with; a change reruns the audit (and the evaluation reading it)."""
-    return json.dumps(AUDIT, sort_keys=True)
-
-
+# The dataset audit's gate and outputs (rules/audit.smk).
 def audit_gate(wildcards):
     """train_model's extra input when the leakage gate is on: the audit's metrics. ancient(): a
     rerun of the audit (other settings) does not retrain; it only has to have passed."""
@@ -407,8 +337,3 @@ def sweep_targets():
 def trial_metrics(wildcards):
     """Every trial's training metrics, in trial order (rank_sweep, plot_sweep)."""
     return expand(rules.train_model.output.metrics, experiment=TRIALS)
-
-
-def sweep_json(wildcards):
-    """The expanded sweep: its trials and their settings (a change re-ranks), what it promotes."""
-    return SWEEP.to_json()
