@@ -13,6 +13,7 @@ report: "report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/settings.smk"
+include: "rules/targets.smk"
 include: "rules/data.smk"
 include: "rules/audit.smk"
 include: "rules/train.smk"
