@@ -39,15 +39,8 @@ ENGINES = ("docker", "podman", "apptainer", "process")
 OCI = ("docker", "podman")
 CONTAINERS = Path(__file__).resolve().parents[2] / "containers" / "serving"
 SCRIPTS = Path(__file__).resolve().parents[1]
-# What the image carries from this repository; a change to any of these rebuilds it.
-SERVING_CODE = (
-    "serve.py",
-    "cifarflow/__init__.py",
-    "cifarflow/inference.py",
-    "cifarflow/logs.py",
-    "cifarflow/serving.py",
-    "cifarflow/images.py",
-)
+SERVE = SCRIPTS / "serve.py"
+SERVING_PACKAGE = SCRIPTS / "cifarflow" / "serving"
 RECIPE_FILES = ("Dockerfile", "serving.def", "requirements.txt")
 # The lock (make lock): the exact versions requirements.txt installs at, direct and transitive.
 LOCK = CONTAINERS.parents[1] / "constraints.txt"
@@ -59,8 +52,15 @@ APPTAINER_ARGS = {
 }
 
 
+def serving_code() -> list[Path]:
+    """The code the serving image carries, under scripts/: its entry point, cifarflow/__init__.py (so
+    that cifarflow.serving is found as a subpackage) and every module of cifarflow.serving."""
+    return [SERVE, SCRIPTS / "cifarflow" / "__init__.py", *sorted(SERVING_PACKAGE.rglob("*.py"))]
+
+
 def serving_sources() -> list[Path]:
-    return [SCRIPTS / name for name in SERVING_CODE] + [CONTAINERS / name for name in RECIPE_FILES] + [LOCK]
+    """Everything the serving image is built from but the model: a change to any of these rebuilds it."""
+    return [*serving_code(), *(CONTAINERS / name for name in RECIPE_FILES), LOCK]
 
 
 def _probe(cmd: list[str], timeout: float = 30) -> str | None:
@@ -146,13 +146,15 @@ def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
 
 
 def assemble_context(model: Path, target: Path) -> Path:
-    """The build context: the recipe files, the serving code and the model, nothing else."""
+    """The build context: the recipe files, the lock, the serving code (scripts/serve.py and the
+    package cifarflow.serving, as serving_code lists them) and the model, nothing else."""
     for name in RECIPE_FILES:
         shutil.copy2(CONTAINERS / name, target / name)
     shutil.copy2(LOCK, target / LOCK.name)
-    for name in SERVING_CODE:
-        (target / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(SCRIPTS / name, target / name)
+    for path in serving_code():
+        copy = target / path.relative_to(SCRIPTS)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, copy)
     shutil.copy2(model, target / "model.onnx")
     return target
 
@@ -315,7 +317,7 @@ def _command(spec: ServerSpec, http_port: int, grpc_port: int) -> tuple[list[str
         return [*cmd, spec.image], env
     if spec.engine == "apptainer":  # the host's network namespace (its own needs root)
         return [apptainer_binary(), "run", "--cleanenv", *_flags("--env", env), spec.image], env
-    return [sys.executable, str(SCRIPTS / "serve.py"), "--model", spec.image], env
+    return [sys.executable, str(SERVE), "--model", spec.image], env
 
 
 def _start(

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PipelineError
-from .inference import INPUT, OUTPUTS, load_session, ort_runner, predict
 from .runtime import progress
+from .serving.inference import INPUT, OUTPUTS, load_session, ort_runner, predict
 
 log = logging.getLogger("cifarflow")
 WARMUP = 20
