@@ -25,8 +25,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from cifarflow import ports
 from cifarflow.dataset import load_meta, load_split
-from cifarflow.engines import SCRIPTS, SERVE, SERVING_PACKAGE, assemble_context
+from cifarflow.engines import assemble_context
 from cifarflow.export import export
+from cifarflow.layout import SCRIPTS, SERVE, SERVING_PACKAGE
 from cifarflow.training import train
 from conftest import ROOT
 from hypothesis import HealthCheck, Phase, given, settings

@@ -31,36 +31,19 @@ from pathlib import Path
 
 from . import ports
 from .errors import PipelineError
+from .layout import CONTAINERS, LOCK, RECIPE_FILES, SCRIPTS, SERVE, serving_code
 from .runtime import sha256_file
 
 log = logging.getLogger("cifarflow")
 
 ENGINES = ("docker", "podman", "apptainer", "process")
 OCI = ("docker", "podman")
-CONTAINERS = Path(__file__).resolve().parents[2] / "containers" / "serving"
-SCRIPTS = Path(__file__).resolve().parents[1]
-SERVE = SCRIPTS / "serve.py"
-SERVING_PACKAGE = SCRIPTS / "cifarflow" / "serving"
-RECIPE_FILES = ("Dockerfile", "serving.def", "requirements.txt")
-# The lock (make lock): the exact versions requirements.txt installs at, direct and transitive.
-LOCK = CONTAINERS.parents[1] / "constraints.txt"
 # serving.def takes the model's labels as build arguments of these names.
 APPTAINER_ARGS = {
     "io.cifarflow.model.sha256": "MODEL_SHA256",
     "io.cifarflow.dataset.id": "DATASET_ID",
     "org.opencontainers.image.revision": "SOURCE_REVISION",
 }
-
-
-def serving_code() -> list[Path]:
-    """The code the serving image carries, under scripts/: its entry point, cifarflow/__init__.py (so
-    that cifarflow.serving is found as a subpackage) and every module of cifarflow.serving."""
-    return [SERVE, SCRIPTS / "cifarflow" / "__init__.py", *sorted(SERVING_PACKAGE.rglob("*.py"))]
-
-
-def serving_sources() -> list[Path]:
-    """Everything the serving image is built from but the model: a change to any of these rebuilds it."""
-    return [*serving_code(), *(CONTAINERS / name for name in RECIPE_FILES), LOCK]
 
 
 def _probe(cmd: list[str], timeout: float = 30) -> str | None:
@@ -147,7 +130,7 @@ def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
 
 def assemble_context(model: Path, target: Path) -> Path:
     """The build context: the recipe files, the lock, the serving code (scripts/serve.py and the
-    package cifarflow.serving, as serving_code lists them) and the model, nothing else."""
+    package cifarflow.serving, as layout.serving_code lists them) and the model, nothing else."""
     for name in RECIPE_FILES:
         shutil.copy2(CONTAINERS / name, target / name)
     shutil.copy2(LOCK, target / LOCK.name)
