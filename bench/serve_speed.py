@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from cifarflow.engines import ServerSpec, build, container_name, running  # noqa: E402
 from cifarflow.evaluation import Client, latencies_ms  # noqa: E402
-from cifarflow.inference import INPUT, OUTPUTS, load_session  # noqa: E402
-from cifarflow.logs import setup_logging  # noqa: E402
+from cifarflow.serving.inference import INPUT, OUTPUTS, load_session  # noqa: E402
+from cifarflow.serving.logs import setup_logging  # noqa: E402
 
 
 def default_model(out: Path) -> Path:

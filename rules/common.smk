@@ -15,9 +15,8 @@ from cifarflow.config import (
     recipe,
     validate_config,
 )
-from cifarflow.dataset import SPLITS, array_files
-from cifarflow.engines import serving_sources
 from cifarflow.errors import PipelineError
+from cifarflow.layout import SPLITS, array_files, serving_sources
 from cifarflow.sweep import experiments, plan
 from snakemake.logging import logger
 from snakemake_interface_executor_plugins.settings import DeploymentMethod

@@ -1,6 +1,8 @@
-"""Project hygiene that CI enforces: snakefmt, ruff, and one lock (constraints.txt) that the venv,
-both images and the conda envs follow."""
+"""Project hygiene that CI enforces: snakefmt, ruff, one lock (constraints.txt) that the venv, both
+images and the conda envs follow, and a Snakefile that parses without the pipeline's heavy imports."""
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -187,7 +189,8 @@ def test_the_images_install_pyprojects_packages_at_the_locks_versions(image, tmp
     for recipe, install in recipes.items():
         assert install in (ROOT / "containers" / image / recipe).read_text(), f"{image}/{recipe}: {install}"
     if image == "serving":  # the build context carries the lock, and a new lock rebuilds the image
-        from cifarflow.engines import assemble_context, serving_sources
+        from cifarflow.engines import assemble_context
+        from cifarflow.layout import serving_sources
 
         (tmp_path / "model.onnx").write_bytes(b"a model")
         (tmp_path / "context").mkdir()
@@ -242,3 +245,26 @@ def test_every_rule_has_a_conda_env_and_the_pipeline_image():
         wanted = name not in HOST_RULES
         problem = "missing" if wanted else "unwanted: it runs on the host"
         assert has_image == wanted, f"rule {name}: container: PIPELINE_IMAGE {problem}"
+
+
+def test_parsing_the_snakefile_imports_none_of_the_pipelines_heavy_dependencies():
+    """What the Snakefile and the rules import from cifarflow while they parse (the file lists come from
+    cifarflow.layout, the standard library only) pulls in none of psutil, tqdm, numpy or torch."""
+    sources = [ROOT / "Snakefile", *sorted((ROOT / "rules").glob("*.smk"))]
+    imported = r"^\s*(?:from (cifarflow[\w.]*) import|import (cifarflow[\w.]*))"
+    modules = sorted({a or b for path in sources for a, b in re.findall(imported, path.read_text(), re.M)})
+    assert {"cifarflow.config", "cifarflow.layout"} <= set(modules), modules
+    probe = (
+        "import importlib, json, sys\n"
+        "for name in sys.argv[1:]:\n"
+        "    importlib.import_module(name)\n"
+        "print(json.dumps(sorted(n for n in ('psutil', 'tqdm', 'numpy', 'torch') if n in sys.modules)))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe, *modules],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "scripts")},
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == [], f"importing {modules} imports {run.stdout.strip()}"

@@ -22,9 +22,9 @@ from .calibration import calibration_metrics
 from .dataset import load_meta, load_split
 from .engines import ServerSpec, container_name, running
 from .errors import PipelineError
-from .inference import INPUT, OUTPUTS, load_session, ort_runner, predict
 from .plots import confusion_matrix, latency_histogram, save_png
 from .runtime import atomic_path, progress
+from .serving.inference import INPUT, OUTPUTS, load_session, ort_runner, predict
 
 log = logging.getLogger("cifarflow")
 WARMUP = 20

@@ -23,8 +23,8 @@ from .calibration import calibration_metrics, fit_temperature, nll_from_logits, 
 from .config import Recipe
 from .dataset import load_split
 from .errors import PipelineError
-from .inference import INPUT, OUTPUTS, load_session, ort_runner, predict
 from .runtime import atomic_path
+from .serving.inference import INPUT, OUTPUTS, load_session, ort_runner, predict
 from .training import load_checkpoint
 
 log = logging.getLogger("cifarflow")
