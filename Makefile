@@ -41,8 +41,8 @@ test:
 		&& echo "system $$(($$(date +%s) - start))" >>$(SETUP_TIMES)
 	CIFARFLOW_SETUP_TIMES=$(SETUP_TIMES) pytest
 
-lock:  ## constraints.txt (and envs/*.yaml's pins) from a fresh resolve of pyproject.toml
-	$(PYTHON) tests/lockfile.py
+lock:  ## constraints.txt (and envs/*.yaml's pins) from a fresh resolve of pyproject.toml (KEEP=1: keep the lock's versions)
+	$(PYTHON) tests/lockfile.py $(if $(KEEP),--keep)
 
 ui: install  ## browse every run's params and metrics (MLflow's default store: ./mlflow.db)
 	@echo "The runs table: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (MLflow 3.17 opens on its GenAI view otherwise; each run's end prints its experiment's link)"

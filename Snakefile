@@ -12,6 +12,8 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/settings.smk"
+include: "rules/targets.smk"
 include: "rules/data.smk"
 include: "rules/audit.smk"
 include: "rules/train.smk"

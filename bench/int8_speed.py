@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "bench")]
 
 from cifarflow.export import quantize  # noqa: E402
-from cifarflow.inference import INPUT, load_session  # noqa: E402
+from cifarflow.serving.inference import INPUT, load_session  # noqa: E402
 from serve_speed import default_model  # noqa: E402
 
 

@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from cifarflow import synthetic  # noqa: E402
 from cifarflow.config import Recipe, validate_config  # noqa: E402
 from cifarflow.dataset import load_meta, write_dataset  # noqa: E402
-from cifarflow.logs import setup_logging  # noqa: E402
 from cifarflow.models import build_model  # noqa: E402
+from cifarflow.serving.logs import setup_logging  # noqa: E402
 from cifarflow.training import make_optimizer, train  # noqa: E402
 
 

@@ -35,7 +35,7 @@ sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "bench")]
 
 from cifarflow.engines import ServerSpec, build, container_name, running  # noqa: E402
 from cifarflow.evaluation import Client  # noqa: E402
-from cifarflow.inference import INPUT, load_session  # noqa: E402
+from cifarflow.serving.inference import INPUT, load_session  # noqa: E402
 from serve_speed import default_model  # noqa: E402
 
 

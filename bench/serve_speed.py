@@ -4,9 +4,9 @@
                                 [--network private|host]]
 
 Without --model it exports the default recipe's network (fast, widths 32/96/192) after one epoch on
-small synthetic data: speed does not depend on the weights. Targets: served throughput at
-batch 256 >= 70% of in-process ONNX Runtime; batch-1 p50 <= 3 ms on loopback; 32 concurrent clients
-for 20 s with zero errors and bounded server memory.
+small synthetic data: speed does not depend on the weights. Targets (docs/benchmarks.md): served
+throughput at batch 256 over v2 gRPC >= 90% of in-process ONNX Runtime; batch-1 p50 <= 3 ms on
+loopback; 32 concurrent clients for 20 s with zero errors and bounded server memory.
 """
 
 import argparse
@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from cifarflow.engines import ServerSpec, build, container_name, running  # noqa: E402
 from cifarflow.evaluation import Client, latencies_ms  # noqa: E402
-from cifarflow.inference import INPUT, OUTPUTS, load_session  # noqa: E402
-from cifarflow.logs import setup_logging  # noqa: E402
+from cifarflow.serving.inference import INPUT, OUTPUTS, load_session  # noqa: E402
+from cifarflow.serving.logs import setup_logging  # noqa: E402
 
 
 def default_model(out: Path) -> Path:

@@ -1,6 +1,6 @@
-# Config lookups and paths shared by the rules. No logic beyond wiring: the library decides.
-import hashlib
-import json
+# The config, validated, and the paths, inputs and resources shared by the rules. No logic beyond
+# wiring: the library decides. What jobs are told: rules/settings.smk; what is asked for:
+# rules/targets.smk.
 import re
 import shlex
 import sys
@@ -15,9 +15,8 @@ from cifarflow.config import (
     recipe,
     validate_config,
 )
-from cifarflow.dataset import SPLITS, array_files
-from cifarflow.engines import serving_sources
 from cifarflow.errors import PipelineError
+from cifarflow.layout import SPLITS, array_files, serving_sources
 from cifarflow.sweep import experiments, plan
 from snakemake.logging import logger
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
@@ -64,11 +63,6 @@ wildcard_constraints:
     sweep=re.escape(SWEEP.name) if SWEEP else "(?!)",  # no sweep: no sweep rule matches
 
 
-def dataset_settings(wildcards):
-    """The settings that define the dataset, as JSON (a change reruns prepare_dataset)."""
-    return json.dumps(prepare_settings(DATASET), sort_keys=True)
-
-
 def prepare_dataset_input(wildcards):
     if DATASET["source"] == "cifar10":
         return {"archive": str(cifar10_archive(DATASET))}
@@ -85,36 +79,21 @@ def dataset_files(wildcards):
     return files
 
 
+def test_split_files(wildcards):
+    """What plot_evaluation reads of the dataset: class names (meta.json) and the test split."""
+    files = dataset_files(wildcards)
+    return {name: files[name] for name in ("meta", "test_images", "test_labels")}
+
+
 def experiment_recipe(name):
     """The resolved recipe of an experiment or a sweep trial."""
     return recipe({"train": config["train"], "experiments": TRAINED}, name)
-
-
-def recipe_json(wildcards):
-    """The experiment's resolved recipe; only a change to it retrains."""
-    return experiment_recipe(wildcards.experiment).to_json()
 
 
 def on_failure(wildcards):
     """A sweep trial whose training cannot finish (diverges) records that as its outcome, so the
     other trials and the ranking go on; an experiment's job fails."""
     return "record" if wildcards.experiment in TRIALS else "fail"
-
-
-def mlflow_tags(wildcards):
-    """Tags of the job's MLflow run (the hook reads this param): a trial's sweep and settings."""
-    trial = wildcards.experiment
-    return json.dumps(SWEEP.tags(trial) if trial in TRIALS else {}, sort_keys=True)
-
-
-def export_settings(wildcards):
-    """What export_onnx reads; quantisation settings are not among them, so they never re-export.
-    calibrate only when on: an export made before the setting existed is not redone for it.
-    """
-    settings = {"opset": EXPORT["opset"], "parity": EXPORT["parity"]}
-    if EXPORT["calibrate"] != "none":
-        settings["calibrate"] = EXPORT["calibrate"]
-    return json.dumps(settings, sort_keys=True)
 
 
 def by_attempt(amount):
@@ -135,39 +114,27 @@ def train_gpus(wildcards):
     return 1 if experiment_recipe(wildcards.experiment).device == "cuda" else 0
 
 
-def serving_settings(wildcards):
-    """What the image is built from; a change rebuilds it (as do the model and the serving code)."""
-    keys = ("engine", "model_name", "image", "base_image", "build_options")
-    return json.dumps({key: config["serving"][key] for key in keys}, sort_keys=True)
+# The dataset audit's gate and outputs (rules/audit.smk).
+def audit_gate(wildcards):
+    """train_model's extra input when the leakage gate is on: the audit's metrics. ancient(): a
+    rerun of the audit (other settings) does not retrain; it only has to have passed."""
+    if AUDIT["max_test_leakage"] is None:
+        return {}
+    return {"audit": ancient(audit_output("metrics"))}
 
 
-def evaluation_settings(wildcards):
-    return json.dumps(
-        {"serving": config["serving"], "evaluate": config["evaluate"]}, sort_keys=True
-    )
+def audit_output(name):
+    """This dataset's path of one of audit_dataset's outputs (called once every rule exists)."""
+    return expand(getattr(rules.audit_dataset.output, name), dataset=DATASET_ID)[0]
 
 
-def registry_settings(wildcards):
-    return json.dumps(
-        {"register": config["register"], "mlflow": config["mlflow"]}, sort_keys=True
-    )
+def trial_metrics(wildcards):
+    """Every trial's training metrics, in trial order (rank_sweep, plot_sweep)."""
+    return expand(rules.train_model.output.metrics, experiment=TRIALS)
 
 
-def model_config_sha256(wildcards):
-    """sha256 of the settings that made this experiment's model, as the model card shows it: the
-    dataset's, the recipe, export, serving, evaluation and robustness (each already reruns its step).
-    """
-    made_by = {
-        "dataset": prepare_settings(DATASET),
-        "recipe": experiment_recipe(wildcards.experiment).asdict(),
-        "export": json.loads(export_settings(wildcards)),
-        "serving": json.loads(serving_settings(wildcards)),
-        "evaluate": config["evaluate"],
-        "robustness": config["robustness"],
-    }
-    return hashlib.sha256(json.dumps(made_by, sort_keys=True).encode()).hexdigest()
-
-
+# Inputs and arguments of the registration and the report's rules. They name other rules' files as
+# rules.<name>.output: resolved when called, after every rule is defined.
 def card_inputs(wildcards):
     """What register_model's model card reads besides the model, the manifest and the evaluation."""
     return {
@@ -179,136 +146,10 @@ def card_inputs(wildcards):
     }
 
 
-# Each job's log records the software versions it ran with (cifarflow.runtime.run_cli). The model card
-# and the report's versions table read them from the logs: named as params, not inputs, because a
-# missing log would make Snakemake rerun its job (retrain, for a log deleted by hand); the jobs
-# themselves are inputs through their outputs, so their logs are written before they are read.
-CARD_JOBS = (
-    "prepare_dataset",
-    "train_model",
-    "export_onnx",
-    "evaluate_robustness",
-    "build_serving_image",
-    "evaluate_served_model",
-)
-
-
-def job_file(name, kind, **wildcards):
-    """The first log (kind "log") or output (kind "output") of rule `name`, for these wildcards."""
-    return str(getattr(getattr(rules, name), kind)[0]).format(
-        dataset=DATASET_ID, **wildcards
-    )
-
-
-def job_logs(jobs):
-    """JOB=LOG arguments (--logs) of the scripts that read the versions."""
-    return " ".join(shlex.quote(f"{job}={log}") for job, log in jobs.items())
-
-
-def card_logs(wildcards):
-    return job_logs(
-        {
-            job: job_file(job, "log", experiment=wildcards.experiment)
-            for job in CARD_JOBS
-        }
-    )
-
-
-def versioned_jobs():
-    """(job name, rule, wildcards) of every job that computes (the report's own jobs aside). With a
-    sweep, it waits for the ranking (shipped())."""
-    jobs = [
-        ("prepare_dataset", "prepare_dataset", {}),
-        ("audit_dataset", "audit_dataset", {}),
-    ]
-    per_experiment = ["export_onnx"]
-    per_experiment += ["quantize_onnx"] if EXPORT["quantize"] == "int8" else []
-    per_experiment += [
-        "evaluate_robustness",
-        "build_serving_image",
-        "evaluate_served_model",
-        "register_model",
-    ]
-    # every training (a sweep's trials too); the rest for the shipped experiments only
-    jobs += [
-        (f"train_model/{e}", "train_model", {"experiment": e}) for e in EXPERIMENTS
-    ]
-    for experiment in shipped():
-        jobs += [
-            (f"{rule}/{experiment}", rule, {"experiment": experiment})
-            for rule in per_experiment
-        ]
-    return jobs
-
-
-def versions_inputs(wildcards):
-    """One output of every such job: the table is made after them, and again when one reruns."""
-    return [job_file(rule, "output", **w) for _, rule, w in versioned_jobs()]
-
-
-def versions_logs(wildcards):
-    return job_logs(
-        {name: job_file(rule, "log", **w) for name, rule, w in versioned_jobs()}
-    )
-
-
-def final_targets(wildcards):
-    """The targets (Snakefile, `all`) that do not wait for a sweep's ranking. The data and every
-    hand-written experiment through registration, with their report items, and the sweep's report
-    section. Called when the DAG is built, after every include, so rules.<name> exist for all rules.
-    """
-    targets = expand(rules.prepare_dataset.output.meta, dataset=DATASET_ID)
-    targets += audit_targets()  # rules/audit.smk
-    targets += shipped_targets(WRITTEN)
-    return targets + report_targets() + sweep_targets()
-
-
-def promoted_targets(wildcards):
-    """The targets (Snakefile, `all`) that wait for the sweep's ranking, a checkpoint. The promoted
-    trials through registration with their report items, and the comparison of everything shipped.
-    """
-    # compare_experiments' report items; its summary.rst and metrics.json come with them
-    compare = rules.compare_experiments.output
-    return shipped_targets(promoted()) + [compare.table, compare.chart, compare.recipes]
-
-
-def shipped_targets(names):
-    """Export, registration (which needs the serving image and the evaluation) and the report
-    items of the experiments `names`. Every report item is named among the targets: --report needs
-    them all, and a job whose other outputs exist is not rerun for one that is missing.
-    """
-    targets = expand(rules.export_onnx.output.onnx, experiment=names)
-    if EXPORT["quantize"] == "int8":
-        targets += expand(rules.quantize_onnx.output.onnx, experiment=names)
-    targets += expand(rules.register_model.output.registration, experiment=names)
-    per_experiment = [
-        *rules.plot_training.output,
-        *rules.tabulate_export.output,
-        *rules.tabulate_manifest.output,
-        *rules.plot_evaluation.output,
-        *rules.plot_robustness.output,
-        rules.register_model.output.card_html,
-    ]
-    return targets + expand(per_experiment, experiment=names)
-
-
-# The report (rules/report.smk): its targets and its rules' inputs and arguments. They live here,
-# not beside its rules (snakemake --lint: no functions in a file of rules), and name other rules'
-# files as rules.<name>.output: resolved when called, after every rule is defined.
-def report_targets():
-    """The data's report items and the software versions table (each experiment's:
-    shipped_targets; the comparison's: promoted_targets).
-    """
-    return [
-        *rules.tabulate_versions.output,
-        *expand(rules.plot_dataset.output, dataset=DATASET_ID),
-    ]
-
-
 def export_table_inputs(wildcards):
-    """export_onnx's metrics, and quantize_onnx's when export.quantize is int8."""
+    """export_onnx's metrics, and quantize_onnx's when it is in the chain (export.quantize int8)."""
     files = {"metrics": rules.export_onnx.output.metrics}
-    if EXPORT["quantize"] == "int8":
+    if "quantize_onnx" in CHAIN:  # rules/targets.smk
         files["quantize"] = rules.quantize_onnx.output.metrics
     return {
         name: path.format(experiment=wildcards.experiment)
@@ -320,12 +161,6 @@ def quantize_arg(wildcards, input):
     if "quantize" not in input.keys():
         return ""
     return f"--quantize {shlex.quote(input.quantize)}"
-
-
-def test_split_files(wildcards):
-    """What plot_evaluation reads of the dataset: class names (meta.json) and the test split."""
-    files = dataset_files(wildcards)
-    return {name: files[name] for name in ("meta", "test_images", "test_labels")}
 
 
 def comparison_inputs(wildcards):
@@ -352,63 +187,3 @@ def comparison_inputs(wildcards):
 def compared(wildcards):
     """The experiments compare_experiments shows: the shipped ones (rank_sweep is among its inputs)."""
     return shipped()
-
-
-def recipes_json(wildcards):
-    """Every shipped experiment's resolved recipe (compare_experiments shows them side by side)."""
-    recipes = {name: experiment_recipe(name).asdict() for name in shipped()}
-    return json.dumps(recipes, sort_keys=True)
-
-
-# The dataset audit's settings, gate and outputs (rules/audit.smk).
-def audit_settings(wildcards):
-    """What audit_dataset decides with; a change reruns the audit (and the evaluation reading it)."""
-    return json.dumps(AUDIT, sort_keys=True)
-
-
-def audit_gate(wildcards):
-    """train_model's extra input when the leakage gate is on: the audit's metrics. ancient(): a
-    rerun of the audit (other settings) does not retrain; it only has to have passed."""
-    if AUDIT["max_test_leakage"] is None:
-        return {}
-    return {"audit": ancient(audit_output("metrics"))}
-
-
-def audit_output(name):
-    """This dataset's path of one of audit_dataset's outputs (called once every rule exists)."""
-    return expand(getattr(rules.audit_dataset.output, name), dataset=DATASET_ID)[0]
-
-
-def audit_targets():
-    return [audit_output("metrics")]
-
-
-# Sweeps (rules/sweep.smk)
-def promoted():
-    """The sweep's trials that go on to export, serving and registration: the best by validation
-    accuracy, as rank_sweep (a checkpoint: the DAG after it depends on its result) wrote them.
-    """
-    if SWEEP is None:
-        return []
-    ranking = checkpoints.rank_sweep.get(sweep=SWEEP.name).output.ranking
-    return json.loads(Path(ranking).read_text())["promoted"]
-
-
-def shipped():
-    """Every experiment that is exported, served, evaluated and registered."""
-    return sorted([*WRITTEN, *promoted()])
-
-
-def sweep_targets():
-    """The sweep's report section, after its ranking (none without a sweep)."""
-    return expand(rules.plot_sweep.output, sweep=SWEEP.name) if SWEEP else []
-
-
-def trial_metrics(wildcards):
-    """Every trial's training metrics, in trial order (rank_sweep, plot_sweep)."""
-    return expand(rules.train_model.output.metrics, experiment=TRIALS)
-
-
-def sweep_json(wildcards):
-    """The expanded sweep: its trials and their settings (a change re-ranks), what it promotes."""
-    return SWEEP.to_json()

@@ -87,7 +87,7 @@ rule tabulate_export:
     container:
         PIPELINE_IMAGE
     params:
-        parity=json.dumps(EXPORT["parity"], sort_keys=True),
+        parity=parity_settings,
         quantize=quantize_arg,
     shell:
         "python scripts/tabulate_export.py --metrics {input.metrics:q} {params.quantize}"

@@ -21,7 +21,7 @@ rule evaluate_robustness:
         mem_mb=by_attempt(4000),
         runtime=by_attempt(30),
     params:
-        settings=json.dumps(config["robustness"], sort_keys=True),
+        settings=robustness_settings,
         data=DATA_DIR,
     shell:
         "python scripts/evaluate_robustness.py --model {input.model:q} --data {params.data:q}"

@@ -1,6 +1,6 @@
 # A sweep's trials train as ordinary train_model jobs (one Slurm job each: the fan-out is
 # Snakemake's). rank_sweep ranks them by validation accuracy once all have a result, and is a
-# checkpoint: which trials go on to export, serving and registration (rules/common.smk,
+# checkpoint: which trials go on to export, serving and registration (rules/targets.smk,
 # promoted()) is known only then, so a 40-trial sweep builds one image, not forty.
 #
 # Every trial has a result: a training that cannot finish (diverged) is recorded as its outcome and

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from cifarflow import __version__
 from cifarflow.engines import build, choose
-from cifarflow.inference import load_session
 from cifarflow.runtime import run_cli, sha256_file, write_json, write_metrics
+from cifarflow.serving.inference import load_session
 
 log = logging.getLogger("cifarflow")
 

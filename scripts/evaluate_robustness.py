@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 from cifarflow.dataset import load_split
-from cifarflow.inference import load_session, ort_runner
 from cifarflow.robustness import evaluate, stratified_subset
 from cifarflow.runtime import run_cli, write_json, write_metrics
+from cifarflow.serving.inference import load_session, ort_runner
 
 log = logging.getLogger("cifarflow")
 

@@ -2,7 +2,8 @@
 
     python scripts/serve.py --model results/export/default/model.onnx --port 8080
 
-The serving image runs exactly this (containers/serving/Dockerfile). Stop it with Ctrl-C or SIGTERM.
+The serving image runs exactly this (containers/serving/Dockerfile), beside the package it imports,
+cifarflow.serving, and nothing else of cifarflow. Stop it with Ctrl-C or SIGTERM.
 """
 
 import argparse
@@ -15,8 +16,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cifarflow.images import MAX_PIXELS  # noqa: E402  (no KServe)
-from cifarflow.logs import setup_logging  # noqa: E402
+from cifarflow.serving.images import MAX_PIXELS  # noqa: E402  (no KServe)
+from cifarflow.serving.logs import setup_logging  # noqa: E402
 
 
 def main() -> None:
@@ -77,7 +78,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
     setup_logging()
     sys.argv = sys.argv[:1]  # KServe parses sys.argv when imported; our flags are not its flags
-    from cifarflow.serving import UntestedKServe, serve  # imports KServe: only now
+    from cifarflow.serving.server import UntestedKServe, serve  # imports KServe: only now
 
     try:
         serve(

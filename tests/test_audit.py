@@ -2,8 +2,13 @@
 
 Recall and precision are asserted per planted kind, each on its own data set: background scenes,
 pairs of that kind spread within and across splits, and look-alike pairs of the same class that
-must not be reported. Measured on this data (seed 0): recall 1.0 and precision 1.0 for every kind;
-the asserted bounds leave room for one miss.
+must not be reported. The data use seed 1: the verification's settings were chosen on seed 0, and
+max_distance on real pairs judged by eye (bench/audit_judged.py). Measured at the default
+max_distance (0.09) on seed 1, 40 pairs a kind: recall 1.0 for exact copies, 1-pixel crops,
+brightness, colour balance and mirror images, 0.9 for 2-pixel crops, 0.5 for JPEG re-encodings at
+quality 75, 0.25 for a 1-pixel crop re-encoded and 0.1 for a 1.1x zoom (docs/audit.md says so);
+precision 1.0 for every kind, and at 0.22 every kind is found whole. The asserted bounds leave room
+for one miss where the detector succeeds, and a range around what it does where it does not.
 """
 
 from __future__ import annotations
@@ -22,42 +27,68 @@ from cifarflow.audit import (
     low_frequencies,
     mirror_coefficients,
 )
-from planted_pairs import KINDS, crop, planted_dataset, scenes
+from planted_pairs import KINDS, MORE_KINDS, crop, planted_dataset, scenes
 
 PAIRS_PER_KIND = 40
 LOOKALIKES = 60
+SEED = 1  # not 0, on which the verification's settings were chosen
+# recall at the default max_distance where the detector finds only part of a kind: (at least, at
+# most), around what it does on SEED (shift2 0.9, jpeg75 0.5, crop_jpeg 0.25, zoom 0.1)
+PARTLY_FOUND = {"shift2": (0.8, 1.0), "jpeg75": (0.35, 0.65), "crop_jpeg": (0.1, 0.4), "zoom": (0.0, 0.25)}
+OLD_MAX_DISTANCE = 0.22  # the default before the judged real pairs
 
 
 def found_pairs(pairs: pd.DataFrame) -> set:
     return {((r.split_a, r.index_a), (r.split_b, r.index_b)) for r in pairs.itertuples()}
 
 
-@pytest.fixture(scope="module", params=KINDS)
-def planted_run(request):
-    kind = request.param
-    planted = planted_dataset(
+def planted_kind(kind: str):
+    return planted_dataset(
         kinds=(kind,),
         pairs_per_kind=PAIRS_PER_KIND,
         lookalike_pairs=LOOKALIKES,
         background=(150, 60, 600),
-        seed=0,
+        seed=SEED,
     )
+
+
+def recall_precision(planted, kind: str, pairs: pd.DataFrame) -> tuple[float, float, list]:
+    found = found_pairs(pairs)
+    truth = planted.pairs[kind]
+    hits = {pair for pair in truth if pair in found or pair[::-1] in found}
+    lookalikes = [pair for pair in found if planted.truth(pair) == "lookalike"]
+    return len(hits) / len(truth), len(hits) / max(len(found), 1), lookalikes
+
+
+@pytest.fixture(scope="module", params=KINDS + MORE_KINDS)
+def planted_run(request):
+    kind = request.param
+    planted = planted_kind(kind)
     pairs = find_duplicates(planted.images, planted.labels, AuditSettings(threads=2))
     return kind, planted, pairs
 
 
 def test_planted_pairs_recall_and_precision_per_kind(planted_run):
     kind, planted, pairs = planted_run
-    found = found_pairs(pairs)
-    truth = planted.pairs[kind]
-    hits = {pair for pair in truth if pair in found or pair[::-1] in found}
-    recall = len(hits) / len(truth)
-    precision = len(hits) / len(found)
-    lookalikes = [pair for pair in found if planted.truth(pair) == "lookalike"]
-    print(f"{kind}: recall {recall:.3f} precision {precision:.3f} ({len(found)} reported)")
-    assert recall >= 1 - 1 / PAIRS_PER_KIND, f"{kind}: missed {sorted(truth - hits)}"
-    assert precision >= 1 - 1 / PAIRS_PER_KIND, f"{kind}: unplanted pairs {sorted(found - hits)}"
+    recall, precision, lookalikes = recall_precision(planted, kind, pairs)
+    print(f"{kind}: recall {recall:.3f} precision {precision:.3f} ({len(pairs)} reported)")
+    low, high = PARTLY_FOUND.get(kind, (1 - 1 / PAIRS_PER_KIND, 1.0))
+    assert low <= recall <= high, f"{kind}: recall {recall:.3f} outside [{low}, {high}]"
+    assert precision >= 1 - 1 / PAIRS_PER_KIND, f"{kind}: precision {precision:.3f}"
     assert not lookalikes, f"{kind}: look-alikes reported as duplicates: {lookalikes}"
+
+
+@pytest.mark.parametrize("kind", ["jpeg75", "crop_jpeg", "zoom"])
+def test_partly_found_kinds_are_found_whole_at_the_old_threshold(kind):
+    """What the default misses of these kinds is a matter of threshold, not of the candidate search:
+    at 0.22 (the default before the judged real pairs) every planted pair is found, no look-alike."""
+    planted = planted_kind(kind)
+    pairs = find_duplicates(
+        planted.images, planted.labels, AuditSettings(max_distance=OLD_MAX_DISTANCE, threads=2)
+    )
+    recall, precision, lookalikes = recall_precision(planted, kind, pairs)
+    assert recall >= 1 - 1 / PAIRS_PER_KIND and precision >= 1 - 1 / PAIRS_PER_KIND
+    assert not lookalikes
 
 
 def test_each_planted_kind_is_named_and_measured(planted_run):
@@ -65,6 +96,7 @@ def test_each_planted_kind_is_named_and_measured(planted_run):
     by_pair = {((r.split_a, r.index_a), (r.split_b, r.index_b)): r for r in pairs.itertuples()}
     rows = [by_pair.get(p) or by_pair.get(p[::-1]) for p in planted.pairs[kind]]
     rows = [r for r in rows if r is not None]
+    assert rows, f"no planted {kind} pair found"
     expected = {"exact": "exact", "mirrored": "mirrored"}.get(kind, "near")
     assert {r.kind for r in rows} == {expected}
     distances = np.array([r.distance for r in rows])
@@ -72,7 +104,7 @@ def test_each_planted_kind_is_named_and_measured(planted_run):
         assert (distances == 0).all()
     else:
         assert (distances >= 0).all() and (distances <= AuditSettings().max_distance).all()
-    if kind in ("jpeg75", "shift1", "shift2"):  # the pixels differ
+    if kind in ("jpeg75", "shift1", "shift2", "crop_jpeg", "zoom"):  # the pixels differ
         assert (distances > 0).all()
     if kind in ("shift1", "shift2"):  # the found alignment is about the planted one
         assert max(max(abs(r.shift_y), abs(r.shift_x)) for r in rows) >= int(kind[-1]) - 0.5
@@ -179,7 +211,13 @@ def test_flat_images_only_match_exactly():
 
 
 def test_audit_metrics_leakage_and_clean_mask():
-    planted = planted_dataset(pairs_per_kind=6, lookalike_pairs=10, background=(40, 20, 80), seed=2)
+    planted = planted_dataset(  # kinds that the default finds whole, so that every pair counts
+        kinds=("exact", "shift1", "brightness", "mirrored", "colour_gain"),
+        pairs_per_kind=6,
+        lookalike_pairs=10,
+        background=(40, 20, 80),
+        seed=2,
+    )
     result = audit(planted.images, planted.labels, [f"c{i}" for i in range(10)])
     m = result.metrics
     leaked = {

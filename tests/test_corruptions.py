@@ -1,6 +1,7 @@
 """CIFAR-10-C-style corruptions: deterministic, CIFAR-10-C's constants, damage growing with severity;
 robustness bookkeeping over a model."""
 
+import colorsys
 import io
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 from cifarflow import corruptions, synthetic
 from cifarflow.robustness import Robustness, evaluate, stratified_subset, worst
 from PIL import Image
+from scipy import ndimage
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +74,108 @@ def test_constants_are_cifar10cs_and_the_defocus_kernel_is_a_normalised_disk():
         np.testing.assert_allclose(kernel, kernel.T)  # symmetric: correlation = convolution
     # radius 1.5 covers the 3x3 block: before smoothing, nine equal weights
     assert corruptions.defocus_kernel(1.5, 1e-6)[1:4, 1:4] == pytest.approx(np.full((3, 3), 1 / 9))
+
+
+# make_cifar_c.py's severity constants for all ten corruptions, as published (hendrycks/robustness,
+# ImageNet-C/create_c/make_cifar_c.py), written out here rather than read from the module.
+PUBLISHED = {
+    "gaussian_noise": [0.04, 0.06, 0.08, 0.09, 0.10],
+    "shot_noise": [500, 250, 100, 75, 50],
+    "impulse_noise": [0.01, 0.02, 0.03, 0.05, 0.07],
+    "speckle_noise": [0.06, 0.1, 0.12, 0.16, 0.2],
+    "gaussian_blur": [0.4, 0.6, 0.7, 0.8, 1],
+    "defocus_blur": [(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)],
+    "contrast": [0.75, 0.5, 0.4, 0.3, 0.15],
+    "brightness": [0.05, 0.1, 0.15, 0.2, 0.3],
+    "jpeg_compression": [80, 65, 58, 50, 40],
+    "pixelate": [0.95, 0.9, 0.85, 0.75, 0.65],
+}
+
+
+def test_all_ten_constant_sets_are_the_published_ones():
+    assert {name: list(values) for name, values in corruptions.PARAMETERS.items()} == PUBLISHED
+
+
+# The deterministic corruptions recomputed one image at a time from the published formulas, with
+# other code than the module's: scipy.ndimage where the original calls skimage.filters.gaussian
+# (scipy.ndimage.gaussian_filter, mode 'nearest', truncate 4) and cv2.GaussianBlur / cv2.filter2D
+# (the float32 17x17 disk, a 3x3 Gaussian, correlation with borders as BORDER_REFLECT_101 = scipy's
+# 'mirror'), Python's colorsys where it calls skimage's HSV round trip. Each returns 0..255 floats
+# before the final np.uint8 truncation, or uint8 where the original returns a Pillow image.
+def _reference_defocus_kernel(radius: float, alias_blur: float) -> np.ndarray:
+    grid = np.arange(-8, 9)
+    xx, yy = np.meshgrid(grid, grid)
+    disk = np.array(xx**2 + yy**2 <= radius**2, dtype=np.float32)
+    disk /= np.sum(disk)
+    return ndimage.gaussian_filter(disk, alias_blur, mode="mirror", radius=1).astype(np.float64)
+
+
+def _reference_brightness(x: np.ndarray, c: float) -> np.ndarray:
+    out = np.empty_like(x)
+    for i, j in np.ndindex(x.shape[:2]):
+        h, s, v = colorsys.rgb_to_hsv(*x[i, j])
+        out[i, j] = colorsys.hsv_to_rgb(h, s, min(max(v + c, 0.0), 1.0))
+    return out
+
+
+def _pillow(image: np.ndarray, transform, c) -> np.ndarray:
+    return np.asarray(transform(Image.fromarray(image), c).convert("RGB"))
+
+
+def _jpeg(image: Image.Image, quality: int) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return Image.open(buffer)
+
+
+def _pixelate(image: Image.Image, c: float) -> Image.Image:
+    small = image.resize((int(32 * c), int(32 * c)), Image.Resampling.BOX)
+    return small.resize((32, 32), Image.Resampling.BOX)
+
+
+def _means(x: np.ndarray) -> np.ndarray:
+    return np.mean(x, axis=(0, 1), keepdims=True)
+
+
+REFERENCE = {
+    "gaussian_blur": lambda x, c: ndimage.gaussian_filter(x, (c, c, 0), mode="nearest", truncate=4.0),
+    "defocus_blur": lambda x, c: np.stack(
+        [ndimage.correlate(x[:, :, d], _reference_defocus_kernel(*c), mode="mirror") for d in range(3)],
+        axis=2,
+    ),
+    "contrast": lambda x, c: (x - _means(x)) * c + _means(x),
+    "brightness": _reference_brightness,
+}
+PILLOW_REFERENCE = {"jpeg_compression": _jpeg, "pixelate": _pixelate}
+
+
+@pytest.mark.parametrize("name", [*REFERENCE, *PILLOW_REFERENCE])
+def test_deterministic_corruptions_match_the_published_formulas(images, name):
+    """Every pixel at every severity: the Pillow ones exactly; the others are the truncation to uint8
+    of a value within 0.001 grey levels of the reference's (where the exact value is a whole grey
+    level, float rounding on either side truncates to neighbouring levels: never more than one)."""
+    # and the corner cases: black, white, greys, primaries (one image of every 8-bit level per channel)
+    levels = np.arange(32 * 32 * 3).reshape(32, 32, 3) % 256
+    edges = np.stack([levels, np.repeat(levels[..., :1], 3, axis=2), levels * [1, 0, 0]]).astype(np.uint8)
+    images = np.concatenate([edges, images[:17] if name == "brightness" else images])  # colorsys: slow
+    for severity in corruptions.SEVERITIES:
+        c = PUBLISHED[name][severity - 1]
+        ours = corruptions.corrupt(images, name, severity)
+        if name in PILLOW_REFERENCE:
+            expected = np.stack([_pillow(image, PILLOW_REFERENCE[name], c) for image in images])
+            np.testing.assert_array_equal(ours, expected, err_msg=f"{name} severity {severity}")
+            continue
+        exact = np.stack([np.clip(REFERENCE[name](image / 255.0, c), 0, 1) * 255 for image in images])
+        low, high = (np.clip(exact + d, 0, 255).astype(np.uint8) for d in (-1e-3, 1e-3))
+        outside = (ours != low) & (ours != high)
+        assert not outside.any(), (
+            f"{name} severity {severity}: {outside.sum()} of {ours.size} values differ from the published "
+            f"formula's, e.g. {ours[outside][:5].tolist()} for {exact[outside][:5].round(3).tolist()}"
+        )
+        off = ours.astype(int) - exact.astype(np.uint8)
+        assert np.abs(off).max() <= 1
+        # measured: at most 4.75% of the values (defocus blur, severity 5: flat areas are whole levels)
+        assert np.mean(off != 0) <= 0.06, f"{name} severity {severity}: {np.mean(off != 0):.2%} off by one"
 
 
 def test_bad_requests_name_the_cause(images):

@@ -181,3 +181,30 @@ def test_every_mention_of_a_docs_page_names_one_that_exists():
                     problems.append(f"{path.relative_to(ROOT)}:{number}: docs/{name} has no heading {anchor}")
     assert seen, "no file mentions a docs/ page: is the pattern still right?"
     assert not problems, "\n".join(problems)
+
+
+BENCH_MENTION = re.compile(r"\bbench/([\w.-]+\.(?:py|sh))\b")
+
+
+def test_every_bench_file_is_in_the_benchmarks_table_and_every_mention_exists():
+    """docs/benchmarks.md's table names each file of bench/ (its first column), and whatever names a
+    bench/ file (code, tests, docs) names one that exists."""
+    bench = {path.name for path in tracked_files() if path.parent == ROOT / "bench"}
+    assert {"audit_speed.py", "serve_speed.py"} <= bench, sorted(bench)
+    page = (DOCS / "benchmarks.md").read_text()
+    rows = [line for line in page.splitlines() if line.startswith("| `bench/")]
+    in_table = {name for row in rows for name in BENCH_MENTION.findall(row.split(" | ")[0])}
+    assert not bench - in_table, f"bench/ files not in docs/benchmarks.md's table: {sorted(bench - in_table)}"
+    assert not in_table - bench, f"docs/benchmarks.md's table names missing files: {sorted(in_table - bench)}"
+    problems = []
+    for path in tracked_files():
+        text = text_of(path)
+        if text is None or path == Path(__file__).resolve():
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
+            problems += [
+                f"{path.relative_to(ROOT)}:{number}: bench/{name} does not exist"
+                for name in BENCH_MENTION.findall(line)
+                if name not in bench
+            ]
+    assert not problems, "\n".join(problems)

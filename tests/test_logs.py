@@ -1,5 +1,5 @@
 """One logging set-up for every program: a rule script's log file and stderr, and the serving image's
-server, which carries cifarflow.logs without the pipeline's dependencies."""
+server, which carries cifarflow.serving.logs without the pipeline's dependencies."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-from cifarflow.engines import SERVING_CODE, assemble_context
+from cifarflow.engines import assemble_context
 from conftest import ROOT
 
 LINE = re.compile(r"^\d\d:\d\d:\d\d (INFO|WARNING|ERROR) (\S+) (.*)$")
@@ -82,8 +82,8 @@ def test_the_serving_image_code_sets_up_logging_without_the_pipeline_dependencie
         f"""
         import json, logging, sys
         sys.path.insert(0, {str(context)!r})  # as serve.py does in the image: /app first
-        from cifarflow.logs import setup_logging
-        import cifarflow.serving
+        from cifarflow.serving.logs import setup_logging
+        import cifarflow.serving.server
         setup_logging()
         logging.getLogger("cifarflow").info("ready")
         print(json.dumps({{
@@ -95,8 +95,8 @@ def test_the_serving_image_code_sets_up_logging_without_the_pipeline_dependencie
     run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     loaded = json.loads(run.stdout)
-    carried = {str(context / name) for name in SERVING_CODE}
-    assert "cifarflow/logs.py" in SERVING_CODE
+    carried = {str(path) for path in context.rglob("*.py")}
+    assert str(context / "cifarflow" / "serving" / "logs.py") in carried
     assert loaded["modules"] and set(loaded["modules"]) <= carried, loaded["modules"]
     assert loaded["third_party"] == []
     assert LINE.match(run.stderr.splitlines()[-1]).groups() == ("INFO", "cifarflow", "ready")

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cifarflow.registry import register, tracking_uri
+from cifarflow.registry import champion_decision, register, tracking_uri
 from mlflow import MlflowClient
 from test_serving import model, tiny_data  # noqa: F401  (fixtures)
 
@@ -125,6 +125,49 @@ def test_a_later_evaluation_of_a_version_goes_beside_its_tags_never_over_them(mo
     better = reg({**process, "model_sha256": "c" * 64}, 0.95)
     assert (better["version"], better["champion"], better["champion_version"]) == (3, True, 3)
     assert client.get_model_version("clf", "1").tags == version.tags  # nothing rewritten by either
+
+
+# The alias's version 3, registered with validation accuracy 0.9 on dataset d1 (and test accuracy 0.99)
+HELD = ("3", {"dataset_id": "d1", "val_accuracy": "0.900000", "accuracy": "0.990000"})
+STAYS = "not comparable, so it stays (move it by hand if you mean to)"
+
+
+@pytest.mark.parametrize(
+    "val_accuracy, champion, expected",
+    [
+        (0.5, None, (True, "no 'champion' yet")),
+        (0.95, HELD, (True, "val accuracy 0.9500 beats version 3's 0.9000 on the same dataset")),
+        (0.9, HELD, (False, "val accuracy 0.9000 does not beat version 3's 0.9000 on the same dataset")),
+        (0.85, HELD, (False, "val accuracy 0.8500 does not beat version 3's 0.9000 on the same dataset")),
+        # the figures compared unrounded: better by less than the reason shows is better
+        (0.90004, HELD, (True, "val accuracy 0.9000 beats version 3's 0.9000 on the same dataset")),
+        # the same version again (a rerun, another engine) keeps the alias, whatever its figures
+        (0.5, ("7", HELD[1]), (True, "version 7 already is 'champion'")),
+        (
+            0.99,
+            ("3", {"dataset_id": "d0", "val_accuracy": "0.500000"}),
+            (False, f"'champion' is version 3, evaluated on dataset d0, not d1: {STAYS}"),
+        ),
+        (
+            0.99,
+            ("3", {"val_accuracy": "0.500000"}),
+            (False, f"'champion' is version 3, evaluated on dataset None, not d1: {STAYS}"),
+        ),
+        (
+            0.99,
+            ("3", {"dataset_id": "d1", "accuracy": "0.500000"}),
+            (
+                False,
+                "'champion' is version 3, registered without a validation accuracy (chosen on test "
+                f"accuracy, before selection moved to validation): {STAYS}",
+            ),
+        ),
+    ],
+)
+def test_champion_decision_moves_on_a_better_validation_accuracy_on_the_same_dataset_only(
+    val_accuracy, champion, expected
+):
+    assert champion_decision("champion", "7", "d1", val_accuracy, champion) == expected
 
 
 def test_tracking_uri_follows_config_then_environment_then_the_working_directory(monkeypatch, tmp_path):

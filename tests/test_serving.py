@@ -1,6 +1,7 @@
 """The model server as a real process on loopback: the protocol through an independent client
 (tritonclient: REST JSON, REST binary, gRPC), the human image path, bad requests, load, shutdown."""
 
+import ast
 import io
 import ipaddress
 import json
@@ -26,6 +27,7 @@ from cifarflow import ports
 from cifarflow.dataset import load_meta, load_split
 from cifarflow.engines import assemble_context
 from cifarflow.export import export
+from cifarflow.layout import SCRIPTS, SERVE, SERVING_PACKAGE
 from cifarflow.training import train
 from conftest import ROOT
 from hypothesis import HealthCheck, Phase, given, settings
@@ -393,7 +395,7 @@ def test_with_the_repository_extension_on_readiness_follows_the_model(model, tes
 
 
 def test_load_many_concurrent_clients_no_errors_bounded_memory(server, test_images):
-    """A bounded version of the benchmark (bench/serve_load.py runs 32 clients for 20 s)."""
+    """A bounded version of the benchmark's load phase (bench/serve_speed.py runs 32 clients for 20 s)."""
     proc, _, grpc_port = server
     images, _ = test_images
     rss_before = psutil.Process(proc.pid).memory_info().rss
@@ -472,24 +474,62 @@ def test_a_chunked_body_over_the_limit_gets_413_too(server):
     assert request(http_port, "/v2/health/ready") == (200, {"ready": True})
 
 
-def test_the_serving_image_code_list_is_all_the_server_needs_and_holds_no_torch(model, tmp_path):
-    """The build context's code (SERVING_CODE), alone on the path, imports the server without torch."""
-    context = assemble_context(model, tmp_path)
+def test_the_serving_image_carries_the_package_and_the_server_needs_nothing_else(tmp_path):
+    """The build context holds cifarflow.serving whole; its code alone on the path (-I: PYTHONPATH
+    ignored, and the context's cifarflow comes first) imports serve.py and the server, every cifarflow
+    module they load is one the context carries, and no torch. A module the server needs from outside
+    the package would be missing there: the import fails."""
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"not read here")
+    (tmp_path / "context").mkdir()
+    context = assemble_context(model, tmp_path / "context")
+    package = sorted(p.relative_to(SCRIPTS).as_posix() for p in SERVING_PACKAGE.rglob("*.py"))
+    carried = (context / "cifarflow" / "serving").rglob("*.py")
+    assert sorted(p.relative_to(context).as_posix() for p in carried) == package
     probe = (
-        "import sys; sys.path.insert(0, sys.argv[1]);"
-        "import cifarflow.serving as s, cifarflow.inference as i;"
-        "assert s.__file__.startswith(sys.argv[1]) and i.__file__.startswith(sys.argv[1]), s.__file__;"
-        "assert 'torch' not in sys.modules, 'torch imported'"
+        "import json, sys; sys.path.insert(0, sys.argv[1]);"
+        "import serve, cifarflow.serving.server;"
+        "ours = [m for n, m in sys.modules.items() if n == 'serve' or n.split('.')[0] == 'cifarflow'];"
+        "print(json.dumps({'files': sorted(m.__file__ for m in ours), 'torch': 'torch' in sys.modules}))"
     )
     run = subprocess.run([sys.executable, "-I", "-c", probe, str(context)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+    loaded = json.loads(run.stdout.strip().splitlines()[-1])
+    assert str(context / "cifarflow" / "serving" / "server.py") in loaded["files"]
+    assert set(loaded["files"]) <= {str(p) for p in context.rglob("*.py")}, loaded["files"]
+    assert not loaded["torch"], "torch imported"
+
+
+def test_no_module_of_the_serving_package_imports_cifarflow_outside_it():
+    """What makes "the image copies the package" exact, imports inside functions included (which the
+    probe above does not run): relative imports within the package only, and serve.py, the image's
+    entry point, imports cifarflow.serving's modules only."""
+    outside = []
+    for path in [SERVE, *SERVING_PACKAGE.rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = ["." * node.level + (node.module or "")]
+            else:
+                continue
+            for name in names:
+                ours = name.startswith(".") or name.split(".")[0] == "cifarflow"
+                if path == SERVE:
+                    inside = name.startswith("cifarflow.serving.")
+                else:
+                    inside = name.startswith(".") and not name.startswith("..")
+                if ours and not inside:
+                    outside.append(f"{path.relative_to(SCRIPTS)}: {name}")
+    assert {p.name for p in SERVING_PACKAGE.glob("*.py")} >= {"server.py", "model.py", "http.py", "logs.py"}
+    assert not outside, f"imports from outside cifarflow.serving, which the image does not carry: {outside}"
 
 
 def test_the_kserve_mends_refuse_an_untested_kserve_release():
     """Checked in a fresh interpreter: kserve's gRPC protos clash with tritonclient's in this one."""
     probe = """
 import json, sys
-from cifarflow.serving import TESTED_KSERVE, UntestedKServe, require_tested_kserve
+from cifarflow.serving.server import TESTED_KSERVE, UntestedKServe, require_tested_kserve
 require_tested_kserve()
 require_tested_kserve(TESTED_KSERVE + ".7")
 refused = {}

@@ -1,6 +1,8 @@
-"""Project hygiene that CI enforces: snakefmt, ruff, and one lock (constraints.txt) that the venv,
-both images and the conda envs follow."""
+"""Project hygiene that CI enforces: snakefmt, ruff, one lock (constraints.txt) that the venv, both
+images and the conda envs follow, and a Snakefile that parses without the pipeline's heavy imports."""
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -10,7 +12,15 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT
-from lockfile import CONDA_NAMES, LOCK, canonical, pin_env_text, read_lock
+from lockfile import (
+    CONDA_NAMES,
+    LOCK,
+    canonical,
+    lock_problems,
+    pin_env_text,
+    project_requirements,
+    read_lock,
+)
 
 BIN = Path(sys.executable).parent
 
@@ -103,6 +113,30 @@ def test_the_lock_holds_exactly_what_pyproject_needs_inside_its_ranges():
     assert lock["torch"] == "2.14.1" and lock["torchvision"] == "0.29.1"  # pyproject's exact pins
 
 
+def test_the_lock_is_what_make_lock_wrote_for_pyproject_as_it_is():
+    """The lock's stamp (tests/lockfile.py) names the requirements it was resolved from and its pins:
+    a lock that pyproject.toml has moved on from, or whose pins were edited by hand, fails, which
+    the closure test above misses when the edit is consistent (a new requirement added by hand with
+    the version the venv happens to hold). Offline: whether a fresh resolve today would choose
+    the same versions depends on PyPI's state and is not tested (`make lock` shows it)."""
+    requirements = _project_requirements()
+    assert project_requirements() == requirements  # lockfile.py resolves what make install asks for
+    text = LOCK.read_text()
+    assert not lock_problems(text, requirements), lock_problems(text, requirements)
+
+    def caught(edited: str, why: str, added: tuple[str, ...] = ()) -> bool:
+        return any(why in problem for problem in lock_problems(edited, requirements + list(added)))
+
+    pin = next(line for line in text.splitlines() if line.startswith("numpy=="))
+    # the faiss-cpu case: a requirement added to pyproject.toml and its pin added to the lock by hand
+    by_hand = text.replace(f"{pin}\n", f"{pin}\nfaiss-gpu==1.7.2\n")
+    assert caught(by_hand, "pyproject.toml's dependencies", ("faiss-gpu>=1",))
+    assert caught(by_hand, "edited after", ("faiss-gpu>=1",))
+    assert caught(text.replace(pin, f"{pin}.post1"), "edited after")  # a version changed
+    assert caught(text.replace(f"{pin}\n", ""), "edited after")  # a pin removed
+    assert caught(text.replace("# Resolved from", "# Written from"), "not written by `make lock`")
+
+
 def test_the_venv_is_exactly_the_lock():
     lock = read_lock()
     installed = {name: v for name, v in _installed().items() if name not in ("cifarflow", "pip")}
@@ -155,7 +189,8 @@ def test_the_images_install_pyprojects_packages_at_the_locks_versions(image, tmp
     for recipe, install in recipes.items():
         assert install in (ROOT / "containers" / image / recipe).read_text(), f"{image}/{recipe}: {install}"
     if image == "serving":  # the build context carries the lock, and a new lock rebuilds the image
-        from cifarflow.engines import assemble_context, serving_sources
+        from cifarflow.engines import assemble_context
+        from cifarflow.layout import serving_sources
 
         (tmp_path / "model.onnx").write_bytes(b"a model")
         (tmp_path / "context").mkdir()
@@ -210,3 +245,26 @@ def test_every_rule_has_a_conda_env_and_the_pipeline_image():
         wanted = name not in HOST_RULES
         problem = "missing" if wanted else "unwanted: it runs on the host"
         assert has_image == wanted, f"rule {name}: container: PIPELINE_IMAGE {problem}"
+
+
+def test_parsing_the_snakefile_imports_none_of_the_pipelines_heavy_dependencies():
+    """What the Snakefile and the rules import from cifarflow while they parse (the file lists come from
+    cifarflow.layout, the standard library only) pulls in none of psutil, tqdm, numpy or torch."""
+    sources = [ROOT / "Snakefile", *sorted((ROOT / "rules").glob("*.smk"))]
+    imported = r"^\s*(?:from (cifarflow[\w.]*) import|import (cifarflow[\w.]*))"
+    modules = sorted({a or b for path in sources for a, b in re.findall(imported, path.read_text(), re.M)})
+    assert {"cifarflow.config", "cifarflow.layout"} <= set(modules), modules
+    probe = (
+        "import importlib, json, sys\n"
+        "for name in sys.argv[1:]:\n"
+        "    importlib.import_module(name)\n"
+        "print(json.dumps(sorted(n for n in ('psutil', 'tqdm', 'numpy', 'torch') if n in sys.modules)))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe, *modules],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "scripts")},
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == [], f"importing {modules} imports {run.stdout.strip()}"

@@ -19,10 +19,11 @@ CLASSES = [f"class{c}" for c in range(10)]
 
 def leaky_folder(root: Path) -> int:
     """A folder dataset (train/<class>/*.png, test/<class>/*.png) of generated scenes in which
-    test images have planted copies, JPEG re-encodings and 2-pixel crops in train; returns how
-    many test images have such a partner."""
+    test images have planted copies, 1-pixel crops and colour-balance changes in train (kinds the
+    default audit.max_distance finds whole: tests/test_audit.py); returns how many test images
+    have such a partner."""
     planted = planted_dataset(
-        kinds=("exact", "jpeg75", "shift2"),
+        kinds=("exact", "shift1", "colour_gain"),
         pairs_per_kind=8,
         lookalike_pairs=8,
         background=(60, 0, 200),

@@ -1,8 +1,10 @@
 """snakemake --report after a demo run with two experiments: the HTML report opened in headless
 Chromium shows every category with every item loaded and no script error; the zip report holds the
-same items; every figure is a real PNG; re-plotting never retrains."""
+same items; every figure is a real PNG; re-plotting never retrains. With export.quantize int8, the int8
+model is a target and a versioned job, and not among the model card's jobs (a dry run)."""
 
 import json
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -253,3 +255,22 @@ def test_replotting_never_retrains(reported):
     ran = jobs_run(run)
     assert ran["plot_training"] == 2 and set(ran) <= REPORT_RULES, ran  # no training, no evaluation
     assert nothing_to_do(snakemake(reported, *ARGS))  # and then nothing is left to do
+
+
+def test_int8_copy_is_a_target_and_a_versioned_job_but_not_in_the_card(workflow):
+    """export.quantize int8 adds quantize_onnx to each shipped experiment's chain (rules/targets.smk):
+    its model is a target, its job has a row in the versions table and its figures one in the export
+    table; the model card lists only the jobs that made the served fp32 model."""
+    for quantize in ("none", "int8"):
+        write_yaml(workflow / "quantize.yaml", f"export:\n  quantize: {quantize}\n")
+        run = snakemake(workflow, "-n", "-p", "--configfile", "config/demo.yaml", "quantize.yaml")
+        jobs = {b.split(":")[0]: b for b in re.split(r"^(?:local)?rule ", run.stdout, flags=re.M)[1:]}
+        int8 = quantize == "int8"
+        assert ("quantize_onnx" in jobs_run(run)) == int8 and ("quantize_onnx" in jobs) == int8
+        assert ("results/quantize/default/model.int8.onnx" in jobs["all"]) == int8
+        assert ("--quantize results/quantize/default/metrics.json" in jobs["tabulate_export"]) == int8
+        assert ("quantize_onnx/default=logs/quantize_onnx/default.log" in jobs["tabulate_versions"]) == int8
+        assert "register_model/default=logs/register_model/default.log" in jobs["tabulate_versions"]
+        card = jobs["register_model"]
+        assert " export_onnx=logs/export_onnx/default.log " in card
+        assert "quantize_onnx" not in card and "register_model=" not in card

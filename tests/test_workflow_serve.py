@@ -205,7 +205,7 @@ def test_nothing_reruns_and_only_a_serving_change_rebuilds_the_image(served):
     )
     assert changed == {"evaluate_served_model": 1, "register_model": 1}
     # a change to the serving code rebuilds (and so re-evaluates), never retrains or re-exports
-    serving = wf / "scripts" / "cifarflow" / "serving.py"
+    serving = wf / "scripts" / "cifarflow" / "serving" / "server.py"
     serving.write_text(serving.read_text() + "\n# a change\n")
     rebuilt = jobs_run(snakemake(wf, "-n", *base))
     assert rebuilt == {"build_serving_image": 1, "evaluate_served_model": 1, "register_model": 1}

@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from cifarflow.logs import setup_logging  # noqa: E402
+from cifarflow.serving.logs import setup_logging  # noqa: E402
 
 log = logging.getLogger("cifarflow")
 NAME = "cifarflow-pipeline"

@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PipelineError
+from .layout import SPLITS, array_files
 from .runtime import sha256_file
-
-SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -36,10 +35,6 @@ class RawDataset:
     test: Split
     class_names: list[str]
     source_checksum: str  # "<algorithm>:<hex>" of what was read
-
-
-def array_files(split: str) -> tuple[str, str]:
-    return f"{split}_images.npy", f"{split}_labels.npy"
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -31,36 +31,19 @@ from pathlib import Path
 
 from . import ports
 from .errors import PipelineError
+from .layout import CONTAINERS, LOCK, RECIPE_FILES, SCRIPTS, SERVE, serving_code
 from .runtime import sha256_file
 
 log = logging.getLogger("cifarflow")
 
 ENGINES = ("docker", "podman", "apptainer", "process")
 OCI = ("docker", "podman")
-CONTAINERS = Path(__file__).resolve().parents[2] / "containers" / "serving"
-SCRIPTS = Path(__file__).resolve().parents[1]
-# What the image carries from this repository; a change to any of these rebuilds it.
-SERVING_CODE = (
-    "serve.py",
-    "cifarflow/__init__.py",
-    "cifarflow/inference.py",
-    "cifarflow/logs.py",
-    "cifarflow/serving.py",
-    "cifarflow/images.py",
-)
-RECIPE_FILES = ("Dockerfile", "serving.def", "requirements.txt")
-# The lock (make lock): the exact versions requirements.txt installs at, direct and transitive.
-LOCK = CONTAINERS.parents[1] / "constraints.txt"
 # serving.def takes the model's labels as build arguments of these names.
 APPTAINER_ARGS = {
     "io.cifarflow.model.sha256": "MODEL_SHA256",
     "io.cifarflow.dataset.id": "DATASET_ID",
     "org.opencontainers.image.revision": "SOURCE_REVISION",
 }
-
-
-def serving_sources() -> list[Path]:
-    return [SCRIPTS / name for name in SERVING_CODE] + [CONTAINERS / name for name in RECIPE_FILES] + [LOCK]
 
 
 def _probe(cmd: list[str], timeout: float = 30) -> str | None:
@@ -146,13 +129,15 @@ def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
 
 
 def assemble_context(model: Path, target: Path) -> Path:
-    """The build context: the recipe files, the serving code and the model, nothing else."""
+    """The build context: the recipe files, the lock, the serving code (scripts/serve.py and the
+    package cifarflow.serving, as layout.serving_code lists them) and the model, nothing else."""
     for name in RECIPE_FILES:
         shutil.copy2(CONTAINERS / name, target / name)
     shutil.copy2(LOCK, target / LOCK.name)
-    for name in SERVING_CODE:
-        (target / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(SCRIPTS / name, target / name)
+    for path in serving_code():
+        copy = target / path.relative_to(SCRIPTS)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, copy)
     shutil.copy2(model, target / "model.onnx")
     return target
 
@@ -315,7 +300,7 @@ def _command(spec: ServerSpec, http_port: int, grpc_port: int) -> tuple[list[str
         return [*cmd, spec.image], env
     if spec.engine == "apptainer":  # the host's network namespace (its own needs root)
         return [apptainer_binary(), "run", "--cleanenv", *_flags("--env", env), spec.image], env
-    return [sys.executable, str(SCRIPTS / "serve.py"), "--model", spec.image], env
+    return [sys.executable, str(SERVE), "--model", spec.image], env
 
 
 def _start(

@@ -2,7 +2,8 @@
 
 The client is tritonclient (an implementation of the protocol independent of the server). Images
 travel as raw binary tensors; a batch is sent by one of `concurrency` threads, each with its own
-channel. Every served prediction must equal the offline one; the figures and plots follow.
+channel. Every served prediction must equal the offline one; the figures and plots follow, and the
+quality gate (evaluate.min_accuracy) decides whether the model may be registered.
 """
 
 from __future__ import annotations
@@ -14,10 +15,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from .audit import clean_accuracy, clean_mask
+from .calibration import calibration_metrics
+from .dataset import load_meta, load_split
+from .engines import ServerSpec, container_name, running
 from .errors import PipelineError
-from .inference import INPUT, OUTPUTS, load_session, ort_runner, predict
-from .runtime import progress
+from .plots import confusion_matrix, latency_histogram, save_png
+from .runtime import atomic_path, progress
+from .serving.inference import INPUT, OUTPUTS, load_session, ort_runner, predict
 
 log = logging.getLogger("cifarflow")
 WARMUP = 20
@@ -132,3 +139,151 @@ def check_agreement(served: np.ndarray, offline: np.ndarray, tolerance: float) -
             "rebuild it (snakemake --forcerun build_serving_image) and compare the ONNX Runtime versions"
         )
     return {"mismatches": 0, "max_probability_diff": max_diff}
+
+
+def request_limit(batch: int, image_bytes: int, max_request_mb: float) -> int:
+    """The largest gRPC message in bytes (serving.max_request_mb); fail if a batch would not fit."""
+    max_bytes = int(max_request_mb * 2**20)
+    if batch * image_bytes > max_bytes:
+        raise PipelineError(
+            f"evaluate.batch_size {batch} makes requests of {batch * image_bytes} bytes, over "
+            f"serving.max_request_mb ({max_request_mb}): lower one or raise the other"
+        )
+    return max_bytes
+
+
+def served_figures(
+    served: np.ndarray,
+    offline: np.ndarray,
+    labels: np.ndarray,
+    clean: np.ndarray,
+    latency: np.ndarray,
+    seconds: tuple[float, float],
+    class_names: list[str],
+    evaluate: dict,
+) -> dict:
+    """metrics.json's figures: `served` probabilities checked against the `offline` ones (else fail),
+    their classification and calibration figures, accuracy on the `clean` test images (no
+    near-duplicate in train or val), batch-1 `latency` (ms) and the throughput of both (`seconds`:
+    served, offline). `evaluate`: the config section (batch_size, concurrency, max_probability_diff)."""
+    figures = check_agreement(served, offline, evaluate["max_probability_diff"])
+    predicted = served.argmax(1)
+    figures |= classification_metrics(confusion(labels, predicted, len(class_names)), class_names)
+    figures |= calibration_metrics(served, labels)  # of the served probabilities: ece, nll, brier
+    figures |= clean_accuracy(labels, predicted, clean)
+    served_ips, offline_ips = len(labels) / seconds[0], len(labels) / seconds[1]
+    return figures | {
+        "images": len(labels),
+        "latency_ms_p50": round(float(np.percentile(latency, 50)), 3),
+        "latency_ms_p95": round(float(np.percentile(latency, 95)), 3),
+        "latency_ms_p99": round(float(np.percentile(latency, 99)), 3),
+        "throughput_images_per_second": round(served_ips, 1),
+        "inprocess_images_per_second": round(offline_ips, 1),
+        "throughput_ratio": round(served_ips / offline_ips, 3),
+        "batch_size": evaluate["batch_size"],
+        "concurrency": evaluate["concurrency"],
+    }
+
+
+def quality_gate(figures: dict, min_accuracy: float) -> None:
+    """Fail, with the figures, when the accuracy as served is below `min_accuracy`: nothing is registered."""
+    if figures["accuracy"] < min_accuracy:
+        raise PipelineError(
+            f"quality gate: accuracy as served is {figures['accuracy']:.4f}, below evaluate.min_accuracy "
+            f"{min_accuracy} (macro F1 {figures['macro_f1']:.4f}, {figures['images']} test images). "
+            "The model is not registered; train longer or lower the gate deliberately"
+        )
+
+
+def evaluate_served(
+    *,
+    manifest: dict,
+    model: Path,
+    data: Path,
+    experiment: str,
+    settings: dict,
+    duplicates: Path,
+    server_log: Path,
+    out: Path,
+) -> dict:
+    """Run the image of `manifest`, send it the test split of `data` over gRPC, compare with `model`
+    in process, apply the gate; write the plots and predictions.parquet to `out` and return the
+    figures. `settings`: the `serving` and `evaluate` config sections."""
+    serving, evaluate = settings["serving"], settings["evaluate"]
+    class_names = load_meta(data)["class_names"]
+    test = load_split(data, "test", mmap=False)
+    images, labels = test.images, test.labels
+    batch, threads = evaluate["batch_size"], serving["threads"]
+    max_bytes = request_limit(batch, images[0].nbytes, serving["max_request_mb"])
+
+    spec = ServerSpec(
+        engine=manifest["engine"],
+        image=manifest["image"],
+        name=container_name(experiment, Path.cwd()),
+        model_name=manifest["model_name"],
+        threads=threads,
+        max_request_mb=serving["max_request_mb"],
+        host=serving["host"],
+        network=serving["network"],
+    )
+    with running(spec, log_file=server_log, ready_timeout_s=evaluate["ready_timeout_s"]) as server:
+        client = Client(server.grpc_url, manifest["model_name"], max_bytes)
+        try:
+            log.info(
+                "sending %d test images in batches of %d, %d in flight",
+                len(images),
+                batch,
+                evaluate["concurrency"],
+            )
+            served, served_s = served_predictions(client, images, batch, evaluate["concurrency"])
+            log.info("latency: %d single-image requests", evaluate["latency_requests"])
+            latency = latencies_ms(client, images, evaluate["latency_requests"])
+        finally:
+            client.close()
+    # In-process reference after the server has stopped, so that the two never share the CPU.
+    offline, offline_s = offline_predictions(model, images, batch, threads)
+
+    clean = clean_mask(pd.read_parquet(duplicates), len(labels))  # the audit's pairs
+    figures = served_figures(
+        served, offline, labels, clean, latency, (served_s, offline_s), class_names, evaluate
+    )
+    log.info(
+        "calibration as served: ECE %.4f, NLL %.4f, Brier %.4f, mean confidence %.4f",
+        figures["ece"],
+        figures["nll"],
+        figures["brier"],
+        figures["mean_confidence"],
+    )
+    log.info(
+        "as served: accuracy %.4f (clean test images: %.4f on %d), macro F1 %.4f; "
+        "latency p50 %.2f / p95 %.2f / p99 %.2f ms; "
+        "%.0f images/s = %.0f%% of in-process ONNX Runtime (%.0f images/s)",
+        figures["accuracy"],
+        figures["clean_accuracy"],
+        figures["clean_images"],
+        figures["macro_f1"],
+        figures["latency_ms_p50"],
+        figures["latency_ms_p95"],
+        figures["latency_ms_p99"],
+        len(images) / served_s,
+        100 * figures["throughput_ratio"],
+        len(images) / offline_s,
+    )
+    quality_gate(figures, evaluate["min_accuracy"])
+
+    predicted = served.argmax(1)
+    title = f"{experiment}: {manifest['model_name']} as served ({manifest['engine']})"
+    matrix = confusion(labels, predicted, len(class_names))
+    save_png(confusion_matrix(matrix, class_names, title), out / "confusion_matrix.png")
+    save_png(latency_histogram(latency, title), out / "latency_histogram.png")
+    table = pd.DataFrame(
+        {
+            "index": np.arange(len(images)),
+            "label": labels.astype(np.int64),
+            "predicted": predicted.astype(np.int64),
+            "probabilities": list(served.astype(np.float32)),
+        }
+    )
+    with atomic_path(out / "predictions.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    return figures

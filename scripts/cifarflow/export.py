@@ -24,8 +24,8 @@ from .checkpoint import load_checkpoint
 from .config import Recipe
 from .dataset import load_split
 from .errors import PipelineError
-from .inference import INPUT, OUTPUTS, load_session, ort_runner, predict
 from .runtime import atomic_path
+from .serving.inference import INPUT, OUTPUTS, load_session, ort_runner, predict
 
 log = logging.getLogger("cifarflow")
 for _noisy in ("onnxscript", "onnx_ir"):  # the exporter's optimiser logs every folded constant

@@ -14,8 +14,8 @@ from PIL import UnidentifiedImageError
 
 from .dataset import RawDataset, Split
 from .errors import PipelineError
-from .images import MAX_PIXELS, TooLarge, WrongSize, open_limited, to_rgb32
 from .runtime import progress
+from .serving.images import MAX_PIXELS, TooLarge, WrongSize, open_limited, to_rgb32
 
 log = logging.getLogger("cifarflow")
 

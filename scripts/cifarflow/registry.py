@@ -62,6 +62,45 @@ def evaluation_tags(tags: dict[str, str]) -> dict[str, str]:
     return {f"eval.{engine}.{key}": value for key, value in recorded.items()}
 
 
+def champion_decision(
+    alias: str,
+    version: str,
+    dataset_id: str,
+    val_accuracy: float,
+    champion: tuple[str, dict[str, str]] | None,
+) -> tuple[bool, str]:
+    """Whether `alias` moves to `version` (of a model with `val_accuracy` on `dataset_id`), and why.
+
+    `champion`: the alias's version and its tags, None when no version holds it. Validation accuracy
+    decides: the trained model's, on the dataset's validation split (the served model is that model:
+    the evaluation checks every served prediction against it). Comparable across engines, not across
+    datasets. The champion's figure is the one it was registered with; test accuracy, latency and
+    throughput are recorded and never decide.
+    """
+    if champion is None:
+        return True, f"no '{alias}' yet"
+    held, held_tags = champion
+    if held == version:
+        return True, f"version {version} already is '{alias}'"
+    if held_tags.get("dataset_id") != dataset_id:
+        return False, (
+            f"'{alias}' is version {held}, evaluated on dataset {held_tags.get('dataset_id')}, "
+            f"not {dataset_id}: not comparable, so it stays (move it by hand if you mean to)"
+        )
+    if "val_accuracy" not in held_tags:
+        return False, (
+            f"'{alias}' is version {held}, registered without a validation accuracy "
+            "(chosen on test accuracy, before selection moved to validation): not comparable, so "
+            "it stays (move it by hand if you mean to)"
+        )
+    best = float(held_tags["val_accuracy"])
+    moved = val_accuracy > best
+    return moved, (
+        f"val accuracy {val_accuracy:.4f} {'beats' if moved else 'does not beat'} version "
+        f"{held}'s {best:.4f} on the same dataset"
+    )
+
+
 def register(
     *,
     model_path: Path,
@@ -125,39 +164,8 @@ def register(
             champion = client.get_model_version_by_alias(name, alias)
         except MlflowException:
             champion = None
-        # Validation accuracy decides: the trained model's, on the dataset's validation split (the
-        # served model is that model: the evaluation checks every served prediction against it).
-        # Comparable across engines, not across datasets. The champion's figure is the one it was
-        # registered with; test accuracy, latency and throughput are recorded and never decide.
-        if champion is None:
-            moved, reason = True, f"no '{alias}' yet"
-        elif str(champion.version) == version:
-            moved, reason = True, f"version {version} already is '{alias}'"
-        elif champion.tags.get("dataset_id") != tags["dataset_id"]:
-            moved, reason = (
-                False,
-                (
-                    f"'{alias}' is version {champion.version}, evaluated on dataset "
-                    f"{champion.tags.get('dataset_id')}, "
-                    f"not {tags['dataset_id']}: not comparable, so it stays (move it by hand if you mean to)"
-                ),
-            )
-        elif "val_accuracy" not in champion.tags:
-            moved, reason = (
-                False,
-                (
-                    f"'{alias}' is version {champion.version}, registered without a validation accuracy "
-                    "(chosen on test accuracy, before selection moved to validation): not comparable, so "
-                    "it stays (move it by hand if you mean to)"
-                ),
-            )
-        else:
-            best = float(champion.tags["val_accuracy"])
-            moved = val_accuracy > best
-            reason = (
-                f"val accuracy {val_accuracy:.4f} {'beats' if moved else 'does not beat'} version "
-                f"{champion.version}'s {best:.4f} on the same dataset"
-            )
+        held = None if champion is None else (str(champion.version), champion.tags)
+        moved, reason = champion_decision(alias, version, tags["dataset_id"], val_accuracy, held)
         if moved:
             client.set_registered_model_alias(name, alias, version)
         log.info("'%s' %s: %s", alias, f"-> version {version}" if moved else "unchanged", reason)

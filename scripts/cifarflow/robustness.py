@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .corruptions import check, corrupt
-from .inference import Runner
+from .serving.inference import Runner
 
 log = logging.getLogger("cifarflow")
 

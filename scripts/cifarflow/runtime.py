@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from .errors import PipelineError
-from .logs import setup_logging
+from .serving.logs import setup_logging
 from .versions import log_line, software_versions
 
 log = logging.getLogger("cifarflow")

@@ -113,8 +113,8 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 
 
 def trains_in_bf16(precision: str, device: torch.device) -> bool:
-    """recipe.precision resolved: `auto` is bf16 on CUDA and on CPUs with AMX bf16 units (2.3x the
-    fp32 speed measured on a 2-core Xeon); fp32 on other CPUs, which emulate bf16 slowly."""
+    """recipe.precision resolved: `auto` is bf16 on CUDA and on CPUs with AMX bf16 units (2.0x to
+    2.2x the fp32 images/s measured on a 2-core Xeon); fp32 on other CPUs, which emulate bf16 slowly."""
     if precision != "auto":
         return precision == "bf16"
     return device.type == "cuda" or bool(torch.cpu.get_capabilities().get("amx_bf16", False))

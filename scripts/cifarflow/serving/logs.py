@@ -1,10 +1,11 @@
 """Logging for every cifarflow program: the rule scripts (runtime.run_cli), the server (serve.py, also
 inside the serving image), the benchmarks and the pipeline image's build script.
 
-The standard library only, so that the serving image carries this module without the pipeline's
-dependencies. Every module and script logs to the one logger `logging.getLogger("cifarflow")`;
-other libraries' records (KServe, Uvicorn, MLflow, ONNX Runtime) reach the same handlers under their
-own names, which each line shows.
+Part of cifarflow.serving because the serving image carries this package and nothing else of
+cifarflow; the standard library only, so that it needs none of the pipeline's dependencies. Every
+module and script logs to the one logger `logging.getLogger("cifarflow")`; other libraries' records
+(KServe, Uvicorn, MLflow, ONNX Runtime) reach the same handlers under their own names, which each
+line shows.
 """
 
 from __future__ import annotations

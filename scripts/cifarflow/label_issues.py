@@ -1,0 +1,211 @@
+"""Label issues by confident learning (Northcutt, Jiang and Chuang, "Confident Learning: Estimating
+Uncertainty in Dataset Labels", JAIR 2021), in numpy.
+
+Input: out-of-sample predicted probabilities `pred_probs` [N, K] (each image scored by a model that
+did not train on it: cross-validation) and the given labels [N]. The conventions are those of
+cleanlab's `cleanlab.filter.find_label_issues` with its defaults (filter_by="prune_by_noise_rate",
+frac_noise=1, min_examples_per_class=1), which tests/test_label_issues.py checks flag the same images;
+docs/audit.md says why this is not a dependency. Definitions:
+
+- Threshold of class j: t_j = mean of pred_probs[i, j] over the images labelled j (their
+  self-confidence), floored at 2e-6.
+- Confident class of image i: among the classes with pred_probs[i, j] >= t_j - 1e-6, the one; with
+  two or more, the argmax of the whole row (cleanlab's rule: the paper's equation takes the argmax
+  among the classes above their thresholds; the two differ only when the row's top class is below
+  its own threshold while two others are above theirs). Images above no threshold are not counted.
+- Confident joint C [K, K]: C[given, confident] counts, its diagonal raised to at least 1, then
+  calibrated: each row scaled to the number of images given that label, rounded to integers that
+  keep each row's total (largest remainders first).
+- Prune by noise rate: for each given class k and each other class j, the C[k, j] images labelled k
+  with the largest margin pred_probs[i, j] - pred_probs[i, k] are flagged (a class with only one
+  image is left alone). Last, an image whose given label is its argmax (within 1e-6) is unflagged.
+- Ranking (cleanlab's rank_by="self_confidence"): flagged images by their self-confidence
+  pred_probs[i, given], lowest first. The suggested label is the row's argmax.
+
+Ties (equal margins or self-confidences) are broken by image index, lowest first; cleanlab's
+unstable sort may order them otherwise, which matters only for exactly equal probabilities.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+# cleanlab's constants: the slack of the threshold comparison and of "the argmax is the given label",
+# and the floor of a threshold (above that slack, so that a zero probability is never confident).
+SLACK = 1e-6
+THRESHOLD_FLOOR = 2 * SLACK
+# How far a row of pred_probs may sum from 1 (float32 softmax outputs sum to 1 within ~1e-6).
+ROW_SUM_TOLERANCE = 1e-3
+
+
+def _check(pred_probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """pred_probs as float64 [N, K], labels as int64 [N], or ValueError naming the cause and the fix."""
+    p = np.asarray(pred_probs)
+    y = np.asarray(labels)
+    if p.ndim != 2 or p.shape[0] == 0 or p.shape[1] < 2:
+        raise ValueError(
+            f"pred_probs must be [images, classes] with at least one image and two classes, got shape "
+            f"{p.shape}: pass one row of class probabilities per image"
+        )
+    if not (np.issubdtype(p.dtype, np.floating) or np.issubdtype(p.dtype, np.integer)):
+        raise ValueError(f"pred_probs must hold numbers, got dtype {p.dtype}")
+    p = p.astype(np.float64)
+    n, k = p.shape
+    if y.ndim != 1 or y.shape[0] != n:
+        raise ValueError(
+            f"labels must be one label per row of pred_probs ({n}), got shape {y.shape}: pass the given "
+            "labels of the same images, in the same order"
+        )
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(
+            f"labels must be integer class indices 0..{k - 1}, got dtype {y.dtype}: map class names to "
+            "their column in pred_probs first"
+        )
+    if y.min() < 0 or y.max() >= k:
+        bad = np.flatnonzero((y < 0) | (y >= k))
+        raise ValueError(
+            f"labels must lie in 0..{k - 1} (pred_probs has {k} columns), got {y.min()}..{y.max()} "
+            f"({bad.size} out of range, first at index {bad[0]}): pred_probs needs one column per class"
+        )
+    if not np.isfinite(p).all():
+        raise ValueError(
+            f"pred_probs holds NaN or inf ({int((~np.isfinite(p)).any(axis=1).sum())} rows): the model "
+            "diverged or the probabilities were not computed for every image"
+        )
+    if p.min() < 0:
+        raise ValueError(
+            f"pred_probs holds negative values (min {p.min():.3g}): pass probabilities (softmax of the "
+            "logits), not logits"
+        )
+    sums = p.sum(axis=1)
+    off = np.abs(sums - 1) > ROW_SUM_TOLERANCE
+    if off.any():
+        first = int(np.flatnonzero(off)[0])
+        raise ValueError(
+            f"rows of pred_probs must sum to 1 (within {ROW_SUM_TOLERANCE}), {int(off.sum())} do not (row "
+            f"{first} sums to {sums[first]:.6g}): pass probabilities (softmax of the logits), not logits "
+            "or scores"
+        )
+    counts = np.bincount(y, minlength=k)
+    if (counts == 0).any():
+        missing = np.flatnonzero(counts == 0).tolist()
+        raise ValueError(
+            f"no image is labelled with class(es) {missing}, so their confidence threshold is undefined: "
+            "score a set that holds every class (all folds' out-of-sample predictions together), or drop "
+            "those columns from pred_probs, renormalise the rows and renumber the labels"
+        )
+    return p, y.astype(np.int64)
+
+
+def _thresholds(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    # np.mean per class (pairwise summation), as cleanlab sums: a threshold differing in its last bit
+    # could move an image that sits exactly on it.
+    means = np.array([p[y == j, j].mean() for j in range(p.shape[1])])
+    return np.maximum(means, THRESHOLD_FLOOR)
+
+
+def confident_thresholds(pred_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """t_j [K]: the mean predicted probability of class j over the images labelled j."""
+    return _thresholds(*_check(pred_probs, labels))
+
+
+def _round_keeping_sum(row: np.ndarray) -> np.ndarray:
+    """Round to integers whose sum is the row's sum rounded: round each, then move the largest
+    remainders up (or the smallest down), one unit each, until the totals match."""
+    ints = row.round()
+    target = row.sum().round()
+    while abs(ints.sum().round() - target) > SLACK:
+        diff = target - ints.sum().round()
+        step = 1 if diff > 0 else -1
+        # Ascending by remainder; up: the largest first (later index first among equals), down: the
+        # smallest first.
+        order = np.argsort(row - ints, kind="stable")[::-step]
+        ints[order[: min(int(abs(diff)), len(row))]] += step
+    return ints.astype(np.int64)
+
+
+def _confident_joint(p: np.ndarray, y: np.ndarray, calibrate: bool = True) -> np.ndarray:
+    n, k = p.shape
+    confident = p >= _thresholds(p, y) - SLACK
+    how_many = confident.sum(axis=1)
+    guess = np.where(how_many > 1, p.argmax(axis=1), confident.argmax(axis=1))
+    counted = how_many > 0
+    joint = np.zeros((k, k), dtype=np.int64)
+    np.add.at(joint, (y[counted], guess[counted]), 1)
+    joint[np.diag_indices(k)] = np.maximum(joint.diagonal(), 1)
+    if not calibrate:
+        return joint
+    label_counts = np.bincount(y, minlength=k)
+    scaled = joint / joint.sum(axis=1, keepdims=True) * label_counts[:, None]
+    scaled = scaled / scaled.sum() * n
+    return np.stack([_round_keeping_sum(row) for row in scaled])
+
+
+def confident_joint(pred_probs: np.ndarray, labels: np.ndarray, *, calibrate: bool = True) -> np.ndarray:
+    """C [K, K] of integers: C[given label, confident class]; calibrated (the default), row k sums to
+    the number of images labelled k, so the whole to N."""
+    return _confident_joint(*_check(pred_probs, labels), calibrate=calibrate)
+
+
+def _prune_counts(joint: np.ndarray) -> np.ndarray:
+    """How many images to flag: [given, confident], the calibrated joint with each class keeping at
+    least one image (a diagonal entry raised to 1 takes the difference evenly from that row's non-zero
+    off-diagonal entries, floored at 0, then truncated to integers)."""
+    diagonal = joint.diagonal()
+    raised = np.maximum(diagonal, 1)
+    taken = (raised - diagonal) / np.maximum(np.count_nonzero(joint, axis=1) - 1.0, 1.0)
+    counts = np.maximum(joint - taken[:, None], 0)
+    counts[np.diag_indices(len(joint))] = raised
+    return counts.astype(np.int64)
+
+
+def _find(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    n, k = p.shape
+    prune = _prune_counts(_confident_joint(p, y))
+    flagged = np.zeros(n, dtype=bool)
+    for given in range(k):
+        members = np.flatnonzero(y == given)
+        if members.size <= 1:
+            continue
+        for other in range(k):
+            count = prune[given, other]
+            if other == given or count <= 0:
+                continue
+            margin = p[members, other] - p[members, given]
+            flagged[members[np.argsort(-margin, kind="stable")[:count]]] = True
+    nudged = p.copy()
+    nudged[np.arange(n), y] += SLACK
+    flagged[nudged.argmax(axis=1) == y] = False
+    return flagged
+
+
+def find_label_issues(pred_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Boolean mask [N]: True where the given label is likely wrong (module docstring)."""
+    return _find(*_check(pred_probs, labels))
+
+
+def rank_label_issues(pred_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Indices of the flagged images, lowest self-confidence first (cleanlab's
+    return_indices_ranked_by="self_confidence")."""
+    p, y = _check(pred_probs, labels)
+    flagged = np.flatnonzero(_find(p, y))
+    return flagged[np.argsort(p[flagged, y[flagged]], kind="stable")]
+
+
+def label_issues_table(pred_probs: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
+    """The flagged images, one row each, most likely mislabelled first: `index` (row in pred_probs),
+    `given_label`, `suggested_label` (the row's argmax), `self_confidence` (pred_probs[index, given]),
+    `rank` (1 = most likely)."""
+    p, y = _check(pred_probs, labels)
+    flagged = np.flatnonzero(_find(p, y))
+    ranked = flagged[np.argsort(p[flagged, y[flagged]], kind="stable")]
+    return pd.DataFrame(
+        {
+            "index": ranked.astype(np.int64),
+            "given_label": y[ranked],
+            "suggested_label": p[ranked].argmax(axis=1).astype(np.int64),
+            "self_confidence": p[ranked, y[ranked]],
+            "rank": np.arange(1, ranked.size + 1, dtype=np.int64),
+        }
+    )
