@@ -44,6 +44,7 @@ from snakemake_logger_plugin_mlflow.content import (
     tags_from_json,
     versions_from_log,
 )
+from snakemake_logger_plugin_mlflow.store import store_uri
 
 BIN = Path(sys.executable).parent
 # The data stage of the offline demo only: these tests must not depend on later stages.
@@ -769,7 +770,7 @@ def test_a_snakemake_object_not_found_is_named_once_per_kind(caplog, monkeypatch
     assert job_lost.startswith("MLflow hook: Snakemake 9.27.1's Job object was not found")
     assert "params when it has no --benchmark-extended benchmark file" in job_lost
     assert "container.image tag" in job_lost and "Run with --benchmark-extended" in job_lost
-    assert hook.state.config is None and hook._tracking_uri().endswith("/mlflow.db")
+    assert hook.state.config is None and store_uri(hook.settings, None).endswith("/mlflow.db")
 
     import snakemake.api  # what the snakemake command loads first (snakemake.jobs alone is circular)
     import snakemake.jobs
@@ -817,15 +818,17 @@ def test_one_place_decides_the_store_and_it_needs_no_snakemake(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     hook = MlflowHook(LogHandlerSettings(), logging.getLogger("test.uri"), dryrun=False)
-    assert hook._tracking_uri() == registry.tracking_uri("") == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def the_hooks() -> str:  # the store the hook opens, from its settings and the workflow's config
+        return store_uri(hook.settings, hook.state.config)
+
+    assert the_hooks() == registry.tracking_uri("") == f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert hook._tracking_uri() == registry.tracking_uri("") == "http://127.0.0.1:5000"
+    assert the_hooks() == registry.tracking_uri("") == "http://127.0.0.1:5000"
     hook.state.config = {"mlflow": {"tracking_uri": "sqlite:///configured.db"}}
-    assert (
-        hook._tracking_uri() == registry.tracking_uri("sqlite:///configured.db") == "sqlite:///configured.db"
-    )
+    assert the_hooks() == registry.tracking_uri("sqlite:///configured.db") == "sqlite:///configured.db"
     hook.settings = LogHandlerSettings(tracking_uri="http://127.0.0.1:5001")  # the hook's own setting
-    assert hook._tracking_uri() == "http://127.0.0.1:5001"
+    assert the_hooks() == "http://127.0.0.1:5001"
 
     # The registry step imports it in the pipeline image, where Snakemake is not installed.
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
