@@ -844,7 +844,8 @@ def test_one_place_decides_the_store_and_it_needs_no_snakemake(tmp_path, monkeyp
     assert run.stdout.splitlines() == [
         f"sqlite:///{tmp_path / 'mlflow.db'}",
         "No module named 'snakemake_interface_logger_plugins' (the pipeline image has no Snakemake)",
-        "['snakemake_logger_plugin_mlflow', 'snakemake_logger_plugin_mlflow.uri']",
+        "['snakemake_logger_plugin_mlflow', 'snakemake_logger_plugin_mlflow.experiment', "
+        "'snakemake_logger_plugin_mlflow.uri']",
     ]
     # ... and Snakemake still finds the plugin's two classes (they are loaded on first access).
     plugin = LoggerPluginRegistry().get_plugin("mlflow")
