@@ -134,7 +134,7 @@ class MlflowHook:
             attach(record, Captured(logs={record.jobid: self.copies.keep_all(list(record.log or []))}))
         elif event == LogEvent.GROUP_ERROR and not self.broken:
             infos = getattr(record, "job_error_info", [])
-            kept = {info["jobid"]: self.copies.keep_all(list(info.get("log") or [])) for info in infos}
+            kept = {info.get("jobid"): self.copies.keep_all(list(info.get("log") or [])) for info in infos}
             attach(record, Captured(logs=kept))
         elif event == LogEvent.JOB_STARTED and self.settings.strict and self.broken:
             raise TrackingStoreError(
