@@ -34,16 +34,9 @@ from snakemake_interface_logger_plugins.common import LogEvent
 from snakemake_logger_plugin_mlflow import LogHandler, LogHandlerSettings
 from snakemake_logger_plugin_mlflow.content import (
     VERSIONS_MARKER,
-    file_digest,
-    flatten,
-    metrics_from_json,
-    parse_benchmark,
-    run_name,
-    safe_key,
-    split_tags,
-    tags_from_json,
     versions_from_log,
 )
+from snakemake_logger_plugin_mlflow.store import store_uri
 
 BIN = Path(sys.executable).parent
 # The data stage of the offline demo only: these tests must not depend on later stages.
@@ -769,7 +762,7 @@ def test_a_snakemake_object_not_found_is_named_once_per_kind(caplog, monkeypatch
     assert job_lost.startswith("MLflow hook: Snakemake 9.27.1's Job object was not found")
     assert "params when it has no --benchmark-extended benchmark file" in job_lost
     assert "container.image tag" in job_lost and "Run with --benchmark-extended" in job_lost
-    assert hook.state.config is None and hook._tracking_uri().endswith("/mlflow.db")
+    assert hook.state.config is None and store_uri(hook.settings, None).endswith("/mlflow.db")
 
     import snakemake.api  # what the snakemake command loads first (snakemake.jobs alone is circular)
     import snakemake.jobs
@@ -817,15 +810,17 @@ def test_one_place_decides_the_store_and_it_needs_no_snakemake(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     hook = MlflowHook(LogHandlerSettings(), logging.getLogger("test.uri"), dryrun=False)
-    assert hook._tracking_uri() == registry.tracking_uri("") == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def the_hooks() -> str:  # the store the hook opens, from its settings and the workflow's config
+        return store_uri(hook.settings, hook.state.config)
+
+    assert the_hooks() == registry.tracking_uri("") == f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert hook._tracking_uri() == registry.tracking_uri("") == "http://127.0.0.1:5000"
+    assert the_hooks() == registry.tracking_uri("") == "http://127.0.0.1:5000"
     hook.state.config = {"mlflow": {"tracking_uri": "sqlite:///configured.db"}}
-    assert (
-        hook._tracking_uri() == registry.tracking_uri("sqlite:///configured.db") == "sqlite:///configured.db"
-    )
+    assert the_hooks() == registry.tracking_uri("sqlite:///configured.db") == "sqlite:///configured.db"
     hook.settings = LogHandlerSettings(tracking_uri="http://127.0.0.1:5001")  # the hook's own setting
-    assert hook._tracking_uri() == "http://127.0.0.1:5001"
+    assert the_hooks() == "http://127.0.0.1:5001"
 
     # The registry step imports it in the pipeline image, where Snakemake is not installed.
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
@@ -841,90 +836,15 @@ def test_one_place_decides_the_store_and_it_needs_no_snakemake(tmp_path, monkeyp
     assert run.stdout.splitlines() == [
         f"sqlite:///{tmp_path / 'mlflow.db'}",
         "No module named 'snakemake_interface_logger_plugins' (the pipeline image has no Snakemake)",
-        "['snakemake_logger_plugin_mlflow', 'snakemake_logger_plugin_mlflow.uri']",
+        "['snakemake_logger_plugin_mlflow', 'snakemake_logger_plugin_mlflow.experiment', "
+        "'snakemake_logger_plugin_mlflow.uri']",
     ]
     # ... and Snakemake still finds the plugin's two classes (they are loaded on first access).
     plugin = LoggerPluginRegistry().get_plugin("mlflow")
     assert plugin.log_handler is LogHandler and plugin.settings_cls is LogHandlerSettings
 
 
-# ---- unit level: the plugin's pieces, and its events against a real store --------------------
-
-
-def test_tags_come_from_the_mlflow_tags_param_and_metrics_json_text():
-    params = {
-        "recipe": '{"lr": 0.1}',
-        "mlflow_tags": '{"sweep": "s", "sweep.widths": [8, 16], "sweep.lr": 0.1}',
-    }
-    rest, tags = split_tags(params)
-    assert rest == {"recipe": '{"lr": 0.1}'} and params["mlflow_tags"]  # a copy: the job's params stay
-    assert tags == {"sweep": "s", "sweep.widths": "[8, 16]", "sweep.lr": "0.1"}
-    assert split_tags({"mlflow_tags": {"a b/c": True}}) == ({}, {"a b/c": "true"})
-    assert split_tags({"mlflow_tags": "not json", "x": 1}) == ({"x": 1}, {})  # no tags, and no param
-    assert split_tags({"x": 1}) == ({"x": 1}, {})
-    data = {"outcome": "diverged", "reason": "x" * 9000, "epochs": 0, "history": []}
-    tags = tags_from_json(data)
-    assert set(tags) == {"outcome", "reason"} and tags["outcome"] == "diverged"
-    assert len(tags["reason"]) == 8000 and tags["reason"].endswith("[truncated]")
-
-
-def test_metrics_json_history_becomes_step_metrics():
-    data = {
-        "test_accuracy": 0.8,
-        "val_accuracy": 0.65,  # the final value of a history series: put at the series' last step
-        "nested": {"a": 1, "flag": True},
-        "history": [
-            {"epoch": 1, "train_loss": 2.0, "val_accuracy": 0.3},
-            {"epoch": 2, "train_loss": 1.0, "val_accuracy": 0.6},
-            {"train_loss": 0.5, "note": "text"},  # no epoch: its index is the step
-        ],
-    }
-    assert metrics_from_json(data) == [
-        ("test_accuracy", 0.8, 0),
-        ("nested.a", 1.0, 0),
-        ("train_loss", 2.0, 1),
-        ("val_accuracy", 0.3, 1),
-        ("train_loss", 1.0, 2),
-        ("val_accuracy", 0.6, 2),
-        ("train_loss", 0.5, 2),
-        ("val_accuracy", 0.65, 2),
-    ]
-
-
-def test_flatten_safe_keys_run_names_and_digests(tmp_path):
-    assert flatten({"settings": '{"a": {"b": 1}, "c": [1, 2]}', "n": None, "l": [{"x": 1}]}, "params") == {
-        "params.settings.a.b": "1",
-        "params.settings.c": "[1, 2]",
-        "params.n": "None",
-        "params.l.0.x": "1",
-    }
-    assert safe_key("a<b>/../c") == "a_b__.._c" and safe_key("ok/key") == "ok/key"
-    assert 240 < len(safe_key("k" * 400)) <= 250
-    assert run_name("train", {"experiment": "a", "dataset": "d"}) == "train/experiment=a,dataset=d"
-    assert run_name("all", {}) == "all"
-    (tmp_path / "f").write_bytes(b"abc")
-    assert file_digest(tmp_path / "f") == hashlib.sha256(b"abc").hexdigest()
-    assert file_digest(tmp_path) == "not hashed: directory"
-    assert file_digest(tmp_path / "missing") == "not hashed: missing"
-    assert file_digest(tmp_path / "f", limit=2) == "not hashed: 0.0 GiB > 0 GiB limit"
-
-
-def test_parse_extended_benchmark(tmp_path):
-    bench = tmp_path / "b.tsv"
-    bench.write_text(
-        "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\tjobid\t"
-        "rule_name\twildcards\tparams\tthreads\tcpu_usage\tresources\tinput_size_mb\n"
-        "1.50\t0:00:01\t65.33\t185.27\t45.27\t51.14\tNA\t0.00\t0.00\t0.50\t1\tprep\t{'d': 'x'}\t"
-        "{'settings': '{\"seed\": 0}', 'n': 3}\t2\t0.00\t{'tmpdir': '/tmp', '_cores': 2}\t{}\n"
-    )
-    parsed = parse_benchmark(bench)
-    assert parsed["rows"][0]["benchmark.runtime_s"] == 1.5 and "benchmark.io_in_mb" not in parsed["rows"][0]
-    assert (
-        parsed["rows"][0]["benchmark.max_rss_mb"] == 65.33
-        and parsed["rows"][0]["benchmark.cpu_time_s"] == 0.5
-    )
-    assert parsed["params"] == {"settings": '{"seed": 0}', "n": 3}
-    assert parsed["wildcards"] == {"d": "x"} and parsed["threads"] == 2
+# ---- the handler fed events by hand, against a real store (its pieces: test_mlflow_hook_parts.py) --
 
 
 def _event(event: LogEvent, level: int = logging.INFO, **fields) -> logging.LogRecord:

@@ -182,6 +182,25 @@ def test_tracking_uri_follows_config_then_environment_then_the_working_directory
     assert tracking_uri is the_hooks  # one place decides the store
 
 
+def test_a_deleted_experiment_is_refused_as_the_hook_refuses_it(tmp_path):
+    """The registry finds or creates the experiment with the hook's function: a deleted one is an
+    error that says how to fix it, not logged to (nor restored, nor created anew)."""
+    from cifarflow.errors import PipelineError
+    from cifarflow.registry import use_experiment
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    client.delete_experiment(client.create_experiment("cifar10"))
+    with pytest.raises(PipelineError) as refused:
+        use_experiment(uri, "cifar10")
+    assert str(refused.value) == (
+        "experiment 'cifar10' is deleted; restore it (mlflow experiments restore) or choose another "
+        "name with config mlflow.experiment"
+    )
+    assert client.get_experiment_by_name("cifar10").lifecycle_stage == "deleted"
+    assert [e.name for e in client.search_experiments()] == ["Default"]
+
+
 @pytest.mark.parametrize("engine", ["docker", "apptainer"])
 def test_choose_names_the_missing_engine_and_the_fix(engine, monkeypatch, tmp_path):
     from cifarflow.engines import choose

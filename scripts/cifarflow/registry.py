@@ -16,8 +16,12 @@ from pathlib import Path
 import numpy as np
 
 # The store register_model writes to is the one the hook logs to, decided in one place (re-exported
-# for register_model.py). That module needs neither Snakemake nor this library.
+# for register_model.py), and the experiment is found or created by the hook's function too. Those
+# modules need neither Snakemake nor this library.
+from snakemake_logger_plugin_mlflow.experiment import ExperimentDeleted, ensure_experiment
 from snakemake_logger_plugin_mlflow.uri import tracking_uri  # noqa: F401
+
+from .errors import PipelineError
 
 log = logging.getLogger("cifarflow")
 
@@ -187,29 +191,20 @@ def register(
     }
 
 
-# The experiment is a model-training one, not GenAI (MLflow UIs that pick the view by this tag open
-# it on the runs table). The MLflow hook sets the same tag where it creates or finds the experiment.
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-
-
 def use_experiment(uri: str, name: str) -> str:
     """Make `name` (config mlflow.experiment, where the hook logs the runs) the experiment the
     registered model is logged in: created when missing, tagged as a model-training experiment
-    unless someone chose another kind (MLflow's own guesses, `*_inferred`, are replaced)."""
+    unless someone chose another kind (the hook's `ensure_experiment`). A deleted one is refused,
+    as the hook refuses it."""
     import mlflow
     from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(tracking_uri=uri)
-    key, kind = EXPERIMENT_KIND
-    found = client.get_experiment_by_name(name)
-    if found is None:
-        experiment_id = client.create_experiment(name, tags={key: kind})
-    else:
-        experiment_id = found.experiment_id
-        current = found.tags.get(key)
-        if not current or current.endswith("_inferred") or current == "no_inferred_type":
-            client.set_experiment_tag(experiment_id, key, kind)
+    try:
+        experiment_id = ensure_experiment(client, name, rename_with="config mlflow.experiment")
+    except ExperimentDeleted as exc:
+        raise PipelineError(str(exc)) from None
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
