@@ -1,5 +1,6 @@
 """Training and export through the real snakemake CLI: demo quality, what reruns and what does
-not, experiments in parallel, resume after SIGKILL, the parity gate."""
+not, resume after SIGKILL, the parity gate. (Experiments in parallel: test_workflow_report, whose
+demo run trains two.)"""
 
 import json
 import os
@@ -116,21 +117,3 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(demo, tmp_path):
     snakemake(workdir, "--until", "train_model", "--configfile", "config/demo.yaml")  # export: not compared
     assert "resuming after epoch" in log.read_text()
     assert without_timings(metrics(workdir, "train")) == without_timings(metrics(demo, "train"))
-
-
-def test_two_experiments_train_in_parallel(tmp_path):
-    workdir = copy_workflow(tmp_path / "wf")
-    write_yaml(workdir / "two.yaml", "experiments:\n  default: {}\n  short:\n    epochs: 2\n    seed: 1\n")
-    run = snakemake(workdir, *DEMO, "two.yaml", "--cores", "4")
-    assert jobs_run(run)["train_model"] == 2 and jobs_run(run)["export_onnx"] == 2
-    spans = []
-    for name in ("default", "short"):
-        assert metrics(workdir, "export", name)["argmax_agreement"] >= 0.9995
-        lines = (workdir / f"logs/train_model/{name}.log").read_text().splitlines()
-        spans.append((lines[0][:8], lines[-1][:8]))  # HH:MM:SS of the first and last line
-    (a_start, a_end), (b_start, b_end) = spans
-    assert a_start <= b_end and b_start <= a_end, spans  # the two trainings overlapped in time
-    assert [len(metrics(workdir, "train", name)["history"]) for name in ("default", "short")] == [4, 2]
-    assert "database is locked" not in run.stdout + run.stderr
-    children = runs_of(sqlite_uri(workdir)).names()
-    assert {"train_model/experiment=default", "train_model/experiment=short"} <= set(children)
