@@ -97,8 +97,8 @@ DEMO_TO_EXPORT = ("--until", "export_onnx", "quantize_onnx", "--configfile", "co
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> Path:
     """config/demo.yaml's data, training and export, run once per session: the modules that need the
-    demo model trained (test_workflow_train, test_workflow_serve) go on from a copy_run of it, so
-    that nobody changes it."""
+    demo model trained go on from a copy_run of it (test_workflow_train, test_workflow_serve) or only
+    read it (test_slurm); nobody changes it."""
     workdir = copy_workflow(tmp_path_factory.mktemp("demo-run") / "wf")
     start = time.perf_counter()
     run = snakemake(workdir, *DEMO_TO_EXPORT)
