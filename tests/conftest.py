@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -72,6 +73,38 @@ def _no_mlflow_uri_leaks():
 @pytest.fixture
 def workflow(tmp_path: Path) -> Path:
     return copy_workflow(tmp_path / "wf")
+
+
+def copy_run(source: Path, target: Path) -> Path:
+    """A copy of a workdir after a run, to go on from without running its jobs again: outputs with
+    their times and Snakemake's records (so nothing reruns), and its MLflow store with the artifact
+    paths of its experiments and runs moved to the copy (MLflow stores them absolute), so that runs
+    in the copy never write into `source`. For workdirs without registered models."""
+    shutil.copytree(source, target, symlinks=True)
+    with sqlite3.connect(target / "mlflow.db") as store:
+        for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
+            moved = f"UPDATE {table} SET {column} = replace({column}, ?, ?)"
+            store.execute(moved, (str(source), str(target)))
+    store.close()
+    return target
+
+
+# The demo's training and export stages: --until first, so that config files given after it extend
+# --configfile.
+DEMO_TO_EXPORT = ("--until", "export_onnx", "quantize_onnx", "--configfile", "config/demo.yaml")
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """config/demo.yaml's data, training and export, run once per session: the modules that need the
+    demo model trained go on from a copy_run of it (test_workflow_train, test_workflow_serve) or only
+    read it (test_slurm); nobody changes it."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("demo-run") / "wf")
+    start = time.perf_counter()
+    run = snakemake(workdir, *DEMO_TO_EXPORT)
+    print(f"demo DAG to export: {time.perf_counter() - start:.1f} s")
+    assert jobs_run(run) == {"prepare_dataset": 1, "train_model": 1, "export_onnx": 1}
+    return workdir
 
 
 def jobs_run(proc: subprocess.CompletedProcess) -> dict[str, int]:

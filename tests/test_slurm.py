@@ -25,7 +25,7 @@ from pathlib import Path
 import onnx
 import pytest
 import yaml
-from conftest import ROOT, copy_workflow, jobs_run, snakemake
+from conftest import ROOT, copy_workflow, jobs_run
 from onnx import numpy_helper
 from slurm_cluster import SlurmCluster, slurm_profile_cluster  # noqa: F401  (fixture)
 from test_mlflow_hook import runs_of, sqlite_uri
@@ -144,12 +144,9 @@ class SlurmRuns:
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory) -> Path:
-    workdir = copy_workflow(tmp_path_factory.mktemp("local") / "wf")
-    start = time.monotonic()
-    snakemake(workdir, *DEMO, "--until", "export_onnx")  # the outputs compared below
-    print(f"local run: {time.monotonic() - start:.1f} s")
-    return workdir
+def local_run(demo_run) -> Path:
+    """The demo to export, run locally: the session's run (conftest.demo_run), only read here."""
+    return demo_run
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,12 @@
 """snakemake --report after a demo run with two experiments: the HTML report opened in headless
 Chromium shows every category with every item loaded and no script error; the zip report holds the
-same items; every figure is a real PNG; re-plotting never retrains. With export.quantize int8, the int8
-model is a target and a versioned job, and not among the model card's jobs (a dry run)."""
+same items; every figure is a real PNG; re-plotting never retrains; the two experiments train in
+parallel. With export.quantize int8, the int8 model is a target and a versioned job, and not among
+the model card's jobs (a dry run)."""
 
 import json
 import re
+import subprocess
 import time
 import zipfile
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from conftest import copy_workflow, jobs_run, nothing_to_do, require_system_part, snakemake, write_yaml
 from PIL import Image
 from report_browser import walk_report
+from test_mlflow_hook import runs_of, sqlite_uri
 
 pytestmark = pytest.mark.workflow
 EXPERIMENTS = ("default", "short")
@@ -71,13 +74,40 @@ def expected_items() -> set[tuple[str, str, str, str]]:
 
 
 @pytest.fixture(scope="module")
-def reported(tmp_path_factory) -> Path:
-    """The demo DAG with two experiments, then both reports (shared by the tests below)."""
+def two_experiments(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The demo DAG with two experiments: its workdir and snakemake's output. Cores enough for every
+    job that the prepared dataset makes ready (audit, both trainings, plot_dataset) to start at once,
+    so that the two trainings run in parallel."""
     workdir = copy_workflow(tmp_path_factory.mktemp("report") / "wf")
     write_yaml(workdir / "two.yaml", TWO)
     start = time.perf_counter()
-    run = snakemake(workdir, *ARGS, timeout=1500)  # about 30 jobs; a shared CI machine takes its time
+    run = snakemake(workdir, *ARGS, "--cores", "8", timeout=1500)  # about 30 jobs; CI takes its time
     print(f"demo DAG, two experiments: {time.perf_counter() - start:.1f} s")
+    return workdir, run
+
+
+def test_two_experiments_train_in_parallel(two_experiments):
+    workdir, run = two_experiments
+    assert jobs_run(run)["train_model"] == 2 and jobs_run(run)["export_onnx"] == 2
+    spans = []
+    for name in EXPERIMENTS:
+        export = json.loads((workdir / f"results/export/{name}/metrics.json").read_text())
+        assert export["argmax_agreement"] >= 0.9995
+        lines = (workdir / f"logs/train_model/{name}.log").read_text().splitlines()
+        spans.append((lines[0][:8], lines[-1][:8]))  # HH:MM:SS of the first and last line
+    (a_start, a_end), (b_start, b_end) = spans
+    assert a_start <= b_end and b_start <= a_end, spans  # the two trainings overlapped in time
+    histories = [json.loads((workdir / f"results/train/{n}/metrics.json").read_text()) for n in EXPERIMENTS]
+    assert [len(h["history"]) for h in histories] == [4, 2]
+    assert "database is locked" not in run.stdout + run.stderr
+    children = runs_of(sqlite_uri(workdir)).names()
+    assert {"train_model/experiment=default", "train_model/experiment=short"} <= set(children)
+
+
+@pytest.fixture(scope="module")
+def reported(two_experiments) -> Path:
+    """The demo DAG with two experiments, then both reports (shared by the tests below)."""
+    workdir, run = two_experiments
     assert jobs_run(run)["train_model"] == 2 and jobs_run(run)["compare_experiments"] == 1
     start = time.perf_counter()
     snakemake(workdir, *ARGS, "--report", "report.html")

@@ -19,7 +19,7 @@ import psutil
 import pytest
 import yaml
 from cifarflow.calibration import calibration_metrics
-from conftest import copy_workflow, jobs_run, nothing_to_do, snakemake
+from conftest import copy_run, jobs_run, nothing_to_do, snakemake
 from mlflow import MlflowClient
 from PIL import Image
 from test_serving import port_free
@@ -58,8 +58,10 @@ def ports_in(server_log: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, podman):
-    wf = copy_workflow(tmp_path_factory.mktemp("serve") / "wf")
+def served(tmp_path_factory, podman, demo_run):
+    """The demo model (a copy of the session's demo run, trained and exported) served, evaluated and
+    registered."""
+    wf = copy_run(demo_run, tmp_path_factory.mktemp("serve") / "wf")
     (wf / "local.yaml").write_text(yaml.safe_dump({"serving": podman}))
     proc = snakemake(wf, REGISTRATION, "--configfile", "config/demo.yaml", "local.yaml", timeout=1500)
     return wf, proc

@@ -1,5 +1,6 @@
 """Training and export through the real snakemake CLI: demo quality, what reruns and what does
-not, experiments in parallel, resume after SIGKILL, the parity gate."""
+not, resume after SIGKILL, the parity gate. (Experiments in parallel: test_workflow_report, whose
+demo run trains two.)"""
 
 import json
 import os
@@ -11,14 +12,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import copy_workflow, jobs_run, nothing_to_do, snakemake, write_yaml
+from conftest import DEMO_TO_EXPORT, copy_run, copy_workflow, jobs_run, nothing_to_do, snakemake, write_yaml
 from test_mlflow_hook import metric_steps, runs_of, sqlite_uri
 from test_training import without_timings
 
 pytestmark = pytest.mark.workflow
 # The training and export stages only (what follows them has tests of its own); --until first, so
 # that further config files given after DEMO extend --configfile.
-DEMO = ("--until", "export_onnx", "quantize_onnx", "--configfile", "config/demo.yaml")
+DEMO = DEMO_TO_EXPORT
 
 
 def demo_dataset(workdir: Path) -> str:
@@ -31,14 +32,10 @@ def metrics(workdir: Path, stage: str, experiment: str = "default") -> dict:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> Path:
-    """One demo run of the whole DAG, shared by the tests below (which run in file order)."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("demo") / "wf")
-    start = time.perf_counter()
-    run = snakemake(workdir, *DEMO)
-    print(f"demo DAG: {time.perf_counter() - start:.1f} s")
-    assert jobs_run(run) == {"prepare_dataset": 1, "train_model": 1, "export_onnx": 1}
-    return workdir
+def demo(tmp_path_factory, demo_run) -> Path:
+    """A copy of the session's demo run (conftest.demo_run: it asserts which jobs ran), shared by the
+    tests below (which run in file order and change it)."""
+    return copy_run(demo_run, tmp_path_factory.mktemp("demo") / "wf")
 
 
 def test_demo_trains_the_synthetic_set_well_and_exports_with_parity(demo):
@@ -117,24 +114,6 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(demo, tmp_path):
     assert resume.exists()
     assert not (workdir / "results/train/default/model.pt").exists()
 
-    snakemake(workdir, *DEMO)
+    snakemake(workdir, "--until", "train_model", "--configfile", "config/demo.yaml")  # export: not compared
     assert "resuming after epoch" in log.read_text()
     assert without_timings(metrics(workdir, "train")) == without_timings(metrics(demo, "train"))
-
-
-def test_two_experiments_train_in_parallel(tmp_path):
-    workdir = copy_workflow(tmp_path / "wf")
-    write_yaml(workdir / "two.yaml", "experiments:\n  default: {}\n  short:\n    epochs: 2\n    seed: 1\n")
-    run = snakemake(workdir, *DEMO, "two.yaml", "--cores", "4")
-    assert jobs_run(run)["train_model"] == 2 and jobs_run(run)["export_onnx"] == 2
-    spans = []
-    for name in ("default", "short"):
-        assert metrics(workdir, "export", name)["argmax_agreement"] >= 0.9995
-        lines = (workdir / f"logs/train_model/{name}.log").read_text().splitlines()
-        spans.append((lines[0][:8], lines[-1][:8]))  # HH:MM:SS of the first and last line
-    (a_start, a_end), (b_start, b_end) = spans
-    assert a_start <= b_end and b_start <= a_end, spans  # the two trainings overlapped in time
-    assert [len(metrics(workdir, "train", name)["history"]) for name in ("default", "short")] == [4, 2]
-    assert "database is locked" not in run.stdout + run.stderr
-    children = runs_of(sqlite_uri(workdir)).names()
-    assert {"train_model/experiment=default", "train_model/experiment=short"} <= set(children)
