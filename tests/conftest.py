@@ -242,7 +242,8 @@ def podman() -> dict:
 
 # Timing summary by phase, at the end of the run. Set-up times come from `make test`
 # (CIFARFLOW_SETUP_TIMES: "install <s>" and "system <s>" lines); a test's phase is its module's,
-# else "workflow" for tests marked workflow (real snakemake runs), else "unit".
+# else "Slurm" for tests marked slurm, "workflow" for tests marked workflow (real snakemake runs),
+# else "unit".
 PHASE_OF_MODULE = {
     "test_serving": "serving",
     "test_engines": "serving",
@@ -250,6 +251,7 @@ PHASE_OF_MODULE = {
     "test_workflow_containers": "containers",
     "test_slurm": "Slurm",
 }
+MARK_PHASES = (("slurm", "Slurm"), ("workflow", "workflow"))
 PHASES = ("install", "system", "unit", "workflow", "serving", "containers", "Slurm")
 _seconds: dict[str, float] = defaultdict(float)
 _started = time.monotonic()
@@ -257,7 +259,9 @@ _started = time.monotonic()
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     module = Path(report.nodeid.split("::")[0]).stem
-    phase = PHASE_OF_MODULE.get(module) or ("workflow" if "workflow" in report.keywords else "unit")
+    phase = PHASE_OF_MODULE.get(module) or next(
+        (name for mark, name in MARK_PHASES if mark in report.keywords), "unit"
+    )
     _seconds[phase] += report.duration  # setup (fixtures included), call and teardown
 
 
