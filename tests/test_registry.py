@@ -18,6 +18,13 @@ def tags(sha: str, dataset: str = "synthetic-tiny") -> dict:
     }
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):
+    """A SQLite store puts its artifacts under ./mlruns of the working directory (MLflow's default
+    artifact root): each test works in its own folder, so nothing lands in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 def registrar(model, tmp_path):  # noqa: F811
     """register() of `model` into a fresh SQLite store, as register_model calls it."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
