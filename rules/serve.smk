@@ -35,7 +35,7 @@ rule evaluate_served_model:
         unpack(dataset_files),
         manifest=rules.build_serving_image.output.manifest,
         model=rules.export_onnx.output.onnx,
-        duplicates=audit_output("duplicates"),  # rules/audit.smk: the accuracies without them
+        duplicates=audit_output("duplicates"),  # rules/audit.smk: the accuracies without near-duplicates
     output:
         metrics="results/evaluate/{experiment}/metrics.json",
         predictions="results/evaluate/{experiment}/predictions.parquet",
