@@ -42,8 +42,8 @@ LABEL_ISSUES = (
     "found by confident learning on the served model's test probabilities "
     "(`results/evaluate/<experiment>/label_issues.parquet`, the report's Evaluation category). The model "
     "judges the labels it is measured on, so its own errors can be among the suspects, and every suspect "
-    "is an image it gets wrong: the accuracy without them is what it would be if they were all label "
-    "errors, never lower than the full figure."
+    "is an image it gets wrong: the accuracy without them is never lower than the full figure, and no "
+    "measure of the model."
 )
 NO_LABEL_ISSUES = (
     "Not in this evaluation's metrics.json, written before evaluations looked for label errors: rerun "
