@@ -35,10 +35,11 @@ rule evaluate_served_model:
         unpack(dataset_files),
         manifest=rules.build_serving_image.output.manifest,
         model=rules.export_onnx.output.onnx,
-        duplicates=audit_output("duplicates"),  # rules/audit.smk: the clean test accuracy
+        duplicates=audit_output("duplicates"),  # rules/audit.smk: the accuracies without near-duplicates
     output:
         metrics="results/evaluate/{experiment}/metrics.json",
         predictions="results/evaluate/{experiment}/predictions.parquet",
+        label_issues="results/evaluate/{experiment}/label_issues.parquet",
         confusion=report(
             "results/evaluate/{experiment}/confusion_matrix.png",
             caption="../report/confusion_matrix.rst",
@@ -50,6 +51,12 @@ rule evaluate_served_model:
             caption="../report/latency_histogram.rst",
             category="Serving",
             labels={"experiment": "{experiment}", "figure": "latency histogram"},
+        ),
+        label_issue_grid=report(
+            "results/evaluate/{experiment}/label_issues.png",
+            caption="../report/label_issues.rst",
+            category="Evaluation",
+            labels={"experiment": "{experiment}", "figure": "suspected label errors"},
         ),
     log:
         rule="logs/evaluate_served_model/{experiment}.log",

@@ -5,6 +5,7 @@ import pytest
 from cifarflow.calibration import calibration_metrics
 from cifarflow.errors import PipelineError
 from cifarflow.evaluation import quality_gate, request_limit, served_figures
+from cifarflow.label_issues import label_issue_figures
 from cifarflow.runtime import write_metrics
 
 CLASSES = ["a", "b", "c"]
@@ -52,6 +53,20 @@ def test_the_figures_of_an_evaluation_by_hand(tmp_path):
     assert (figures["batch_size"], figures["concurrency"]) == (2, 3)
     assert len(figures) == 2 + 2 + 2 * len(CLASSES) + 4 + 4 + 9  # nothing else in metrics.json
     write_metrics(tmp_path / "metrics.json", figures)  # every figure is a finite number
+
+
+def test_the_label_issue_figures_join_metrics_json_beside_the_clean_accuracy(tmp_path):
+    """What evaluate_served adds: label_issue_figures of the served probabilities and the audit's clean
+    mask; their names do not collide with served_figures', and every one is a finite number."""
+    figures = figures_of(SERVED)
+    issues, extra = label_issue_figures(SERVED, LABELS, CLEAN)
+    assert not figures.keys() & extra.keys()
+    assert extra["test_label_issue_count"] == len(issues)
+    assert extra["test_label_issue_fraction"] == round(len(issues) / 4, 6)
+    # no suspect would leave the accuracy as it is; each suspect is a wrong prediction, so never lower
+    assert extra["accuracy_without_label_issues"] >= figures["accuracy"]
+    assert extra["images_without_both"] <= min(extra["images_without_label_issues"], figures["clean_images"])
+    write_metrics(tmp_path / "metrics.json", figures | extra)
 
 
 def test_a_served_prediction_unlike_the_offline_one_fails_naming_its_row():

@@ -200,6 +200,86 @@ def test_empty_table_has_the_columns():
     assert table["index"].dtype == np.int64 and isinstance(table, pd.DataFrame)
 
 
+# --- the evaluation's call: the test split's table and the accuracies without suspects and duplicates ---
+
+COLUMNS = ["split", "index", "file", "given_label", "suggested_label", "self_confidence", "rank"]
+
+
+def test_the_three_accuracies_by_hand():
+    # HAND with I made wrong but not flagged: [.45, .20, .35] labelled 2 (threshold of 0 is .567, so
+    # I is confident in no class and counted nowhere). Correct: A B D E G H; wrong: C F (flagged), I.
+    probs = HAND_PROBS.copy()
+    probs[8] = [0.45, 0.20, 0.35]
+    clean = np.array([True, True, False, True, True, True, False, True, True])  # C, G: near-duplicates
+    table, figures = li.label_issue_figures(probs, HAND_LABELS, clean, files=list("ABCDEFGHI"))
+    assert list(table.columns) == COLUMNS
+    assert table[["split", "index", "file", "given_label", "suggested_label", "rank"]].values.tolist() == [
+        ["test", 2, "C", 0, 1, 1],
+        ["test", 5, "F", 1, 2, 2],
+    ]
+    assert figures == {
+        "test_label_issue_count": 2,
+        "test_label_issue_fraction": round(2 / 9, 6),
+        "accuracy_without_label_issues": round(6 / 7, 6),  # A B D E G H of the 7 but C F
+        "images_without_label_issues": 7,
+        "accuracy_without_both": round(5 / 6, 6),  # A B D E H of A B D E H I (C F G out)
+        "images_without_both": 6,
+    }
+    # without the near-duplicates alone: the evaluation's clean_accuracy, 5 of A B D E F H I
+    from cifarflow.audit import clean_accuracy
+
+    assert clean_accuracy(HAND_LABELS, probs.argmax(axis=1), clean)["clean_accuracy"] == round(5 / 7, 6)
+
+
+def test_planted_flips_with_confident_probabilities_are_found():
+    """300 images, 3 classes, the true class at 0.9 for every image, six labels flipped: the model is
+    confident in the true class, so the six flipped images are the suspects, the given label's
+    probability lowest first."""
+    rng = np.random.default_rng(3)
+    true = np.repeat([0, 1, 2], 100)
+    probs = np.full((300, 3), 0.05)
+    probs[np.arange(300), true] = 0.9
+    flipped = np.array([7, 42, 123, 150, 201, 277])
+    given = true.copy()
+    given[flipped] = (true[flipped] + rng.integers(1, 3, 6)) % 3
+    doubt = flipped[:3]  # a little doubt: .08 on the given label, .02 on the third (true: .9)
+    probs[doubt] = 0.02
+    probs[doubt, given[doubt]], probs[doubt, true[doubt]] = 0.08, 0.9
+    table, figures = li.label_issue_figures(probs, given, np.ones(300, dtype=bool))
+    assert sorted(table["index"]) == flipped.tolist()
+    assert table["index"].tolist()[:3] == flipped[3:].tolist()  # lowest self-confidence (.05) first
+    assert (table["suggested_label"].to_numpy() == true[table["index"]]).all()
+    assert (table["given_label"].to_numpy() == given[table["index"]]).all()
+    assert table["file"].isna().all() and (table["split"] == "test").all()
+    assert figures["test_label_issue_count"] == 6 and figures["test_label_issue_fraction"] == 0.02
+    # every image but the flipped ones is right: without them the accuracy is 1, with them 294 / 300
+    assert figures["accuracy_without_label_issues"] == figures["accuracy_without_both"] == 1.0
+    assert figures["images_without_label_issues"] == figures["images_without_both"] == 294
+
+
+def test_no_suspects_keep_every_image_and_the_columns():
+    probs = np.eye(3)[[0, 1, 2, 0, 1, 2]] * 0.9 + 0.1 / 3
+    clean = np.array([True, True, True, True, True, False])
+    table, figures = li.label_issue_figures(probs, np.array([0, 1, 2, 0, 1, 2]), clean)
+    assert table.empty and list(table.columns) == COLUMNS
+    assert figures["test_label_issue_count"] == 0 and figures["test_label_issue_fraction"] == 0.0
+    assert figures["images_without_label_issues"] == 6 and figures["images_without_both"] == 5
+
+
+@pytest.mark.parametrize(
+    ("clean", "files", "message"),
+    [
+        (np.ones(8, dtype=bool), None, r"clean must be a boolean mask of the 9 test images.*clean_mask"),
+        (np.ones(9), None, r"clean must be a boolean mask.*dtype float64"),
+        (np.ones(9, dtype=bool), ["a.png"], r"files must name one file per image \(9\), got 1"),
+    ],
+    ids=["clean-length", "clean-dtype", "files-length"],
+)
+def test_bad_mask_or_files_say_cause_and_fix(clean, files, message):
+    with pytest.raises(ValueError, match=message):
+        li.label_issue_figures(HAND_PROBS, HAND_LABELS, clean, files)
+
+
 # --- agreement with cleanlab ------------------------------------------------------------------------
 
 

@@ -36,6 +36,12 @@ def inputs() -> mc.CardInputs:
         "recall_dog": 0.93,
         "precision_frog": 0.96,
         "recall_frog": 0.999,
+        "test_label_issue_count": 4,
+        "test_label_issue_fraction": 0.013333,
+        "accuracy_without_label_issues": 0.925676,
+        "images_without_label_issues": 296,
+        "accuracy_without_both": 0.930556,
+        "images_without_both": 288,
     }
     return mc.CardInputs(
         experiment="default",
@@ -136,6 +142,7 @@ SECTIONS = [
     "Out-of-scope use",
     "Data",
     "Audit",
+    "Label issues",
     "Metrics",
     "Per class",
     "Calibration",
@@ -218,13 +225,38 @@ def test_audit_and_limitations_are_measured(inputs):
     assert "without such a near-duplicate: 90.50% on 293 images (all test images: 91.33%)" in md
 
 
+def test_label_issues_show_the_count_and_the_three_accuracies_each_named(inputs):
+    md, page = mc.render(inputs)
+    section = md[md.index("### Label issues") : md.index("## Metrics")]
+    assert "found by confident learning on the served model's test probabilities" in section
+    assert "its own errors can be among the suspects" in section
+    assert "| suspected label errors in the test split | 4 (1.33%) |" in section
+    assert "| test accuracy, all test images | 91.33% on 300 images |" in section
+    assert "| test accuracy without suspected label errors | 92.57% on 296 images |" in section
+    assert "| test accuracy without both | 93.06% on 288 images |" in section
+    assert "without near-duplicates of train/val" not in section  # no clean accuracy in this evaluation
+    assert "<h3>Label issues</h3>" in page and "test accuracy without suspected label errors" in page
+
+    inputs.evaluation |= {"clean_accuracy": 0.905, "clean_images": 293}  # the audit's evaluation keys
+    md, _ = mc.render(inputs)
+    section = md[md.index("### Label issues") : md.index("## Metrics")]
+    rows = [line.split(" | ")[0].lstrip("| ") for line in section.splitlines() if line.startswith("| test")]
+    assert rows == [
+        "test accuracy, all test images",
+        "test accuracy without suspected label errors",
+        "test accuracy without near-duplicates of train/val",
+        "test accuracy without both",
+    ]
+    assert "| test accuracy without near-duplicates of train/val | 90.50% on 293 images |" in section
+
+
 def test_optional_parts_missing(inputs):
     bare = copy.deepcopy(inputs)
     bare.audit = bare.robustness = None
     bare.versions = {}
     bare.export = {k: v for k, v in bare.export.items() if not k.startswith(("temperature", "test_ece"))}
     bare.manifest["source_revision"] = "unknown"
-    for key in mc.CALIBRATION_KEYS:  # an evaluation from before calibration was measured
+    for key in mc.CALIBRATION_KEYS | mc.LABEL_ISSUE_KEYS:  # an evaluation from before they were measured
         del bare.evaluation[key]
     md, page = mc.render(bare)
     assert "No dataset audit ran in this workflow" in md
@@ -232,6 +264,7 @@ def test_optional_parts_missing(inputs):
     assert "Hardest corruptions" not in md and "temperature-scaled" not in md
     assert "No job recorded its versions." in md and "unknown (not built from a git checkout)" in md
     assert "### Calibration\n\n" + mc.NO_CALIBRATION in md and "Probabilities:" not in md
+    assert "### Label issues\n\n" + mc.NO_LABEL_ISSUES in md and "suspected label errors in" not in md
     assert "<h2>Limitations</h2>" in page
 
 

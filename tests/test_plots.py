@@ -85,6 +85,31 @@ def test_confidently_wrong_grid_titles_each_image_with_true_and_predicted_class(
     assert "no misclassified images among 4 test images" in none.axes[0].texts[0].get_text()
 
 
+def test_label_issue_grid_titles_each_suspect_with_given_and_suggested_label():
+    images = np.zeros((40, 32, 32, 3), dtype=np.uint8)
+    issues = pd.DataFrame(
+        {
+            "split": "test",
+            "index": [7, 31, 2],
+            "file": pd.array([None] * 3, dtype="string"),
+            "given_label": [0, 2, 1],
+            "suggested_label": [1, 0, 2],
+            "self_confidence": [0.012, 0.25, 0.4],
+            "rank": [1, 2, 3],
+        }
+    )
+    fig = plots.label_issue_grid(images, issues, CLASSES, total=40, limit=2, columns=3)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == [
+        "test #7\ngiven: cat 1.2%\nsuggested: dog",
+        "test #31\ngiven: frog 25.0%\nsuggested: cat",
+    ]
+    assert "The 2 most likely of 3 suspected label errors among 40 test images" in fig._suptitle.get_text()
+
+    none = plots.label_issue_grid(images, issues.iloc[:0], CLASSES, total=40)
+    assert "no suspected label errors among 40 test images" in none.axes[0].texts[0].get_text()
+
+
 def test_comparison_chart_has_a_bar_per_experiment_and_says_what_was_not_measured():
     table = pd.DataFrame(
         {

@@ -65,6 +65,7 @@ def expected_items() -> set[tuple[str, str, str, str]]:
         ("Evaluation", "per-class precision and recall", "per_class.html"),
         ("Evaluation", "most confidently wrong", "confidently_wrong.png"),
         ("Evaluation", "reliability diagram", "reliability.png"),
+        ("Evaluation", "suspected label errors", "label_issues.png"),
         ("Robustness", "accuracy table", "corruption_accuracy.html"),
         ("Robustness", "heat map", "corruption_heatmap.png"),
         ("Model card", "model card", "model_card.html"),
@@ -222,6 +223,16 @@ def test_the_model_card_shows_the_runs_own_figures_and_is_in_the_registry(report
             f"without such a near-duplicate: {mc.pct(evaluation['clean_accuracy'])} on "
             f"{mc.number(evaluation['clean_images'])} images" in card
         )
+        # the suspected label errors and the three accuracies, each named
+        count = mc.number(evaluation["test_label_issue_count"])
+        assert f"| suspected label errors in the test split | {count} (" in card
+        for name, key, images in (
+            ("suspected label errors", "accuracy_without_label_issues", "images_without_label_issues"),
+            ("near-duplicates of train/val", "clean_accuracy", "clean_images"),
+            ("both", "accuracy_without_both", "images_without_both"),
+        ):
+            shown = f"{mc.pct(evaluation[key])} on {mc.number(evaluation[images])} images"
+            assert f"| test accuracy without {name} | {shown} |" in card, name
         # the card is a file of the registered version, read back from the store
         store = f"sqlite:///{reported / 'mlflow.db'}"
         mlflow.set_registry_uri(store)  # models:/ resolves through the registry (reset after the test)

@@ -18,6 +18,7 @@ import pandas as pd
 import psutil
 import pytest
 import yaml
+from cifarflow.audit import clean_mask
 from cifarflow.calibration import calibration_metrics
 from conftest import copy_run, jobs_run, nothing_to_do, snakemake
 from mlflow import MlflowClient
@@ -145,6 +146,36 @@ def test_the_served_model_matches_offline_onnx_runtime_and_its_figures_are_compl
     for png in ("confusion_matrix.png", "latency_histogram.png"):
         with Image.open(wf / f"results/evaluate/{EXP}/{png}") as image:
             assert image.format == "PNG" and min(image.size) > 300
+    # suspected label errors of the test split (confident learning on the served probabilities)
+    issues = pd.read_parquet(wf / f"results/evaluate/{EXP}/label_issues.parquet")
+    columns = ["split", "index", "file", "given_label", "suggested_label", "self_confidence", "rank"]
+    assert list(issues.columns) == columns
+    assert metrics["test_label_issue_count"] == len(issues)
+    assert metrics["test_label_issue_fraction"] == pytest.approx(len(issues) / metrics["images"], abs=1e-6)
+    rows = issues["index"].to_numpy()
+    assert (issues["split"] == "test").all() and issues["file"].isna().all()  # no file names kept
+    assert (issues["given_label"].to_numpy() == labels[rows]).all()
+    assert (issues["suggested_label"].to_numpy() == table["predicted"].to_numpy()[rows]).all()
+    assert issues["rank"].tolist() == list(range(1, len(issues) + 1))
+    given = probabilities[rows, labels[rows]].astype(np.float64)  # the served probability of the label
+    assert (issues["self_confidence"].to_numpy() == given).all()
+    # the accuracies without them, without the near-duplicates (clean_accuracy), without both
+    correct = (table["predicted"] == table["label"]).to_numpy()
+    plausible = np.ones(len(table), dtype=bool)
+    plausible[rows] = False
+    clean = clean_mask(pd.read_parquet(next((wf / "results/audit").glob("*/duplicates.parquet"))), len(table))
+    for key, kept in (
+        ("label_issues", plausible),
+        ("duplicates", clean),
+        ("both", plausible & clean),
+    ):
+        accuracy = metrics["clean_accuracy"] if key == "duplicates" else metrics[f"accuracy_without_{key}"]
+        images = metrics["clean_images"] if key == "duplicates" else metrics[f"images_without_{key}"]
+        assert images == kept.sum() and 0 <= accuracy <= 1, key
+        assert accuracy == pytest.approx(correct[kept].mean(), abs=1e-6), key
+    assert metrics["accuracy_without_label_issues"] >= metrics["accuracy"]  # every suspect is a wrong answer
+    with Image.open(wf / f"results/evaluate/{EXP}/label_issues.png") as image:
+        assert image.format == "PNG" and min(image.size) > 150  # the empty panel when there are none
 
 
 def test_the_server_was_stopped_and_its_ports_freed(served):
@@ -179,6 +210,9 @@ def test_the_model_is_registered_with_signature_tags_and_the_champion_alias(serv
         experiment_names=["cifar10"], filter_string="tags.`snakemake.rule` = 'evaluate_served_model'"
     )
     assert len(runs) == 1 and runs["metrics.accuracy"][0] == pytest.approx(record["accuracy"])
+    evaluation = read_json(wf / f"results/evaluate/{EXP}/metrics.json")
+    for key in ("test_label_issue_count", "test_label_issue_fraction", "accuracy_without_both"):
+        assert runs[f"metrics.{key}"][0] == pytest.approx(evaluation[key]), key
 
 
 def test_the_model_card_names_the_image_and_is_a_file_of_the_registered_version(served):
@@ -189,6 +223,11 @@ def test_the_model_card_names_the_image_and_is_a_file_of_the_registered_version(
     assert "| engine | podman |" in card and f"| image | `{manifest['image']}` |" in card
     assert f"| image id | `{manifest['image_id']}` |" in card
     assert "| served = offline ONNX Runtime, every test image | yes |" in card
+    evaluation = read_json(wf / f"results/evaluate/{EXP}/metrics.json")
+    count, share = evaluation["test_label_issue_count"], evaluation["test_label_issue_fraction"]
+    assert f"| suspected label errors in the test split | {count} ({share * 100:.2f}%) |" in card
+    without = f"{evaluation['accuracy_without_both'] * 100:.2f}% on {evaluation['images_without_both']:,}"
+    assert f"| test accuracy without both | {without} images |" in card
     store = f"sqlite:///{wf / 'mlflow.db'}"
     mlflow.set_registry_uri(store)  # models:/ resolves through the registry (reset after the test)
     stored = mlflow.artifacts.download_artifacts(artifact_uri=record["model_card"], tracking_uri=store)

@@ -2,8 +2,9 @@
 
 The client is tritonclient (an implementation of the protocol independent of the server). Images
 travel as raw binary tensors; a batch is sent by one of `concurrency` threads, each with its own
-channel. Every served prediction must equal the offline one; the figures and plots follow, and the
-quality gate (evaluate.min_accuracy) decides whether the model may be registered.
+channel. Every served prediction must equal the offline one; the figures and plots follow (the
+suspected label errors of the test split among them: label_issues.py), and the quality gate
+(evaluate.min_accuracy) decides whether the model may be registered.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from .calibration import calibration_metrics
 from .dataset import load_meta, load_split
 from .engines import ServerSpec, container_name, running
 from .errors import PipelineError
-from .plots import confusion_matrix, latency_histogram, save_png
+from .label_issues import label_issue_figures
+from .plots import confusion_matrix, label_issue_grid, latency_histogram, save_png
 from .runtime import atomic_path, progress
 from .serving.inference import INPUT, OUTPUTS, load_session, ort_runner, predict
 
@@ -207,8 +209,9 @@ def evaluate_served(
     out: Path,
 ) -> dict:
     """Run the image of `manifest`, send it the test split of `data` over gRPC, compare with `model`
-    in process, apply the gate; write the plots and predictions.parquet to `out` and return the
-    figures. `settings`: the `serving` and `evaluate` config sections."""
+    in process, apply the gate; write the plots, predictions.parquet and label_issues.parquet (the
+    test images whose given label is suspect, by confident learning on the served probabilities) to
+    `out` and return the figures. `settings`: the `serving` and `evaluate` config sections."""
     serving, evaluate = settings["serving"], settings["evaluate"]
     class_names = load_meta(data)["class_names"]
     test = load_split(data, "test", mmap=False)
@@ -247,6 +250,9 @@ def evaluate_served(
     figures = served_figures(
         served, offline, labels, clean, latency, (served_s, offline_s), class_names, evaluate
     )
+    # The prepared dataset keeps no image file names, so the table's `file` is null.
+    issues, issue_figures = label_issue_figures(served, labels, clean)
+    figures |= issue_figures
     log.info(
         "calibration as served: ECE %.4f, NLL %.4f, Brier %.4f, mean confidence %.4f",
         figures["ece"],
@@ -269,6 +275,14 @@ def evaluate_served(
         100 * figures["throughput_ratio"],
         len(images) / offline_s,
     )
+    log.info(
+        "suspected label errors (confident learning on the served probabilities): %d of %d test images; "
+        "accuracy without them %.4f, without them and the near-duplicates %.4f",
+        figures["test_label_issue_count"],
+        len(labels),
+        figures["accuracy_without_label_issues"],
+        figures["accuracy_without_both"],
+    )
     quality_gate(figures, evaluate["min_accuracy"])
 
     predicted = served.argmax(1)
@@ -276,6 +290,9 @@ def evaluate_served(
     matrix = confusion(labels, predicted, len(class_names))
     save_png(confusion_matrix(matrix, class_names, title), out / "confusion_matrix.png")
     save_png(latency_histogram(latency, title), out / "latency_histogram.png")
+    save_png(label_issue_grid(images, issues, class_names, len(labels)), out / "label_issues.png")
+    with atomic_path(out / "label_issues.parquet") as tmp:
+        issues.to_parquet(tmp, index=False)
     table = pd.DataFrame(
         {
             "index": np.arange(len(images)),

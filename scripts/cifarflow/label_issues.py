@@ -24,6 +24,10 @@ docs/audit.md says why this is not a dependency. Definitions:
 
 Ties (equal margins or self-confidences) are broken by image index, lowest first; cleanlab's
 unstable sort may order them otherwise, which matters only for exactly equal probabilities.
+
+In the workflow: `label_issue_figures`, called by evaluation.evaluate_served on the test split's
+served probabilities (the evaluated model never trained on the test split, so they are out of
+sample, but it is the model being judged: its own errors can be among the suspects).
 """
 
 from __future__ import annotations
@@ -209,3 +213,61 @@ def label_issues_table(pred_probs: np.ndarray, labels: np.ndarray) -> pd.DataFra
             "rank": np.arange(1, ranked.size + 1, dtype=np.int64),
         }
     )
+
+
+def split_issues(
+    split: str, pred_probs: np.ndarray, labels: np.ndarray, files: list[str] | None = None
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """The suspected label errors of one split, as a table and its figures.
+
+    Table: `label_issues_table`'s rows with `split` and `file` (the image's file name, where the
+    dataset records one; else null) in front. Figures: `<split>_label_issue_count` and
+    `<split>_label_issue_fraction` (of the split's images): prefixed, so that several splits share one
+    metrics.json."""
+    table = label_issues_table(pred_probs, labels)
+    n = len(labels)
+    if files is not None and len(files) != n:
+        raise ValueError(
+            f"files must name one file per image ({n}), got {len(files)}: pass the split's file names in "
+            "the order of its images, or None where the dataset does not record them"
+        )
+    names = [files[i] for i in table["index"]] if files is not None else [None] * len(table)
+    table.insert(0, "file", pd.array(names, dtype="string"))
+    table.insert(0, "split", split)
+    table = table[["split", "index", "file", "given_label", "suggested_label", "self_confidence", "rank"]]
+    figures = {
+        f"{split}_label_issue_count": len(table),
+        f"{split}_label_issue_fraction": round(len(table) / n, 6),
+    }
+    return table, figures
+
+
+def _accuracy(correct: np.ndarray, kept: np.ndarray) -> float:
+    # 0.0 when nothing is kept, as audit.clean_accuracy does (metrics.json refuses NaN)
+    return round(float(correct[kept].mean()), 6) if kept.any() else 0.0
+
+
+def label_issue_figures(
+    pred_probs: np.ndarray, labels: np.ndarray, clean: np.ndarray, files: list[str] | None = None
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """The test split's suspected label errors (`split_issues`, split "test", from the evaluated
+    model's probabilities) and the test accuracy without them: `accuracy_without_label_issues` on
+    `images_without_label_issues`, and `accuracy_without_both` on `images_without_both`, also without
+    the images that are not `clean` (True: no near-duplicate in train or val; audit.clean_mask). The
+    accuracy without the near-duplicates alone is the evaluation's `clean_accuracy`."""
+    table, figures = split_issues("test", pred_probs, labels, files)
+    clean = np.asarray(clean)
+    if clean.dtype != bool or clean.shape != (len(labels),):
+        raise ValueError(
+            f"clean must be a boolean mask of the {len(labels)} test images, got dtype {clean.dtype} and "
+            f"shape {clean.shape}: pass audit.clean_mask of the same split"
+        )
+    correct = np.asarray(pred_probs).argmax(axis=1) == np.asarray(labels)
+    plausible = np.ones(len(labels), dtype=bool)
+    plausible[table["index"].to_numpy()] = False
+    return table, figures | {
+        "accuracy_without_label_issues": _accuracy(correct, plausible),
+        "images_without_label_issues": int(plausible.sum()),
+        "accuracy_without_both": _accuracy(correct, plausible & clean),
+        "images_without_both": int((plausible & clean).sum()),
+    }

@@ -29,6 +29,26 @@ AUDIT_KEYS = (
 CLEAN_ACCURACY_KEYS = ("clean_test_accuracy", "clean_accuracy")
 WORST = 3  # classes and corruptions named under Limitations
 CALIBRATION_KEYS = {"ece", "nll", "brier", "mean_confidence"}
+LABEL_ISSUE_KEYS = {
+    "test_label_issue_count",
+    "test_label_issue_fraction",
+    "accuracy_without_label_issues",
+    "images_without_label_issues",
+    "accuracy_without_both",
+    "images_without_both",
+}
+LABEL_ISSUES = (
+    "Suspected label errors: test images whose given label the served model confidently contradicts, "
+    "found by confident learning on the served model's test probabilities "
+    "(`results/evaluate/<experiment>/label_issues.parquet`, the report's Evaluation category). The model "
+    "judges the labels it is measured on, so its own errors can be among the suspects, and every suspect "
+    "is an image it gets wrong: the accuracy without them is never lower than the full figure, and no "
+    "measure of the model."
+)
+NO_LABEL_ISSUES = (
+    "Not in this evaluation's metrics.json, written before evaluations looked for label errors: rerun "
+    "evaluate_served_model (snakemake --forcerun evaluate_served_model)."
+)
 NO_CALIBRATION = (
     "Not in this evaluation's metrics.json, written before evaluations measured calibration: "
     "rerun evaluate_served_model (snakemake --forcerun evaluate_served_model)."
@@ -168,6 +188,34 @@ def _data_section(c: CardInputs, blocks: list[Block]) -> None:
             f"(all test images: {pct(c.evaluation['accuracy'])})"
         )
     blocks.append(("ul", items))
+
+
+def _label_issues_section(c: CardInputs, blocks: list[Block]) -> None:
+    e = c.evaluation
+    blocks.append(("h3", "Label issues"))
+    if not e.keys() >= LABEL_ISSUE_KEYS:
+        blocks.append(("p", NO_LABEL_ISSUES))
+        return
+
+    def on(accuracy: float, images: int) -> str:
+        return f"{pct(accuracy)} on {number(images)} images"
+
+    rows = [
+        [
+            "suspected label errors in the test split",
+            f"{number(e['test_label_issue_count'])} ({pct(e['test_label_issue_fraction'])})",
+        ],
+        ["test accuracy, all test images", on(e["accuracy"], e["images"])],
+        [
+            "test accuracy without suspected label errors",
+            on(e["accuracy_without_label_issues"], e["images_without_label_issues"]),
+        ],
+    ]
+    clean = clean_accuracy(e)
+    if clean is not None and isinstance(e.get("clean_images"), int):
+        rows.append(["test accuracy without near-duplicates of train/val", on(clean, e["clean_images"])])
+    rows.append(["test accuracy without both", on(e["accuracy_without_both"], e["images_without_both"])])
+    blocks += [("p", LABEL_ISSUES), ("table", ["figure", "value"], rows)]
 
 
 def _audit_value(value: Any) -> str:
@@ -401,6 +449,7 @@ def build(c: CardInputs) -> list[Block]:
         ),
     ]
     _data_section(c, blocks)
+    _label_issues_section(c, blocks)
     _metrics_section(c, blocks)
     _served_section(c, blocks)
     _limitations_section(c, blocks)

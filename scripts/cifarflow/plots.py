@@ -1,6 +1,6 @@
-"""The figures, drawn with matplotlib (Agg): the evaluation's confusion matrix and latency histogram,
-and the report's sample grids, training curves, most confidently wrong test images and experiment
-comparison. Functions take data, return figures; save_png writes them."""
+"""The figures, drawn with matplotlib (Agg): the evaluation's confusion matrix, latency histogram and
+suspected label errors, and the report's sample grids, training curves, most confidently wrong test
+images and experiment comparison. Functions take data, return figures; save_png writes them."""
 
 from __future__ import annotations
 
@@ -179,6 +179,48 @@ def confidently_wrong_grid(
     fig.suptitle(
         f"The {len(wrong)} most confidently wrong of {misclassified:,} misclassified test images"
         f" ({misclassified / total:.1%} of {total:,})",
+        fontsize=10,
+        y=1 - 0.1 / height,
+        va="top",
+    )
+    return fig
+
+
+def label_issue_grid(
+    images: np.ndarray,
+    issues: pd.DataFrame,
+    class_names: list[str],
+    total: int,
+    limit: int = 24,
+    columns: int = 6,
+) -> Figure:
+    """The first `limit` rows of a label-issue table (label_issues.split_issues: most likely
+    mislabelled first), each image titled with its split and index, the given label with its
+    probability (the self-confidence) and the suggested label; `total`: the split's images."""
+    if issues.empty:
+        return _empty_panel(
+            f"no suspected label errors among {total:,} test images\n"
+            "(confident learning on the served model's test probabilities:\n"
+            "no image's given label is confidently another class)"
+        )
+    shown = issues.head(limit)
+    rows = math.ceil(len(shown) / columns)
+    height = rows * 2.1 + 0.5
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, height), squeeze=False)
+    # Fixed spacing (three title lines per image), as confidently_wrong_grid.
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.95 / height, hspace=0.55, wspace=0.08)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, row in zip(axes.flat, shown.itertuples(index=False), strict=False):
+        ax.imshow(images[int(row.index)], interpolation="nearest")
+        ax.set_title(
+            f"{row.split} #{int(row.index)}\ngiven: {class_names[int(row.given_label)]} "
+            f"{row.self_confidence:.1%}\nsuggested: {class_names[int(row.suggested_label)]}",
+            fontsize=8,
+        )
+    fig.suptitle(
+        f"The {len(shown)} most likely of {len(issues):,} suspected label errors among {total:,} test"
+        " images (given label with its probability)",
         fontsize=10,
         y=1 - 0.1 / height,
         va="top",
