@@ -150,6 +150,25 @@ def _empty_panel(text: str) -> Figure:
     return fig
 
 
+def _image_grid(
+    images: np.ndarray, indices: list[int], titles: list[str], suptitle: str, columns: int
+) -> Figure:
+    """`images[indices]` in rows of `columns`, each under its three-line title, the whole under
+    `suptitle`."""
+    rows = math.ceil(len(indices) / columns)
+    height = rows * 2.1 + 0.5
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, height), squeeze=False)
+    # Fixed spacing (three title lines per image); tight/constrained layouts misplace them.
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.95 / height, hspace=0.55, wspace=0.08)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, index, title in zip(axes.flat, indices, titles, strict=False):
+        ax.imshow(images[index], interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+    fig.suptitle(suptitle, fontsize=10, y=1 - 0.1 / height, va="top")
+    return fig
+
+
 def confidently_wrong_grid(
     images: np.ndarray,
     wrong: pd.DataFrame,
@@ -162,28 +181,19 @@ def confidently_wrong_grid(
     predicted class with its probability."""
     if wrong.empty:
         return _empty_panel(f"no misclassified images among {total:,} test images")
-    rows = math.ceil(len(wrong) / columns)
-    height = rows * 2.1 + 0.5
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, height), squeeze=False)
-    # Fixed spacing (three title lines per image); tight/constrained layouts misplace them.
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.95 / height, hspace=0.55, wspace=0.08)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, row in zip(axes.flat, wrong.itertuples(index=False), strict=False):
-        ax.imshow(images[int(row.index)], interpolation="nearest")
-        ax.set_title(
+    rows = list(wrong.itertuples(index=False))
+    return _image_grid(
+        images,
+        [int(row.index) for row in rows],
+        [
             f"test #{int(row.index)}\ntrue: {class_names[int(row.label)]}\n"
-            f"pred: {class_names[int(row.predicted)]} {row.confidence:.0%}",
-            fontsize=8,
-        )
-    fig.suptitle(
+            f"pred: {class_names[int(row.predicted)]} {row.confidence:.0%}"
+            for row in rows
+        ],
         f"The {len(wrong)} most confidently wrong of {misclassified:,} misclassified test images"
         f" ({misclassified / total:.1%} of {total:,})",
-        fontsize=10,
-        y=1 - 0.1 / height,
-        va="top",
+        columns,
     )
-    return fig
 
 
 def label_issue_grid(
@@ -203,29 +213,19 @@ def label_issue_grid(
             "(confident learning on the served model's test probabilities:\n"
             "no image's given label is confidently another class)"
         )
-    shown = issues.head(limit)
-    rows = math.ceil(len(shown) / columns)
-    height = rows * 2.1 + 0.5
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, height), squeeze=False)
-    # Fixed spacing (three title lines per image), as confidently_wrong_grid.
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.95 / height, hspace=0.55, wspace=0.08)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, row in zip(axes.flat, shown.itertuples(index=False), strict=False):
-        ax.imshow(images[int(row.index)], interpolation="nearest")
-        ax.set_title(
+    rows = list(issues.head(limit).itertuples(index=False))
+    return _image_grid(
+        images,
+        [int(row.index) for row in rows],
+        [
             f"{row.split} #{int(row.index)}\ngiven: {class_names[int(row.given_label)]} "
-            f"{row.self_confidence:.1%}\nsuggested: {class_names[int(row.suggested_label)]}",
-            fontsize=8,
-        )
-    fig.suptitle(
-        f"The {len(shown)} most likely of {len(issues):,} suspected label errors among {total:,} test"
+            f"{row.self_confidence:.1%}\nsuggested: {class_names[int(row.suggested_label)]}"
+            for row in rows
+        ],
+        f"The {len(rows)} most likely of {len(issues):,} suspected label errors among {total:,} test"
         " images (given label with its probability)",
-        fontsize=10,
-        y=1 - 0.1 / height,
-        va="top",
+        columns,
     )
-    return fig
 
 
 # Comparison panels: (column of the comparison table, panel title, value format)
