@@ -7,18 +7,12 @@ from cifarflow.errors import PipelineError
 from cifarflow.evaluation import quality_gate, request_limit, served_figures
 from cifarflow.label_issues import label_issue_figures
 from cifarflow.runtime import write_metrics
+from test_calibration import LABELS, PROBS
 
 CLASSES = ["a", "b", "c"]
-# Four test images, worked by hand: predicted 0, 0, 1, 0 for labels 0, 1, 1, 2 (rows 0 and 2 right)
-SERVED = np.array(
-    [
-        [0.90, 0.05, 0.05],
-        [0.92, 0.04, 0.04],
-        [0.20, 0.70, 0.10],
-        [0.42, 0.30, 0.28],
-    ]
-)
-LABELS = np.array([0, 1, 1, 2])
+# Four test images, worked by hand (test_calibration's): predicted 0, 0, 1, 0 for labels 0, 1, 1, 2
+# (rows 0 and 2 right)
+SERVED = PROBS
 CLEAN = np.array([True, True, False, True])  # row 2 has a near-duplicate in train or val
 EVALUATE = {"batch_size": 2, "concurrency": 3, "max_probability_diff": 1e-5}
 
