@@ -32,8 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "tests")]
 
 from conftest import copy_workflow  # noqa: E402
-from slurm_cluster import profile_shape, slurm_cluster  # noqa: E402
-from test_slurm import config_overrides, slurm_args  # noqa: E402
+from slurm_cluster import config_overrides, profile_shape, slurm_args, slurm_cluster  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SWEEP = {

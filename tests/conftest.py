@@ -107,6 +107,32 @@ def demo_run(tmp_path_factory) -> Path:
     return workdir
 
 
+@pytest.fixture(scope="session")
+def slurm_profile_cluster(tmp_path_factory):
+    """One real Slurm cluster for the session, shaped like profiles/slurm (tests/slurm_cluster.py).
+    Defined here, not imported into each test module: an imported fixture is a fixture of that module,
+    and each module would start a cluster of its own."""
+    from slurm_cluster import profile_cluster
+
+    with profile_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def sweep_on_slurm(slurm_profile_cluster, tmp_path_factory):
+    """config/sweep-demo.yaml on the Slurm cluster, started and not waited for: tests/test_slurm.py
+    starts it beside its own runs and tests/test_slurm_sweep.py reads it. Most of a run on Slurm is
+    the executor waiting between status checks (2 s, then 10 s longer after each check that finds no
+    job finished), so two runs side by side take much less than one after the other."""
+    from slurm_cluster import start_sweep
+
+    run = start_sweep(slurm_profile_cluster, copy_workflow(tmp_path_factory.mktemp("sweep-on-slurm") / "wf"))
+    yield run
+    if run.proc.poll() is None:  # a test stopped early: snakemake cancels its jobs on SIGINT
+        run.proc.send_signal(signal.SIGINT)
+        run.wait(120)
+
+
 def jobs_run(proc: subprocess.CompletedProcess) -> dict[str, int]:
     """Rule -> number of jobs, from the 'Job stats' table snakemake prints (its rows must add up to its
     total); {} when that total is 0 or snakemake said "Nothing to be done". Neither a readable table

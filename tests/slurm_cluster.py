@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,7 +27,7 @@ import psutil
 import pytest
 import yaml
 from cifarflow import ports
-from conftest import require_system_part
+from conftest import jobs_run, require_system_part
 
 ROOT = Path(__file__).resolve().parents[1]
 SBIN = ("/usr/sbin", "/sbin")  # daemons live here, which a non-login PATH may lack
@@ -85,14 +87,19 @@ class SlurmCluster:
         out = self.run("scontrol", "show", "job", "--oneliner", job_id).stdout
         return dict(item.split("=", 1) for item in out.split() if "=" in item)
 
-    def cancel_all(self, timeout: float = 60) -> None:
-        """Cancel every job and wait until none is pending, running or completing."""
+    def cancel_all(self, timeout: float = 60, name: str | None = None) -> None:
+        """Cancel every job (of one snakemake run: job `name` = its run id, when given) and wait until
+        none of them is pending, running or completing."""
         active = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED"}
-        ids = [i for i, job in self.jobs().items() if job["state"] in active]
+
+        def mine() -> dict[str, dict[str, str]]:
+            return {i: job for i, job in self.jobs().items() if name in (None, job["name"])}
+
+        ids = [i for i, job in mine().items() if job["state"] in active]
         if ids:
             self.run("scancel", *ids, check=False)
         deadline = time.monotonic() + timeout
-        while any(job["state"] in active for job in self.jobs().values()):
+        while any(job["state"] in active for job in mine().values()):
             if time.monotonic() > deadline:
                 raise AssertionError(f"jobs still active {timeout:.0f} s after scancel: {self.jobs()}")
             time.sleep(0.5)
@@ -336,9 +343,100 @@ def wait_for(condition, what: str, cluster: SlurmCluster, timeout: float = 60) -
         time.sleep(0.2)
 
 
-@pytest.fixture(scope="session")
-def slurm_profile_cluster(tmp_path_factory) -> Iterator[SlurmCluster]:
+# Running the workflow on such a cluster: the flags this cluster needs beside profiles/slurm, and a
+# snakemake run in the background.
+
+BIN = Path(sys.executable).parent
+# When set, snakemake printed "Job 3 has been submitted with SLURM jobid 7 (log: /abs/....log)."
+SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
+
+
+def config_overrides() -> tuple[str, ...]:
+    """No pipeline image (the default would be pulled through Apptainer, which is not here); serve
+    the model as a plain subprocess where the workflow has serving rules (no container engine is
+    needed on the node for that)."""
+    overrides = ["container={'image': ''}"]
+    schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
+    if "engine" in schema["properties"].get("serving", {}).get("properties", {}):
+        overrides.append("serving={'engine': 'process'}")
+    return ("--config", *overrides)
+
+
+def slurm_args(cluster: SlurmCluster) -> tuple[str, ...]:
+    return (
+        "--profile",
+        "profiles/slurm",
+        "--slurm-status-command",
+        "squeue",  # no accounting daemon here, hence no sacct
+        "--slurm-no-account",  # no accounts here (plugin 2.8.0 accepts this flag but never reads it)
+        "--slurm-init-seconds-before-status-checks",
+        "2",  # the first status check after 2 s, not 40
+        "--slurm-keep-successful-logs",  # so that the test can read every job's Slurm log
+        "--max-threads",
+        str(cluster.cpus),  # the node's CPUs; prepare_dataset asks for 4
+    )
+
+
+@dataclass
+class Run:
+    """One snakemake invocation, in the background, its output in a file."""
+
+    workdir: Path
+    name: str
+    args: tuple[str, ...]
+    env: dict[str, str]
+    proc: subprocess.Popen = field(init=False)
+    started: float = field(init=False)
+    seconds: float = 0.0
+    returncode: int | None = None
+
+    def __post_init__(self) -> None:
+        self.log = self.workdir / f"snakemake-{self.name}.out"
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(
+                [BIN / "snakemake", "--cores", "2", *self.args],
+                cwd=self.workdir,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.started = time.monotonic()
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait(self, timeout: float = 300) -> Run:
+        try:
+            self.returncode = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            message = f"snakemake ({self.name}) ran over {timeout} s:\n{self.output[-6000:]}"
+            raise AssertionError(message) from None
+        self.seconds = time.monotonic() - self.started
+        return self
+
+    def jobs(self) -> dict[str, int]:
+        return jobs_run(subprocess.CompletedProcess(self.args, self.returncode, self.output, ""))
+
+    def submitted(self) -> dict[str, Path]:
+        """Slurm job id -> its Slurm log, for every job this run submitted."""
+        return {job_id: Path(log) for job_id, log in SUBMITTED.findall(self.output)}
+
+    def slurm_run_id(self) -> str:
+        (run_id,) = re.findall(r"SLURM run ID: (\S+)", self.output)
+        return run_id
+
+
+SWEEP = ("--configfile", "config/demo.yaml", "config/sweep-demo.yaml")
+
+
+def profile_cluster(root: Path) -> contextlib.AbstractContextManager[SlurmCluster]:
     """A cluster shaped like profiles/slurm (its partitions, GPU model and node features)."""
-    shape = profile_shape(ROOT / "profiles" / "slurm")
-    with slurm_cluster(tmp_path_factory.mktemp("slurm"), **shape) as cluster:
-        yield cluster
+    return slurm_cluster(root, **profile_shape(ROOT / "profiles" / "slurm"))
+
+
+def start_sweep(cluster: SlurmCluster, workdir: Path) -> Run:
+    """config/sweep-demo.yaml through profiles/slurm, started and not waited for."""
+    env = dict(cluster.env, PATH=f"{BIN}{os.pathsep}{cluster.env['PATH']}")
+    return Run(workdir, "sweep", (*slurm_args(cluster), *SWEEP, *config_overrides()), env)

@@ -16,103 +16,20 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 import pytest
-import yaml
-from conftest import ROOT, copy_workflow, jobs_run
+from conftest import copy_workflow
 from onnx import numpy_helper
-from slurm_cluster import SlurmCluster, slurm_profile_cluster  # noqa: F401  (fixture)
+from slurm_cluster import BIN, Run, SlurmCluster, config_overrides, slurm_args
 from test_mlflow_hook import runs_of, sqlite_uri
 from test_training import without_timings
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
-BIN = Path(sys.executable).parent
 DEMO = ("--configfile", "config/demo.yaml")
-# When set, snakemake printed "Job 3 has been submitted with SLURM jobid 7 (log: /abs/....log)."
-SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
-
-
-def config_overrides() -> tuple[str, ...]:
-    """No pipeline image (the default would be pulled through Apptainer, which is not here); serve
-    the model as a plain subprocess where the workflow has serving rules (no container engine is
-    needed on the node for that)."""
-    overrides = ["container={'image': ''}"]
-    schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
-    if "engine" in schema["properties"].get("serving", {}).get("properties", {}):
-        overrides.append("serving={'engine': 'process'}")
-    return ("--config", *overrides)
-
-
-def slurm_args(cluster: SlurmCluster) -> tuple[str, ...]:
-    return (
-        "--profile",
-        "profiles/slurm",
-        "--slurm-status-command",
-        "squeue",  # no accounting daemon here, hence no sacct
-        "--slurm-no-account",  # no accounts here (plugin 2.8.0 accepts this flag but never reads it)
-        "--slurm-init-seconds-before-status-checks",
-        "2",  # the first status check after 2 s, not 40
-        "--slurm-keep-successful-logs",  # so that the test can read every job's Slurm log
-        "--max-threads",
-        str(cluster.cpus),  # the node's CPUs; prepare_dataset asks for 4
-    )
-
-
-@dataclass
-class Run:
-    """One snakemake invocation, in the background, its output in a file."""
-
-    workdir: Path
-    name: str
-    args: tuple[str, ...]
-    env: dict[str, str]
-    proc: subprocess.Popen = field(init=False)
-    started: float = field(init=False)
-    seconds: float = 0.0
-    returncode: int | None = None
-
-    def __post_init__(self) -> None:
-        self.log = self.workdir / f"snakemake-{self.name}.out"
-        with open(self.log, "w") as out:
-            self.proc = subprocess.Popen(
-                [BIN / "snakemake", "--cores", "2", *self.args],
-                cwd=self.workdir,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        self.started = time.monotonic()
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def wait(self, timeout: float = 300) -> Run:
-        try:
-            self.returncode = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            message = f"snakemake ({self.name}) ran over {timeout} s:\n{self.output[-6000:]}"
-            raise AssertionError(message) from None
-        self.seconds = time.monotonic() - self.started
-        return self
-
-    def jobs(self) -> dict[str, int]:
-        return jobs_run(subprocess.CompletedProcess(self.args, self.returncode, self.output, ""))
-
-    def submitted(self) -> dict[str, Path]:
-        """Slurm job id -> its Slurm log, for every job this run submitted."""
-        return {job_id: Path(log) for job_id, log in SUBMITTED.findall(self.output)}
-
-    def slurm_run_id(self) -> str:
-        (run_id,) = re.findall(r"SLURM run ID: (\S+)", self.output)
-        return run_id
 
 
 def cancel_when_running(cluster: SlurmCluster, run: Run, rule: str, ready=lambda: True) -> str:
@@ -125,7 +42,9 @@ def cancel_when_running(cluster: SlurmCluster, run: Run, rule: str, ready=lambda
         running = [
             job_id
             for job_id, job in cluster.jobs().items()
-            if job["comment"].startswith(f"rule_{rule}_") and job["state"] == "RUNNING"
+            if job["comment"].startswith(f"rule_{rule}_")
+            and job["state"] == "RUNNING"
+            and job["name"] == run.slurm_run_id()  # not a job of the sweep running beside it
         ]
         if running and ready():
             cluster.run("scancel", running[0])
@@ -150,8 +69,10 @@ def local_run(demo_run) -> Path:
 
 
 @pytest.fixture(scope="module")
-def slurm_runs(slurm_profile_cluster, tmp_path_factory) -> SlurmRuns:  # noqa: F811
+def slurm_runs(slurm_profile_cluster, tmp_path_factory, request) -> SlurmRuns:
     cluster = slurm_profile_cluster
+    if any("sweep_on_slurm" in item.fixturenames for item in request.session.items):
+        request.getfixturevalue("sweep_on_slurm")  # runs beside the runs below
     workdir = copy_workflow(tmp_path_factory.mktemp("on-slurm") / "wf")
     env = dict(cluster.env, PATH=f"{BIN}{os.pathsep}{cluster.env['PATH']}")
     args = (*slurm_args(cluster), *DEMO)
@@ -209,7 +130,7 @@ def test_the_rerun_resumes_without_redoing_finished_jobs_and_retries_a_cancelled
     assert (slurm_runs.workdir / "results/export/default/model.onnx").exists()
 
 
-def test_every_job_went_through_sbatch_with_the_profiles_resources(slurm_runs, slurm_profile_cluster):  # noqa: F811
+def test_every_job_went_through_sbatch_with_the_profiles_resources(slurm_runs, slurm_profile_cluster):
     cluster = slurm_profile_cluster
     jobs = cluster.jobs()
     cancelled = {slurm_runs.cancelled_train, slurm_runs.cancelled_export}
@@ -280,7 +201,7 @@ def test_mlflow_logged_the_slurm_jobs_from_the_main_process(slurm_runs):
     assert train[-1].data.metrics["test_accuracy"] == trained["test_accuracy"]
 
 
-def test_only_a_cuda_recipe_asks_for_a_gpu_and_the_gpu_partition(slurm_profile_cluster, tmp_path):  # noqa: F811
+def test_only_a_cuda_recipe_asks_for_a_gpu_and_the_gpu_partition(slurm_profile_cluster, tmp_path):
     """Two experiments, one per device: each training job asks Slurm for what its recipe trains on.
     This cluster's GPU is a GRES with no device behind it, so the requests are read from slurmctld
     (scontrol) while the jobs are queued or running; then the run is interrupted (Ctrl-C), which
@@ -309,7 +230,7 @@ def test_only_a_cuda_recipe_asks_for_a_gpu_and_the_gpu_partition(slurm_profile_c
     finally:
         run.proc.send_signal(signal.SIGINT)  # snakemake cancels the jobs it submitted
         run.wait(120)
-        cluster.cancel_all()
+        cluster.cancel_all(name=run.slurm_run_id())  # not the jobs of another run
 
     def tres(job: dict[str, str]) -> str:
         """Every trackable resource the job asks for: TRES (cpu, mem, node), TresPerJob (--gpus), ..."""

@@ -6,29 +6,19 @@ ranking (a checkpoint) and the report's rules are local rules: they never become
 from __future__ import annotations
 
 import json
-import os
-import time
 
 import pytest
-from conftest import copy_workflow
-from slurm_cluster import slurm_profile_cluster  # noqa: F401  (fixture)
 from test_mlflow_hook import runs_of, sqlite_uri
-from test_slurm import BIN, Run, config_overrides, slurm_args
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
-SWEEP = ("--configfile", "config/demo.yaml", "config/sweep-demo.yaml")
 TRIALS = ["demo-lr0.03", "demo-lr0.3", "demo-lr1.0", "demo-lr10000.0"]
 
 
 @pytest.fixture(scope="module")
-def on_slurm(slurm_profile_cluster, tmp_path_factory):  # noqa: F811
-    cluster = slurm_profile_cluster
-    workdir = copy_workflow(tmp_path_factory.mktemp("sweep-on-slurm") / "wf")
-    env = dict(cluster.env, PATH=f"{BIN}{os.pathsep}{cluster.env['PATH']}")
-    start = time.monotonic()
-    run = Run(workdir, "sweep", (*slurm_args(cluster), *SWEEP, *config_overrides()), env).wait(2400)
-    print(f"sweep on Slurm: {time.monotonic() - start:.0f} s; Slurm jobs: {cluster.jobs()}")
-    return workdir, run, cluster.jobs()
+def on_slurm(sweep_on_slurm, slurm_profile_cluster):
+    run = sweep_on_slurm.wait(2400)
+    print(f"sweep on Slurm: {run.seconds:.0f} s; Slurm jobs: {slurm_profile_cluster.jobs()}")
+    return run.workdir, run, slurm_profile_cluster.jobs()
 
 
 def test_each_trial_is_a_slurm_job_of_its_own(on_slurm):
