@@ -5,6 +5,8 @@ rule export_onnx:
     output:
         onnx="results/export/{experiment}/model.onnx",
         metrics="results/export/{experiment}/metrics.json",
+        # the graph's predictions on the validation split: the registry's paired test reads them
+        val_predictions="results/export/{experiment}/val_predictions.npz",
     log:
         "logs/export_onnx/{experiment}.log",
     benchmark:
@@ -24,7 +26,7 @@ rule export_onnx:
     shell:
         "python scripts/export_onnx.py --checkpoint {input.checkpoint:q} --data {params.data:q}"
         " --settings {params.settings:q} --onnx {output.onnx:q} --metrics {output.metrics:q}"
-        " --threads {threads} --log {log:q}"
+        " --val-predictions {output.val_predictions:q} --threads {threads} --log {log:q}"
 
 
 rule quantize_onnx:

@@ -87,6 +87,8 @@ rule register_model:
     input:
         unpack(card_inputs),
         model=rules.export_onnx.output.onnx,
+        # the champion's paired test: stored in the version, compared with the holder's
+        val_predictions=rules.export_onnx.output.val_predictions,
         manifest=rules.build_serving_image.output.manifest,
         evaluation=rules.evaluate_served_model.output.metrics,
     output:
@@ -114,6 +116,7 @@ rule register_model:
         logs=card_logs,
     shell:
         "python scripts/register_model.py --model {input.model:q} --manifest {input.manifest:q}"
+        " --val-predictions {input.val_predictions:q}"
         " --evaluation {input.evaluation:q} --export {input.export:q} --train {input.train:q}"
         " --meta {input.meta:q} --robustness {input.robustness:q} --audit {input.audit:q} --logs {params.logs}"
         " --config-sha256 {params.config_sha256} --settings {params.settings:q}"

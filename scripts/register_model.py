@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import onnx
-from cifarflow.model_card import CardInputs, render
-from cifarflow.registry import log_card, register, tracking_uri, use_experiment
+from cifarflow.model_card import CardInputs, render, robustness_summary
+from cifarflow.registry import ChallengerRule, log_card, register, tracking_uri, use_experiment
 from cifarflow.runtime import run_cli, write_json, write_text
 from cifarflow.versions import from_logs, software_versions
 
@@ -38,6 +38,7 @@ def main(args: argparse.Namespace) -> None:
         "latency_ms_p50": str(figures["latency_ms_p50"]),
         "throughput_images_per_second": str(figures["throughput_images_per_second"]),
     }
+    robustness = read(args.robustness)
     uri = tracking_uri(settings["mlflow"]["tracking_uri"])
     use_experiment(uri, settings["mlflow"]["experiment"])
     record = register(
@@ -46,7 +47,11 @@ def main(args: argparse.Namespace) -> None:
         alias=settings["register"]["alias"],
         tags=tags,
         accuracy=figures["accuracy"],
-        val_accuracy=train["val_accuracy"],  # what decides the alias
+        val_accuracy=train["val_accuracy"],
+        # what decides the alias: the paired test on these, and the two guards
+        val_predictions=Path(args.val_predictions),
+        mean_corruption_accuracy=robustness_summary(robustness)["mean"] if robustness else None,
+        rule=ChallengerRule.from_settings(settings["register"]["challenger"]),
         uri=uri,
         lock_file=Path(args.output).parent.parent / ".registry.lock",
     )
@@ -63,7 +68,7 @@ def main(args: argparse.Namespace) -> None:
         recipe_sha256=metadata["recipe_sha256"],
         config_sha256=args.config_sha256,
         versions=job_versions(args.logs),
-        robustness=read(args.robustness),
+        robustness=robustness,
         audit=read(args.audit),
     )
     markdown, page = render(card)
@@ -81,6 +86,9 @@ if __name__ == "__main__":
     parser.add_argument("--manifest", required=True, help="results/image/<experiment>/manifest.json")
     parser.add_argument("--evaluation", required=True, help="results/evaluate/<experiment>/metrics.json")
     parser.add_argument("--export", required=True, help="results/export/<experiment>/metrics.json")
+    parser.add_argument(
+        "--val-predictions", required=True, help="results/export/<experiment>/val_predictions.npz"
+    )
     parser.add_argument("--train", required=True, help="results/train/<experiment>/metrics.json")
     parser.add_argument("--meta", required=True, help="results/data/<dataset-id>/meta.json")
     parser.add_argument("--robustness", required=True, help="results/robustness/<experiment>/robustness.json")

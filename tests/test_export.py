@@ -47,8 +47,39 @@ def test_translate_tta_exports_with_parity_and_says_so(tiny_data, tmp_path):  # 
 def exported(tiny_data, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("export")
     train(tiny_data, base_recipe(epochs=3), out, threads=2)
-    figures = export(out / "model.pt", tiny_data, out / "model.onnx", SETTINGS, threads=2)
+    figures = export(
+        out / "model.pt",
+        tiny_data,
+        out / "model.onnx",
+        SETTINGS,
+        threads=2,
+        val_predictions=out / "val_predictions.npz",
+    )
     return out, figures
+
+
+def test_the_graphs_validation_predictions_are_stored_for_the_registrys_paired_test(exported, tiny_data):  # noqa: F811
+    """val_predictions.npz: the exported graph's top class on every validation image, in the split's
+    order, with the split's sha256 (which images) and the ECE of the graph as it ships."""
+    from cifarflow.dataset import load_meta, load_split
+    from cifarflow.paired import ValPredictions
+
+    out, figures = exported
+    stored = ValPredictions.load(out / "val_predictions.npz")
+    val = load_split(tiny_data, "val")
+    session = ort.InferenceSession(str(out / "model.onnx"))
+    _, probabilities = session.run(None, {"image": np.asarray(val.images)})
+    assert len(val.labels) > 0
+    np.testing.assert_array_equal(stored.index, np.arange(len(val.labels)))
+    np.testing.assert_array_equal(stored.label, val.labels)
+    np.testing.assert_array_equal(stored.predicted, probabilities.argmax(1))
+    assert stored.ece == pytest.approx(
+        cal.calibration_metrics(probabilities, np.asarray(val.labels))["ece"], abs=1e-6
+    )
+    files = load_meta(tiny_data)["files"]["val"]
+    assert (stored.images_sha256, stored.labels_sha256) == (files["images_sha256"], files["labels_sha256"])
+    assert figures["val_ece"] == stored.ece
+    assert figures["val_onnx_accuracy"] == pytest.approx(stored.accuracy)
 
 
 def test_graph_takes_uint8_images_and_carries_its_metadata(exported):

@@ -8,6 +8,10 @@ import pytest
 from cifarflow import model_card as mc
 
 CLASSES = ["cat", "dog", "frog"]
+REASON = (
+    "moves from version 2 to version 3: better on 9 images, worse on 1 (of 60), McNemar p = 0.0107 < 0.05; "
+    "validation ECE 0.0310 against 0.0240, mean corruption accuracy 0.7900 against 0.7750"
+)
 
 
 @pytest.fixture
@@ -49,9 +53,29 @@ def inputs() -> mc.CardInputs:
             "name": "cifar10-classifier",
             "version": 3,
             "model_uri": "models:/cifar10-classifier/3",
+            "alias": "champion",
             "champion": True,
             "champion_version": 3,
-            "champion_reason": "no 'champion' yet",
+            "champion_reason": REASON,
+            "champion_decision": {
+                "moved": True,
+                "outcome": "moved",
+                "reason": REASON,
+                "compared_with": 2,
+                "images": 60,
+                "better": 9,
+                "worse": 1,
+                "p_value": 11 / 1024,
+                "val_accuracy": 0.95,
+                "holder_val_accuracy": 0.816667,
+                "val_ece": 0.031,
+                "holder_val_ece": 0.024,
+                "mean_corruption_accuracy": 0.79,
+                "holder_mean_corruption_accuracy": 0.775,
+                "alpha": 0.05,
+                "max_ece_increase": 0.02,
+                "max_corruption_drop": 0.02,
+            },
         },
         manifest={
             "engine": "podman",
@@ -149,6 +173,7 @@ SECTIONS = [
     "Robustness",
     "Served latency and throughput",
     "How it was served and proven",
+    "Champion decision",
     "Limitations",
     "Provenance",
     "Recipe",
@@ -250,6 +275,48 @@ def test_label_issues_show_the_count_and_the_three_accuracies_each_named(inputs)
     assert "| test accuracy without near-duplicates of train/val | 90.50% on 293 images |" in section
 
 
+def test_the_champion_decision_shows_the_paired_test_and_both_guards(inputs):
+    """The section of registration.json's champion_decision: the reason as logged, the discordant
+    counts and the figures of both versions, and each condition against what the config requires."""
+    md, page = mc.render(inputs)
+    section = md[md.index("## Champion decision") : md.index("## Limitations")]
+    assert mc.CHAMPION_RULE in section
+    assert f"This version holds `champion` (moved): {REASON}." in section
+    assert "| figure | this version | version 2 |" in section
+    assert "| right where the other is wrong (discordant pairs) | 9 | 1 |" in section
+    assert "| validation accuracy (exported graph) | 95.00% | 81.67% |" in section
+    assert "| validation ECE (15 bins, top label) | 0.0310 | 0.0240 |" in section
+    assert "| mean corruption accuracy | 79.00% | 77.50% |" in section
+    assert "| exact McNemar p (one-sided) | 0.0107 | < 0.05 |" in section  # 11 / 1024
+    assert "| validation ECE increase | 0.0070 | <= 0.02 |" in section
+    assert "| mean corruption accuracy drop | -0.0150 | <= 0.02 |" in section
+    assert "<h2>Champion decision</h2>" in page and "McNemar p = 0.0107" in html_text(page)[0]
+
+    stayed = copy.deepcopy(inputs)
+    reason = (
+        "stays with version 2: challenger version 3 better on 5 images, worse on 3 (of 60), "
+        "McNemar p = 0.363 >= 0.05"
+    )
+    stayed.registration |= {"champion": False, "champion_version": 2, "champion_reason": reason}
+    stayed.registration["champion_decision"] |= {"moved": False, "outcome": "stayed", "reason": reason}
+    stayed.registration["champion_decision"] |= {"better": 5, "worse": 3, "p_value": 93 / 256}
+    md, _ = mc.render(stayed)
+    assert f"This version did not take the alias (stayed): {reason}." in md
+    assert "| exact McNemar p (one-sided) | 0.363 | < 0.05 |" in md
+    assert f"not the champion: {reason}" in md  # the summary at the top says it too
+
+    first = copy.deepcopy(inputs)
+    first.registration["champion_decision"] = {
+        "moved": True,
+        "outcome": "first",
+        "reason": "no 'champion' yet: version 3 takes it",
+    }
+    md, _ = mc.render(first)
+    section = md[md.index("## Champion decision") : md.index("## Limitations")]
+    assert "This version holds `champion` (first): no 'champion' yet: version 3 takes it." in section
+    assert "McNemar" not in section.replace(mc.CHAMPION_RULE, "")  # nothing was compared
+
+
 def test_optional_parts_missing(inputs):
     bare = copy.deepcopy(inputs)
     bare.audit = bare.robustness = None
@@ -266,6 +333,9 @@ def test_optional_parts_missing(inputs):
     assert "### Calibration\n\n" + mc.NO_CALIBRATION in md and "Probabilities:" not in md
     assert "### Label issues\n\n" + mc.NO_LABEL_ISSUES in md and "suspected label errors in" not in md
     assert "<h2>Limitations</h2>" in page
+    del bare.registration["champion_decision"]  # a registration.json from before the paired test
+    md, _ = mc.render(bare)
+    assert "## Champion decision\n\n" + mc.NO_DECISION in md
 
 
 def test_text_is_escaped(inputs):

@@ -244,6 +244,37 @@ def test_the_model_card_shows_the_runs_own_figures_and_is_in_the_registry(report
         assert evaluation["mismatches"] == 0 and export["test_ece_after"] < export["test_ece_before"]
 
 
+def test_the_second_registration_is_a_challenger_judged_by_the_paired_test(two_experiments):
+    """The two experiments register one after the other: the first takes the alias, the second is
+    compared with it on the validation predictions each version stores, and the decision is the
+    same in registration.json, the log, the version's tags and the model card."""
+    from cifarflow.paired import ValPredictions, binomial_upper_tail
+    from mlflow import MlflowClient
+
+    workdir, _ = two_experiments
+    regs = {
+        n: json.loads((workdir / f"results/register/{n}/registration.json").read_text()) for n in EXPERIMENTS
+    }
+    first, second = sorted(EXPERIMENTS, key=lambda n: regs[n]["version"])
+    assert regs[first]["champion_decision"]["outcome"] == "first"
+    decision = regs[second]["champion_decision"]
+    assert decision["outcome"] in ("moved", "stayed") and decision["compared_with"] == regs[first]["version"]
+    ours, theirs = (
+        ValPredictions.load(workdir / f"results/export/{n}/val_predictions.npz") for n in (second, first)
+    )
+    better, worse = int((ours.correct & ~theirs.correct).sum()), int((~ours.correct & theirs.correct).sum())
+    assert (decision["images"], decision["better"], decision["worse"]) == (len(ours.label), better, worse)
+    assert decision["p_value"] == binomial_upper_tail(better, better + worse)
+    assert (decision["val_ece"], decision["holder_val_ece"]) == (ours.ece, theirs.ece)
+    assert f"'champion' {decision['reason']}" in (workdir / f"logs/register_model/{second}.log").read_text()
+    client = MlflowClient(sqlite_uri(workdir))
+    tags = client.get_model_version(regs[second]["name"], str(regs[second]["version"])).tags
+    assert (tags["champion.decision"], tags["champion.reason"]) == (decision["outcome"], decision["reason"])
+    card = (workdir / f"results/register/{second}/model_card.md").read_text()
+    assert f"| exact McNemar p (one-sided) | {decision['p_value']:.3g} | < 0.05 |" in card
+    assert f"| right where the other is wrong (discordant pairs) | {better} | {worse} |" in card
+
+
 def robustness_metrics(workdir: Path, name: str) -> dict:
     return json.loads((workdir / f"results/robustness/{name}/metrics.json").read_text())
 

@@ -205,6 +205,17 @@ def test_the_model_is_registered_with_signature_tags_and_the_champion_alias(serv
     inputs = info.signature.inputs.inputs[0]
     assert inputs.name == "image" and inputs.type == np.dtype(np.uint8) and inputs.shape == (-1, 32, 32, 3)
     assert "onnx" in info.flavors
+    # the first version takes the alias, and stores what the next challenger's paired test reads:
+    # export_onnx's validation predictions, byte for byte
+    assert version.tags["champion.decision"] == "first" and record["champion_decision"]["outcome"] == "first"
+    assert float(version.tags["val_ece"]) == pytest.approx(
+        read_json(wf / f"results/export/{EXP}/metrics.json")["val_ece"], abs=1e-6
+    )
+    stored = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{record['name']}/1/val_predictions.npz",
+        tracking_uri=f"sqlite:///{wf / 'mlflow.db'}",
+    )
+    assert Path(stored).read_bytes() == (wf / f"results/export/{EXP}/val_predictions.npz").read_bytes()
     # and the hook logged the evaluation as a child run of the invocation
     runs = mlflow.search_runs(
         experiment_names=["cifar10"], filter_string="tags.`snakemake.rule` = 'evaluate_served_model'"
@@ -234,6 +245,9 @@ def test_the_model_card_names_the_image_and_is_a_file_of_the_registered_version(
     assert Path(stored).read_text() == card
     page = (wf / f"results/register/{EXP}/model_card.html").read_text()
     assert "<h2>How it was served and proven</h2>" in page and manifest["image_id"] in page
+    assert (
+        "## Champion decision" in card and "This version holds `champion` (first): no 'champion' yet" in card
+    )
 
 
 def test_nothing_reruns_and_only_a_serving_change_rebuilds_the_image(served):

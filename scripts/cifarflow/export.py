@@ -22,8 +22,9 @@ from torch import nn
 from .calibration import calibration_metrics, fit_temperature, nll_from_logits, softmax
 from .checkpoint import load_checkpoint
 from .config import Recipe
-from .dataset import load_split
+from .dataset import load_meta, load_split
 from .errors import PipelineError
+from .paired import ValPredictions
 from .runtime import atomic_path
 from .serving.inference import INPUT, OUTPUTS, load_session, ort_runner, predict
 
@@ -206,9 +207,38 @@ def calibration_figures(logits: np.ndarray, labels: np.ndarray, temperature: flo
     return figures
 
 
-def export(checkpoint_path: Path, data_dir: Path, out_path: Path, settings: dict, threads: int = 0) -> dict:
+def validation_predictions(sess: ort.InferenceSession, data_dir: Path) -> ValPredictions:
+    """The exported graph's top class and top-label ECE on every validation image: what the
+    registry's paired test compares a challenger with the champion on (paired.py)."""
+    val = load_split(data_dir, "val")
+    labels = np.asarray(val.labels)
+    files = load_meta(data_dir)["files"]["val"]
+    predicted, ece = np.zeros(0, dtype=np.int64), float("nan")
+    if len(labels):
+        _, probabilities = predict(ort_runner(sess), np.asarray(val.images))
+        predicted = probabilities.argmax(1)
+        ece = calibration_metrics(probabilities, labels)["ece"]
+    return ValPredictions(
+        index=np.arange(len(labels)),
+        label=labels,
+        predicted=predicted,
+        ece=ece,
+        images_sha256=files["images_sha256"],
+        labels_sha256=files["labels_sha256"],
+    )
+
+
+def export(
+    checkpoint_path: Path,
+    data_dir: Path,
+    out_path: Path,
+    settings: dict,
+    threads: int = 0,
+    val_predictions: Path | None = None,
+) -> dict:
     """Export, gate on parity over the whole test split, measure; the .onnx appears only if it passed.
-    With export.calibrate: temperature, a temperature fitted on the validation split goes into the graph."""
+    With export.calibrate: temperature, a temperature fitted on the validation split goes into the graph.
+    With `val_predictions`, the graph's predictions on the validation split are written there (paired.py)."""
     if threads:
         torch.set_num_threads(threads)
     model, checkpoint = load_checkpoint(checkpoint_path)
@@ -244,6 +274,17 @@ def export(checkpoint_path: Path, data_dir: Path, out_path: Path, settings: dict
         )
         figures |= speed(sess, images)
         figures["model_bytes"] = tmp.stat().st_size
+        if val_predictions is not None:
+            val = validation_predictions(sess, data_dir)
+            if len(val.label):
+                figures |= {"val_onnx_accuracy": round(val.accuracy, 7), "val_ece": val.ece}
+            log.info(
+                "validation: accuracy %.4f, ECE %.4f on %d images (for the registry's paired test)",
+                val.accuracy,
+                val.ece,
+                len(val.label),
+            )
+            val.save(val_predictions)
     return figures
 
 

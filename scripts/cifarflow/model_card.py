@@ -53,6 +53,18 @@ NO_CALIBRATION = (
     "Not in this evaluation's metrics.json, written before evaluations measured calibration: "
     "rerun evaluate_served_model (snakemake --forcerun evaluate_served_model)."
 )
+NO_DECISION = (
+    "Not in this registration.json, written before the champion rule compared paired predictions: "
+    "rerun register_model (snakemake --forcerun register_model)."
+)
+CHAMPION_RULE = (
+    "The alias moves to a new version of the same dataset only when, on the same validation images, "
+    "it is better than the version holding it by an exact one-sided McNemar test on the two models' "
+    "paired correct/incorrect predictions (p < register.challenger.alpha), its validation ECE is at "
+    "most register.challenger.max_ece_increase above the holder's, and its mean corruption accuracy "
+    "at most register.challenger.max_corruption_drop below (docs/serving.md). Test accuracy never "
+    "decides."
+)
 
 
 @dataclass
@@ -341,6 +353,64 @@ def _served_section(c: CardInputs, blocks: list[Block]) -> None:
     ]
 
 
+def _champion_section(c: CardInputs, blocks: list[Block]) -> None:
+    r = c.registration
+    d = r.get("champion_decision")
+    blocks.append(("h2", "Champion decision"))
+    if d is None:
+        blocks.append(("p", NO_DECISION))
+        return
+    holder = f"version {d['compared_with']}" if "compared_with" in d else None
+    verdict = (
+        f"This version holds `{r.get('alias', 'champion')}`"
+        if d["moved"]
+        else "This version did not take the alias"
+    )
+    blocks += [("p", CHAMPION_RULE), ("p", f"{verdict} ({d['outcome']}): {d['reason']}.")]
+    if "p_value" not in d:
+        return
+    rows = [
+        ["validation images compared", number(d["images"]), ""],
+        ["right where the other is wrong (discordant pairs)", number(d["better"]), number(d["worse"])],
+        ["validation accuracy (exported graph)", pct(d["val_accuracy"]), pct(d["holder_val_accuracy"])],
+        ["validation ECE (15 bins, top label)", number(d["val_ece"]), number(d["holder_val_ece"])],
+    ]
+    if "mean_corruption_accuracy" in d:
+        rows.append(
+            [
+                "mean corruption accuracy",
+                pct(d["mean_corruption_accuracy"]),
+                pct(d["holder_mean_corruption_accuracy"]),
+            ]
+        )
+    blocks.append(("table", ["figure", "this version", holder or "holder"], rows))
+    blocks.append(
+        (
+            "table",
+            ["condition", "measured", "required"],
+            [
+                ["exact McNemar p (one-sided)", f"{d['p_value']:.3g}", f"< {d['alpha']:g}"],
+                [
+                    "validation ECE increase",
+                    number(d["val_ece"] - d["holder_val_ece"]),
+                    f"<= {d['max_ece_increase']:g}",
+                ],
+                *(
+                    [
+                        [
+                            "mean corruption accuracy drop",
+                            number(d["holder_mean_corruption_accuracy"] - d["mean_corruption_accuracy"]),
+                            f"<= {d['max_corruption_drop']:g}",
+                        ]
+                    ]
+                    if "mean_corruption_accuracy" in d
+                    else []
+                ),
+            ],
+        )
+    )
+
+
 def _limitations_section(c: CardInputs, blocks: list[Block]) -> None:
     e, names = c.evaluation, c.meta["class_names"]
     items = [
@@ -452,6 +522,7 @@ def build(c: CardInputs) -> list[Block]:
     _label_issues_section(c, blocks)
     _metrics_section(c, blocks)
     _served_section(c, blocks)
+    _champion_section(c, blocks)
     _limitations_section(c, blocks)
     _provenance_section(c, blocks)
     return blocks
