@@ -200,8 +200,8 @@ def test_a_sweep_over_the_limit_is_refused_with_its_count():
             {"method": "random", "trials": 2, "parameters": {"epochs": {"min": 1.5, "max": 4}}},
             r"'sweep\.parameters\.epochs\.min' = 1\.5 is invalid: 1\.5 is not of type 'integer'",
         ),
-        ({"trials": 3, "parameters": {"lr": [0.1]}}, r"'sweep\.trials' is for method random"),
-        ({"method": "random", "parameters": {"lr": [0.1]}}, r"'sweep\.trials' is required for method random"),
+        ({"trials": 3, "parameters": {"lr": [0.1]}}, r"'sweep\.trials' is for random draws"),
+        ({"method": "random", "parameters": {"lr": [0.1]}}, r"'sweep\.trials' is required for random draws"),
     ],
 )
 def test_bad_keys_values_and_ranges_are_named(sweep, message):
