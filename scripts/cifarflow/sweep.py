@@ -348,6 +348,8 @@ def rank(sweep: Sweep, results: Mapping[str, Mapping[str, Any]]) -> dict[str, An
             f"promote:\n  {reasons}\nChange sweep.parameters (e.g. lower learning rates) and rerun."
         )
     stopped = [row for row in rows if row["outcome"] != "ok"]
+    if sweep.halving:  # those that went furthest first, then by their accuracy where they stopped
+        stopped.sort(key=lambda row: (-_or_minus_one(row["stopped_at_rung"]), -(row["val_accuracy"] or 0)))
     promoted = [row["trial"] for row in finished[: sweep.promote]]
     for position, row in enumerate(finished, start=1):
         row["rank"] = position
@@ -487,6 +489,10 @@ def stop_reason(trial: str, decision: Mapping[str, Any]) -> str:
         f"validation accuracy {row['val_accuracy']:.4f}, rank {row['rank']} of {decision['entered']}; "
         f"the best {decision['keep']} went on"
     )
+
+
+def _or_minus_one(value: Any) -> float:
+    return value if isinstance(value, int | float) else -1
 
 
 def _or_inf(value: Any) -> float:
