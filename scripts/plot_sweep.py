@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pandas as pd
-from cifarflow.plots import save_png, sweep_coordinates, sweep_curves, sweep_parameters, sweep_rungs
 from cifarflow.errors import PipelineError
+from cifarflow.plots import save_png, sweep_coordinates, sweep_curves, sweep_parameters, sweep_rungs
 from cifarflow.runtime import log, run_cli, write_text
 from cifarflow.tables import sweep_ranking_html
 
@@ -21,7 +21,9 @@ def main(args: argparse.Namespace) -> None:
     metrics = dict(zip(args.trials, args.metrics, strict=True))
     finished = [row["trial"] for row in ranking["trials"] if row["outcome"] == "ok"]
     best = finished[: max(BEST, ranking["promote"])]
-    histories = {name: pd.DataFrame(json.loads(Path(path).read_text())["history"]) for name, path in metrics.items()}
+    histories = {
+        name: pd.DataFrame(json.loads(Path(path).read_text())["history"]) for name, path in metrics.items()
+    }
     write_text(args.table, sweep_ranking_html(ranking))
     save_png(sweep_parameters(ranking), args.parameters)
     save_png(sweep_curves({name: histories[name] for name in best}, ranking["sweep"]), args.curves)

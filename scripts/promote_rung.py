@@ -16,8 +16,12 @@ def main(args: argparse.Namespace) -> None:
     before = json.loads(Path(args.previous).read_text()) if args.previous else None
     trials = entering(sweep, args.rung, before)
     if len(trials) != len(args.metrics):
-        raise PipelineError(f"--metrics has {len(args.metrics)} files for the {len(trials)} trials of rung {args.rung}")
-    results = {name: json.loads(Path(path).read_text()) for name, path in zip(trials, args.metrics, strict=True)}
+        raise PipelineError(
+            f"--metrics has {len(args.metrics)} files for the {len(trials)} trials of rung {args.rung}"
+        )
+    results = {
+        name: json.loads(Path(path).read_text()) for name, path in zip(trials, args.metrics, strict=True)
+    }
     decision = promote_rung(sweep, args.rung, results)
     for row in decision["trials"]:
         figure = f"val accuracy {row['val_accuracy']:.4f}" if row["outcome"] == "ok" else row["reason"]
@@ -38,7 +42,10 @@ if __name__ == "__main__":
     parser.add_argument("--rung", type=int, required=True, help="the rung decided, from 0")
     parser.add_argument("--previous", help="the decision.json of the rung before (none at rung 0)")
     parser.add_argument(
-        "--metrics", nargs="+", required=True, help="the rung's metrics.json of the trials that entered it, in trial order"
+        "--metrics",
+        nargs="+",
+        required=True,
+        help="the rung's metrics.json of the trials that entered it, in trial order",
     )
     parser.add_argument("--decision", required=True, help="where to write decision.json")
     parser.add_argument("--summary", required=True, help="where to write the decision's metrics.json")

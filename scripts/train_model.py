@@ -9,8 +9,7 @@ from pathlib import Path
 import torch
 from cifarflow.config import Recipe
 from cifarflow.dataset import load_meta
-from cifarflow.errors import TrainingFailed
-from cifarflow.errors import PipelineError
+from cifarflow.errors import PipelineError, TrainingFailed
 from cifarflow.runtime import run_cli, write_metrics
 from cifarflow.sweep import stop_reason, stopped_at
 from cifarflow.training import record_failure, record_stop, train
@@ -24,12 +23,16 @@ def main(args: argparse.Namespace) -> None:
         rung = stopped_at(args.trial, decisions)
         if rung is not None:
             if not (args.rung_metrics and args.rung_epochs):
-                raise PipelineError(f"{args.trial} stopped after rung {rung}: give --rung-metrics and --rung-epochs")
+                raise PipelineError(
+                    f"{args.trial} stopped after rung {rung}: give --rung-metrics and --rung-epochs"
+                )
             figures = json.loads(Path(args.rung_metrics).read_text())
             figures["epoch_history"] = json.loads(Path(args.rung_epochs).read_text())
             outcome = "stopped" if figures["outcome"] == "ok" else figures["outcome"]
             dataset_id = load_meta(Path(args.data))["dataset_id"]
-            metrics = record_stop(outdir, recipe, dataset_id, figures, outcome, stop_reason(args.trial, decisions[-1]))
+            metrics = record_stop(
+                outdir, recipe, dataset_id, figures, outcome, stop_reason(args.trial, decisions[-1])
+            )
             write_metrics(outdir / "metrics.json", {**metrics, "stopped_at_rung": rung})
             return
     try:
@@ -59,7 +62,10 @@ if __name__ == "__main__":
     )
     parser.add_argument("--trial", help="halving: the trial's name")
     parser.add_argument(
-        "--rungs", nargs="*", default=[], help="halving: the decision.json of each rung the trial entered, in order"
+        "--rungs",
+        nargs="*",
+        default=[],
+        help="halving: the decision.json of each rung the trial entered, in order",
     )
     parser.add_argument("--rung-metrics", help="halving: the metrics.json of the rung after which it stopped")
     parser.add_argument("--rung-epochs", help="halving: that rung's epochs.json")

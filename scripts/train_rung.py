@@ -23,11 +23,20 @@ def main(args: argparse.Namespace) -> None:
     except (TrainingFailed, torch.cuda.OutOfMemoryError) as err:
         # a result of the rung, as for a sweep's trial (train_model --on-failure record): it is not
         # promoted, and its final job records why (rules/sweep.smk)
-        reason = str(err) if isinstance(err, TrainingFailed) else f"out of GPU memory: {str(err).splitlines()[0]}"
+        reason = (
+            str(err) if isinstance(err, TrainingFailed) else f"out of GPU memory: {str(err).splitlines()[0]}"
+        )
         outcome = err.outcome if isinstance(err, TrainingFailed) else "failed"
-        state = Resume(outdir / "resume.pt", recipe.sha256(), load_meta(Path(args.data))["dataset_id"]).completed()
+        state = Resume(
+            outdir / "resume.pt", recipe.sha256(), load_meta(Path(args.data))["dataset_id"]
+        ).completed()
         log.warning("rung %d stopped (%s): %s", args.rung, outcome, reason)
-        figures = {"outcome": outcome, "reason": reason, "epochs": state.epoch, "epoch_history": state.history}
+        figures = {
+            "outcome": outcome,
+            "reason": reason,
+            "epochs": state.epoch,
+            "epoch_history": state.history,
+        }
     # the rungs so far as steps (MLflow: the trial's val_accuracy at rung 0, 1, ...)
     history = [*json.loads(Path(args.previous).read_text())["history"]] if args.previous else []
     if figures["outcome"] == "ok":
@@ -42,7 +51,9 @@ if __name__ == "__main__":
     parser.add_argument("--recipe", required=True, help="the trial's resolved recipe, JSON")
     parser.add_argument("--outdir", required=True, help="results/train/<trial> (where resume.pt lives)")
     parser.add_argument("--rung", type=int, required=True, help="the rung's number, from 0")
-    parser.add_argument("--epochs", type=int, required=True, help="stop after this epoch of the full schedule")
+    parser.add_argument(
+        "--epochs", type=int, required=True, help="stop after this epoch of the full schedule"
+    )
     parser.add_argument("--previous", help="the trial's metrics.json of the rung before (none at rung 0)")
     parser.add_argument("--metrics", required=True, help="where to write the rung's metrics.json")
     parser.add_argument("--epochs-out", required=True, help="where to write the epochs' rows (JSON)")

@@ -430,7 +430,11 @@ def test_halving_rungs_grow_by_eta_up_to_the_full_schedule():
 @pytest.mark.parametrize(
     ("sweep", "epochs", "message"),
     [
-        ({**HALVING, "halving": {"min_epochs": 4}}, 4, r"'sweep\.halving\.min_epochs' = 4 is not below train\.epochs = 4"),
+        (
+            {**HALVING, "halving": {"min_epochs": 4}},
+            4,
+            r"'sweep\.halving\.min_epochs' = 4 is not below train\.epochs = 4",
+        ),
         (
             {**HALVING, "parameters": {"epochs": [2, 4]}},
             4,
@@ -452,7 +456,12 @@ def test_each_rung_promotes_the_best_third_by_validation_and_never_a_diverged_tr
     results = {name: rung_result(0.1 * i, 1) for i, name in enumerate(trials)}
     results[trials[-1]] = rung_result(None, 1, "diverged")  # would be the best; it has no result
     decision = promote_rung(sweep, 0, results)
-    assert (decision["entered"], decision["keep"], decision["epochs"], decision["next_epochs"]) == (9, 3, 1, 3)
+    assert (decision["entered"], decision["keep"], decision["epochs"], decision["next_epochs"]) == (
+        9,
+        3,
+        1,
+        3,
+    )
     assert decision["promoted"] == [trials[7], trials[6], trials[5]]
     assert [row["rank"] for row in decision["trials"]] == [1, 2, 3, 4, 5, 6, 7, 8, None]
     assert entering(sweep, 1, decision) == [trials[5], trials[6], trials[7]]  # in trial order
@@ -496,4 +505,6 @@ def test_the_halving_ranking_lists_the_stopped_by_how_far_they_went_and_counts_t
     assert [row["stopped_at_rung"] for row in ranking["trials"]] == [None, 1, 0, 0]
     figures = ranking_metrics(ranking)
     assert figures["trial_epochs"] == 9 + 3 + 1 + 0 and figures["trials_finished"] == 1
-    assert "trial_epochs" not in ranking_metrics(rank(planned(GRID), {n: final for n in planned(GRID).trials}))
+    assert "trial_epochs" not in ranking_metrics(
+        rank(planned(GRID), {n: final for n in planned(GRID).trials})
+    )

@@ -114,10 +114,22 @@ def epochs(*accuracies: float) -> list[dict]:
 
 
 HALVING_RESULTS = {  # 0.01 stopped after rung 0, 0.1 after rung 1, 1.0 finished, 1000 diverged in rung 0
-    "sh-lr0.01": {"outcome": "stopped", "reason": "stopped", "val_accuracy": 0.3, "epochs": 1,
-                  "stopped_at_rung": 0, "history": epochs(0.3)},  # fmt: skip
-    "sh-lr0.1": {"outcome": "stopped", "reason": "stopped", "val_accuracy": 0.6, "epochs": 2,
-                 "stopped_at_rung": 1, "history": epochs(0.4, 0.6)},  # fmt: skip
+    "sh-lr0.01": {
+        "outcome": "stopped",
+        "reason": "stopped",
+        "val_accuracy": 0.3,
+        "epochs": 1,
+        "stopped_at_rung": 0,
+        "history": epochs(0.3),
+    },  # fmt: skip
+    "sh-lr0.1": {
+        "outcome": "stopped",
+        "reason": "stopped",
+        "val_accuracy": 0.6,
+        "epochs": 2,
+        "stopped_at_rung": 1,
+        "history": epochs(0.4, 0.6),
+    },  # fmt: skip
     "sh-lr1.0": {**result(0.9, 0.8), "history": epochs(0.5, 0.7, 0.8, 0.9)},
     "sh-lr1000.0": {**diverged("loss is nan"), "stopped_at_rung": 0, "history": []},
 }
@@ -128,7 +140,11 @@ def test_parallel_coordinates_draw_every_trial_through_its_settings_to_its_accur
     fig = plots.sweep_coordinates(ranking)
     (ax,) = fig.axes
     assert [t.get_text() for t in ax.get_xticklabels()] == ["lr", "validation accuracy (where it stopped)"]
-    lines = {tuple(round(float(y), 6) for y in line.get_ydata()): line for line in ax.lines if line.get_marker() == "o"}
+    lines = {
+        tuple(round(float(y), 6) for y in line.get_ydata()): line
+        for line in ax.lines
+        if line.get_marker() == "o"
+    }
     assert len(lines) == 4  # one line per trial
     # lr on a log axis: 0.01 at the bottom, 1000 at the top; accuracy 0.3 lowest, 0.9 highest, the
     # diverged trial below every accuracy
@@ -137,7 +153,9 @@ def test_parallel_coordinates_draw_every_trial_through_its_settings_to_its_accur
     assert lines[(1.0, -0.12)].get_linestyle() == "--"
     assert lines[(0.0, 0.0)].get_color() != lines[(0.2, 0.5)].get_color()  # stopped at rungs 0 and 1
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert legend[0] == "promoted" and "stopped after rung 1 (2 epochs)" in legend and "did not train" in legend
+    assert (
+        legend[0] == "promoted" and "stopped after rung 1 (2 epochs)" in legend and "did not train" in legend
+    )
     png_size(fig)
     # a sweep without rungs: the same figure, no rung colours
     plain = plots.sweep_coordinates(rank(GRID, RESULTS))

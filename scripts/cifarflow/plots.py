@@ -597,7 +597,10 @@ def sweep_coordinates(ranking: dict) -> Figure:
     ax.set_xlim(-0.5, n - 0.5)
     for side in ("left", "right", "top"):
         ax.spines[side].set_visible(False)
-    labels = sorted(drawn, key=lambda text: ("promoted", "finished").index(text) if text in ("promoted", "finished") else 2)
+    labels = sorted(
+        drawn,
+        key=lambda text: ("promoted", "finished").index(text) if text in ("promoted", "finished") else 2,
+    )
     fig.legend([drawn[k] for k in labels], labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8,
                frameon=False)  # fmt: skip
     fig.suptitle(f"Sweep {ranking['sweep']}: every trial's settings and validation accuracy", fontsize=11)

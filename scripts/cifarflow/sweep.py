@@ -204,7 +204,9 @@ def experiments(config: Mapping[str, Any], sweep: Sweep | None) -> dict[str, dic
     return merged
 
 
-def _check_parameter(key: str, spec: Any, key_schema: Mapping[str, Any], sampling: str, to_random: str) -> None:
+def _check_parameter(
+    key: str, spec: Any, key_schema: Mapping[str, Any], sampling: str, to_random: str
+) -> None:
     where = f"sweep.parameters.{key}"
     if not isinstance(spec, Mapping):
         for index, value in enumerate(spec):

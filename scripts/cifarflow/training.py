@@ -240,7 +240,9 @@ def _make_model(recipe: Recipe, meta: dict, train_images: torch.Tensor, device: 
     return model
 
 
-def train(data_dir: Path, recipe: Recipe, outdir: Path, threads: int = 0, stop_after: int | None = None) -> dict:
+def train(
+    data_dir: Path, recipe: Recipe, outdir: Path, threads: int = 0, stop_after: int | None = None
+) -> dict:
     """Train one experiment; write model.pt, history.csv, tensorboard/ and return metrics.
 
     A resume.pt in `outdir` made with the same recipe and dataset is continued from; each epoch
@@ -392,7 +394,9 @@ def _rung_figures(history: list[dict], epochs: int) -> dict:
     }
 
 
-def record_stop(outdir: Path, recipe: Recipe, dataset_id: str, rung: Mapping, outcome: str, reason: str) -> dict:
+def record_stop(
+    outdir: Path, recipe: Recipe, dataset_id: str, rung: Mapping, outcome: str, reason: str
+) -> dict:
     """The outputs of a halving trial that stopped after a rung (its `rung` metrics): like
     record_failure's, model.pt without weights and the outcome (`stopped`, or the rung's own, e.g.
     diverged) with its reason; history.csv and the metrics hold the epochs it trained, and the
