@@ -147,7 +147,9 @@ def rung_decision(rung):
 
 def rung_file(name, trial, rung):
     """train_rung's output `name` (metrics, epochs) of one trial and rung."""
-    return expand(getattr(rules.train_rung.output, name), experiment=trial, rung=rung)[0]
+    return expand(getattr(rules.train_rung.output, name), experiment=trial, rung=rung)[
+        0
+    ]
 
 
 def rung_epochs(wildcards):
@@ -162,12 +164,18 @@ def previous_rung(wildcards):
         return {}
     return {
         "previous": rung_file("metrics", wildcards.experiment, rung - 1),
-        "promoted_by": expand(rules.promote_rung.output.decision, sweep=SWEEP.name, rung=rung - 1),
+        "promoted_by": expand(
+            rules.promote_rung.output.decision, sweep=SWEEP.name, rung=rung - 1
+        ),
     }
 
 
 def previous_rung_arg(wildcards, input):
-    return f"--previous {shlex.quote(input.previous)}" if "previous" in input.keys() else ""
+    return (
+        f"--previous {shlex.quote(input.previous)}"
+        if "previous" in input.keys()
+        else ""
+    )
 
 
 def rung_inputs(wildcards):
@@ -184,12 +192,17 @@ def rung_inputs(wildcards):
 
 
 def previous_decision_arg(wildcards, input):
-    return f"--previous {shlex.quote(input.previous)}" if "previous" in input.keys() else ""
+    return (
+        f"--previous {shlex.quote(input.previous)}"
+        if "previous" in input.keys()
+        else ""
+    )
 
 
 def halving_inputs(wildcards):
     """A halving trial's train_model reads the decision of every rung it entered; when one stopped
-    it, that rung's figures (it records them), else the last rung's (it resumes from its state)."""
+    it, that rung's figures (it records them), else the last rung's (it resumes from its state).
+    """
     trial = wildcards.experiment
     if not DECIDED_RUNGS or trial not in TRIALS:
         return {}

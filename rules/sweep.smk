@@ -30,12 +30,25 @@ checkpoint rank_sweep:
         " --ranking {output.ranking:q} --summary {output.metrics:q} --log {log:q}"
 
 
-# The report's sweep section; re-plotting never re-ranks.
+# The report's sweep section; re-plotting never re-ranks. rungs.png (where each trial stopped) for
+# successive halving only.
 rule plot_sweep:
     input:
         ranking=rules.rank_sweep.output.ranking,
         metrics=trial_metrics,
     output:
+        **(
+            {
+                "rungs": report(
+                    "results/report/sweep/{sweep}/rungs.png",
+                    caption="../report/sweep_rungs.rst",
+                    category="Sweep",
+                    labels={"experiment": "{sweep}", "figure": "rungs"},
+                )
+            }
+            if DECIDED_RUNGS
+            else {}
+        ),
         table=report(
             "results/report/sweep/{sweep}/ranking.html",
             caption="../report/sweep_ranking.rst",
@@ -59,19 +72,6 @@ rule plot_sweep:
             caption="../report/sweep_coordinates.rst",
             category="Sweep",
             labels={"experiment": "{sweep}", "figure": "every trial"},
-        ),
-        # successive halving only: where each trial stopped
-        **(
-            {
-                "rungs": report(
-                    "results/report/sweep/{sweep}/rungs.png",
-                    caption="../report/sweep_rungs.rst",
-                    category="Sweep",
-                    labels={"experiment": "{sweep}", "figure": "rungs"},
-                )
-            }
-            if DECIDED_RUNGS
-            else {}
         ),
     log:
         "logs/plot_sweep/{sweep}.log",
