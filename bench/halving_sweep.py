@@ -8,7 +8,8 @@ test split that nothing here reads.
 
     python bench/halving_sweep.py --archive cifar10-train-jpeg.tar.gz       # or $CIFARFLOW_JPEG_ARCHIVE
     python bench/halving_sweep.py --archive ... --executor slurm   # as root: the one-node Slurm of the tests
-    python bench/halving_sweep.py --synthetic --epochs 3 --per-class 40     # a check of the script itself
+    python bench/halving_sweep.py --synthetic --values 2 --epochs 3 --per-class 30 --widths 8 16 16
+                                                             # a check of the script itself (8 trials)
 
 Prints, as JSON, for each sweep: the best trial and its validation accuracy, the trial epochs (every
 epoch any trial trained, summed: the compute), the trainings' own seconds (their benchmark files)
@@ -76,7 +77,8 @@ def carve(archive: Path, root: Path, per_class: int, test_per_class: int) -> Pat
 
 
 def config(args: argparse.Namespace, data: dict, method: str) -> dict:
-    sweep = {"name": "bench", "parameters": PARAMETERS, "max_trials": 64, "method": method}
+    parameters = {key: values[: args.values] for key, values in PARAMETERS.items()}
+    sweep = {"name": "bench", "parameters": parameters, "max_trials": 64, "method": method}
     if method == "halving":
         sweep["halving"] = {"sample": "grid", "min_epochs": 1, "eta": 3}
     return {
@@ -152,6 +154,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=9, help="the full schedule (rungs 1, 3, 9 at 9)")
     parser.add_argument("--widths", type=int, nargs=3, default=[32, 96, 192])
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument(
+        "--values", type=int, default=3, choices=(1, 2, 3), help="values per parameter (3: 27 trials)"
+    )
     parser.add_argument("--executor", choices=("local", "slurm"), default="local")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "cifarflow-halving-bench")
     args = parser.parse_args()

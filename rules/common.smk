@@ -220,10 +220,11 @@ def halving_inputs(wildcards):
 
 
 def halving_args(wildcards, input):
-    """train_model's arguments for a halving trial (none otherwise)."""
+    """train_model's arguments for a halving trial, after a space; none otherwise (so that the
+    command of every other training stays as it was: a changed command reruns a job)."""
     if "rungs" not in input.keys():
         return ""
-    return " ".join(
+    return " " + " ".join(
         [
             f"--trial {shlex.quote(wildcards.experiment)} --rungs",
             *map(shlex.quote, input.rungs),

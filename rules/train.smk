@@ -35,5 +35,5 @@ rule train_model:
         halving=halving_args,
     shell:
         "python scripts/train_model.py --data {params.data:q} --recipe {params.recipe:q}"
-        " --outdir {params.outdir:q} --threads {threads} --on-failure {params.on_failure}"
-        " {params.halving} --log {log:q}"
+        " --outdir {params.outdir:q} --threads {threads} --on-failure {params.on_failure}{params.halving}"
+        " --log {log:q}"
