@@ -30,12 +30,25 @@ checkpoint rank_sweep:
         " --ranking {output.ranking:q} --summary {output.metrics:q} --log {log:q}"
 
 
-# The report's sweep section; re-plotting never re-ranks.
+# The report's sweep section; re-plotting never re-ranks. rungs.png (where each trial stopped) for
+# successive halving only.
 rule plot_sweep:
     input:
         ranking=rules.rank_sweep.output.ranking,
         metrics=trial_metrics,
     output:
+        **(
+            {
+                "rungs": report(
+                    "results/report/sweep/{sweep}/rungs.png",
+                    caption="../report/sweep_rungs.rst",
+                    category="Sweep",
+                    labels={"experiment": "{sweep}", "figure": "rungs"},
+                )
+            }
+            if DECIDED_RUNGS
+            else {}
+        ),
         table=report(
             "results/report/sweep/{sweep}/ranking.html",
             caption="../report/sweep_ranking.rst",
@@ -54,6 +67,12 @@ rule plot_sweep:
             category="Sweep",
             labels={"experiment": "{sweep}", "figure": "learning curves"},
         ),
+        coordinates=report(
+            "results/report/sweep/{sweep}/coordinates.png",
+            caption="../report/sweep_coordinates.rst",
+            category="Sweep",
+            labels={"experiment": "{sweep}", "figure": "every trial"},
+        ),
     log:
         "logs/plot_sweep/{sweep}.log",
     benchmark:
@@ -65,7 +84,80 @@ rule plot_sweep:
         PIPELINE_IMAGE
     params:
         trials=TRIALS,
+        rungs=rungs_chart_arg,
     shell:
         "python scripts/plot_sweep.py --ranking {input.ranking:q} --trials {params.trials:q}"
         " --metrics {input.metrics:q} --table {output.table:q} --parameters {output.parameters:q}"
-        " --curves {output.curves:q} --log {log:q}"
+        " --curves {output.curves:q} --coordinates {output.coordinates:q} {params.rungs}"
+        " --log {log:q}"
+
+
+# Successive halving (sweep.method halving): each trial is a chain of train_rung jobs, one per rung
+# but the last (one Slurm job each), every one resuming from the one before through the trial's
+# resume.pt and stopping after the rung's epoch of the full schedule. After each rung, promote_rung
+# (a checkpoint, like rank_sweep) keeps the best 1/eta by validation accuracy; the trial's
+# train_model job then either finishes the schedule (promoted by every rung) or records where the
+# trial stopped (rules/train.smk, halving_inputs). A missing resume.pt costs a retraining from epoch
+# 0, never a different result: everything random in epoch e is seeded from (seed, e).
+rule train_rung:
+    input:
+        unpack(dataset_files),
+        unpack(audit_gate),
+        unpack(previous_rung),
+    output:
+        metrics="results/train/{experiment}/rung{rung}/metrics.json",
+        epochs="results/train/{experiment}/rung{rung}/epochs.json",
+    log:
+        "logs/train_rung/{experiment}-rung{rung}.log",
+    benchmark:
+        "benchmarks/train_rung/{experiment}-rung{rung}.tsv"
+    wildcard_constraints:
+        experiment="|".join(re.escape(name) for name in TRIALS) or "(?!)",
+        rung="|".join(str(rung) for rung in DECIDED_RUNGS) or "(?!)",
+    conda:
+        "../envs/train.yaml"
+    container:
+        PIPELINE_IMAGE
+    threads: 2
+    resources:  # as train_model's (a rung is a part of its training)
+        mem_mb=by_attempt(8000),
+        runtime=by_attempt(120),
+        gpu=train_gpus,
+    params:
+        recipe=recipe_json,
+        data=DATA_DIR,
+        outdir="results/train/{experiment}",
+        epochs=rung_epochs,
+        previous=previous_rung_arg,
+        mlflow_tags=mlflow_tags,
+    shell:
+        "python scripts/train_rung.py --data {params.data:q} --recipe {params.recipe:q}"
+        " --outdir {params.outdir:q} --rung {wildcards.rung} --epochs {params.epochs}"
+        " {params.previous} --metrics {output.metrics:q} --epochs-out {output.epochs:q}"
+        " --threads {threads} --log {log:q}"
+
+
+checkpoint promote_rung:
+    input:
+        unpack(rung_inputs),
+    output:
+        decision="results/sweep/{sweep}/rung{rung}/decision.json",
+        metrics="results/sweep/{sweep}/rung{rung}/metrics.json",
+    log:
+        "logs/promote_rung/{sweep}-rung{rung}.log",
+    benchmark:
+        "benchmarks/promote_rung/{sweep}-rung{rung}.tsv"
+    wildcard_constraints:
+        rung="|".join(str(rung) for rung in DECIDED_RUNGS) or "(?!)",
+    localrule: True
+    conda:
+        "../envs/report.yaml"
+    container:
+        PIPELINE_IMAGE
+    params:
+        sweep=sweep_json,
+        previous=previous_decision_arg,
+    shell:
+        "python scripts/promote_rung.py --sweep {params.sweep:q} --rung {wildcards.rung}"
+        " {params.previous} --metrics {input.metrics:q} --decision {output.decision:q}"
+        " --summary {output.metrics:q} --log {log:q}"

@@ -5,6 +5,7 @@ rule train_model:
     input:
         unpack(dataset_files),
         unpack(audit_gate),  # rules/audit.smk: with audit.max_test_leakage set, the audit first
+        unpack(halving_inputs),  # a halving sweep's trial: its rungs (rules/sweep.smk)
     output:
         checkpoint="results/train/{experiment}/model.pt",
         history="results/train/{experiment}/history.csv",
@@ -31,7 +32,8 @@ rule train_model:
         outdir=subpath(output.checkpoint, parent=True),
         on_failure=on_failure,
         mlflow_tags=mlflow_tags,
+        halving=halving_args,
     shell:
         "python scripts/train_model.py --data {params.data:q} --recipe {params.recipe:q}"
-        " --outdir {params.outdir:q} --threads {threads} --on-failure {params.on_failure}"
+        " --outdir {params.outdir:q} --threads {threads} --on-failure {params.on_failure}{params.halving}"
         " --log {log:q}"

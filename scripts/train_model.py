@@ -1,4 +1,6 @@
-"""Rule train_model: train one experiment's recipe on the prepared dataset."""
+"""Rule train_model: train one experiment's recipe on the prepared dataset. A halving sweep's trial
+(--rungs) continues from its last rung to the end of the schedule when every rung promoted it, and
+otherwise records where it stopped and why, training nothing."""
 
 import argparse
 import json
@@ -7,14 +9,32 @@ from pathlib import Path
 import torch
 from cifarflow.config import Recipe
 from cifarflow.dataset import load_meta
-from cifarflow.errors import TrainingFailed
+from cifarflow.errors import PipelineError, TrainingFailed
 from cifarflow.runtime import run_cli, write_metrics
-from cifarflow.training import record_failure, train
+from cifarflow.sweep import stop_reason, stopped_at
+from cifarflow.training import record_failure, record_stop, train
 
 
 def main(args: argparse.Namespace) -> None:
     outdir = Path(args.outdir)
     recipe = Recipe.from_config(json.loads(args.recipe))
+    if args.rungs:
+        decisions = [json.loads(Path(path).read_text()) for path in args.rungs]
+        rung = stopped_at(args.trial, decisions)
+        if rung is not None:
+            if not (args.rung_metrics and args.rung_epochs):
+                raise PipelineError(
+                    f"{args.trial} stopped after rung {rung}: give --rung-metrics and --rung-epochs"
+                )
+            figures = json.loads(Path(args.rung_metrics).read_text())
+            figures["epoch_history"] = json.loads(Path(args.rung_epochs).read_text())
+            outcome = "stopped" if figures["outcome"] == "ok" else figures["outcome"]
+            dataset_id = load_meta(Path(args.data))["dataset_id"]
+            metrics = record_stop(
+                outdir, recipe, dataset_id, figures, outcome, stop_reason(args.trial, decisions[-1])
+            )
+            write_metrics(outdir / "metrics.json", {**metrics, "stopped_at_rung": rung})
+            return
     try:
         metrics = {"outcome": "ok", **train(Path(args.data), recipe, outdir, threads=args.threads)}
     except (TrainingFailed, torch.cuda.OutOfMemoryError) as err:
@@ -40,4 +60,13 @@ if __name__ == "__main__":
         "the GPU runs out of memory): fail the job (an experiment), or record it as the outcome in "
         "the outputs and succeed (a sweep trial: its ranking lists it, the other trials carry on)",
     )
+    parser.add_argument("--trial", help="halving: the trial's name")
+    parser.add_argument(
+        "--rungs",
+        nargs="*",
+        default=[],
+        help="halving: the decision.json of each rung the trial entered, in order",
+    )
+    parser.add_argument("--rung-metrics", help="halving: the metrics.json of the rung after which it stopped")
+    parser.add_argument("--rung-epochs", help="halving: that rung's epochs.json")
     run_cli(main, parser)

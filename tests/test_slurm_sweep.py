@@ -1,7 +1,9 @@
 """config/sweep-demo.yaml through profiles/slurm on the one-node Slurm cluster (tests/slurm_cluster.py):
-each trial is a Slurm job of its own, the diverging one among them, and the sweep ends as it does
-locally: ranked by validation accuracy, the best alone exported, served and registered. The
-ranking (a checkpoint) and the report's rules are local rules: they never become Slurm jobs."""
+a sweep by successive halving, each trial a Slurm job per rung (train_rung) and one for its end
+(train_model: the rest of the schedule, or the record of where it stopped), the diverging one among
+them, and the sweep ends as it does locally: ranked by validation accuracy, the best alone exported,
+served and registered. The rungs' decisions and the ranking (checkpoints) and the report's rules
+are local rules: they never become Slurm jobs."""
 
 from __future__ import annotations
 
@@ -32,6 +34,10 @@ def test_each_trial_is_a_slurm_job_of_its_own(on_slurm):
     }
     trials = sorted(wildcards for rule, wildcards in jobs.values() if rule == "train_model")
     assert trials == sorted(TRIALS), jobs  # one job per trial, the diverging one included
+    # one job per trial per rung: all four at rung 0, at rung 1 the two that rung 0 promoted
+    promoted = json.loads((workdir / "results/sweep/demo/rung0/decision.json").read_text())["promoted"]
+    rungs = sorted(wildcards for rule, wildcards in jobs.values() if rule == "train_rung")
+    assert len(promoted) == 2 and rungs == sorted([f"{t}_0" for t in TRIALS] + [f"{t}_1" for t in promoted])
     for job_id, log in run.submitted().items():
         assert "1 of 1 steps (100%) done" in log.read_text(), (jobs[job_id], log.read_text()[-2000:])
     # the ranking and the report are local rules, in the main process; after the ranking the
@@ -39,7 +45,7 @@ def test_each_trial_is_a_slurm_job_of_its_own(on_slurm):
     ranking = json.loads((workdir / "results/sweep/demo/ranking.json").read_text())
     (best,) = ranking["promoted"]
     dataset = next((workdir / "results/data").iterdir()).name
-    later = sorted(job for job in jobs.values() if job[0] != "train_model")
+    later = sorted(job for job in jobs.values() if job[0] not in ("train_model", "train_rung"))
     expected = [("prepare_dataset", dataset), ("audit_dataset", dataset)]
     shipped = [("export_onnx", best), ("evaluate_robustness", best), ("evaluate_served_model", best)]
     assert later == sorted([*expected, *shipped])
@@ -51,10 +57,10 @@ def test_the_ranking_lists_the_diverged_trial_and_mlflow_tags_every_trial(on_slu
     workdir, _, _ = on_slurm
     ranking = json.loads((workdir / "results/sweep/demo/ranking.json").read_text())
     outcomes = {row["trial"]: row["outcome"] for row in ranking["trials"]}
+    (best,) = ranking["promoted"]
     assert outcomes == {
-        "demo-lr0.03": "ok",
-        "demo-lr0.3": "ok",
-        "demo-lr1.0": "ok",
+        **{trial: "stopped" for trial in TRIALS if trial != best},
+        best: "ok",
         "demo-lr10000.0": "diverged",
     }
     assert ranking["trials"][0]["promoted"] and ranking["trials"][0]["val_accuracy"] >= 0.9

@@ -9,7 +9,17 @@ import pytest
 import yaml
 from cifarflow.config import load_schema, validate_config
 from cifarflow.errors import PipelineError
-from cifarflow.sweep import Sweep, experiments, plan, rank, ranking_metrics
+from cifarflow.sweep import (
+    Sweep,
+    entering,
+    experiments,
+    plan,
+    promote_rung,
+    rank,
+    ranking_metrics,
+    stop_reason,
+    stopped_at,
+)
 from conftest import ROOT
 from snakemake.utils import update_config
 
@@ -200,8 +210,8 @@ def test_a_sweep_over_the_limit_is_refused_with_its_count():
             {"method": "random", "trials": 2, "parameters": {"epochs": {"min": 1.5, "max": 4}}},
             r"'sweep\.parameters\.epochs\.min' = 1\.5 is invalid: 1\.5 is not of type 'integer'",
         ),
-        ({"trials": 3, "parameters": {"lr": [0.1]}}, r"'sweep\.trials' is for method random"),
-        ({"method": "random", "parameters": {"lr": [0.1]}}, r"'sweep\.trials' is required for method random"),
+        ({"trials": 3, "parameters": {"lr": [0.1]}}, r"'sweep\.trials' is for random draws"),
+        ({"method": "random", "parameters": {"lr": [0.1]}}, r"'sweep\.trials' is required for random draws"),
     ],
 )
 def test_bad_keys_values_and_ranges_are_named(sweep, message):
@@ -377,3 +387,124 @@ def test_a_sweep_travels_as_json_to_the_ranking_step():
 def test_a_missing_result_is_named():
     with pytest.raises(PipelineError, match=r"no training result for trial\(s\) s-c"):
         rank(sweep(), {k: v for k, v in RESULTS.items() if k != "s-c"})
+
+
+# -- Successive halving ----------------------------------------------------------------------------
+
+HALVING = {
+    "name": "sh",
+    "method": "halving",
+    "halving": {"min_epochs": 1, "eta": 3},
+    "parameters": {"lr": [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0]},
+}
+
+
+def planned_halving(sweep: dict, epochs: int):
+    merged = config(sweep)
+    merged["train"]["epochs"] = epochs
+    return plan(merged, SCHEMA)
+
+
+def rung_result(val: float | None, epochs: int, outcome: str = "ok") -> dict:
+    if outcome != "ok":
+        return {"outcome": outcome, "reason": "training diverged: loss is nan", "epochs": 0}
+    return {"outcome": "ok", "val_accuracy": val, "val_loss": 1 - val, "train_seconds": 1.0, "epochs": epochs}
+
+
+def test_halving_rungs_grow_by_eta_up_to_the_full_schedule():
+    sweep = planned_halving(HALVING, 27)
+    assert sweep.method == "halving" and sweep.halving and sweep.eta == 3
+    assert sweep.rungs == (1, 3, 9, 27) and len(sweep.trials) == 9 and "sh-lr0.01" in sweep.trials
+    # the last rung completes the schedule even where it is no power of eta
+    assert planned_halving(HALVING, 20).rungs == (1, 3, 9, 20)
+    assert planned_halving({**HALVING, "halving": {"min_epochs": 2, "eta": 2}}, 9).rungs == (2, 4, 8, 9)
+    assert planned_halving({**HALVING, "halving": {}}, 4).rungs == (1, 3, 4)  # defaults: 1, eta 3
+    assert Sweep.from_json(sweep.to_json()) == sweep
+    assert planned(GRID).rungs == () and not planned(GRID).halving
+    # trials drawn at random, as method random draws them
+    drawn = planned_halving({**RANDOM, "method": "halving", "halving": {"sample": "random"}, "parameters": {
+        key: value for key, value in RANDOM["parameters"].items() if key != "epochs"}}, 9)  # fmt: skip
+    assert list(drawn.trials) == [f"search-{n:03d}" for n in range(1, 7)] and drawn.rungs == (1, 3, 9)
+
+
+@pytest.mark.parametrize(
+    ("sweep", "epochs", "message"),
+    [
+        (
+            {**HALVING, "halving": {"min_epochs": 4}},
+            4,
+            r"'sweep\.halving\.min_epochs' = 4 is not below train\.epochs = 4",
+        ),
+        (
+            {**HALVING, "parameters": {"epochs": [2, 4]}},
+            4,
+            r"'sweep\.parameters\.epochs' cannot be swept with method halving",
+        ),
+        ({**HALVING, "trials": 3}, 9, r"'sweep\.trials' is for random draws.*sweep\.halving\.sample: random"),
+        ({**HALVING, "halving": {"eta": 1}}, 9, r"'sweep\.halving\.eta' = 1 is invalid"),
+        ({**HALVING, "halving": {"sample": "bayes"}}, 9, r"'sweep\.halving\.sample' = 'bayes' is invalid"),
+    ],
+)
+def test_bad_halving_settings_are_named(sweep, epochs, message):
+    with pytest.raises(PipelineError, match=message):
+        planned_halving(sweep, epochs)
+
+
+def test_each_rung_promotes_the_best_third_by_validation_and_never_a_diverged_trial():
+    sweep = planned_halving(HALVING, 27)
+    trials = list(sweep.trials)
+    results = {name: rung_result(0.1 * i, 1) for i, name in enumerate(trials)}
+    results[trials[-1]] = rung_result(None, 1, "diverged")  # would be the best; it has no result
+    decision = promote_rung(sweep, 0, results)
+    assert (decision["entered"], decision["keep"], decision["epochs"], decision["next_epochs"]) == (
+        9,
+        3,
+        1,
+        3,
+    )
+    assert decision["promoted"] == [trials[7], trials[6], trials[5]]
+    assert [row["rank"] for row in decision["trials"]] == [1, 2, 3, 4, 5, 6, 7, 8, None]
+    assert entering(sweep, 1, decision) == [trials[5], trials[6], trials[7]]  # in trial order
+    assert entering(sweep, 0, None) == trials
+    assert stopped_at(trials[7], [decision]) is None and stopped_at(trials[0], [decision]) == 0
+    reason = stop_reason(trials[0], decision)
+    assert reason == (
+        "stopped by successive halving after rung 0 (1 epochs): validation accuracy 0.0000, rank 8 of 9; "
+        "the best 3 went on"
+    )
+    assert stop_reason(trials[-1], decision) == "training diverged: loss is nan"
+    # rung 1: three entered, one goes on (at least one, however few enter)
+    second = promote_rung(sweep, 1, {name: rung_result(0.5, 3) for name in entering(sweep, 1, decision)})
+    # a tie of accuracy and loss: the first name
+    assert second["keep"] == 1 and second["promoted"] == [min(trials[5:8])] == ["sh-lr10.0"]
+    with pytest.raises(PipelineError, match="did not enter rung 1"):
+        stopped_at(trials[0], [second])
+    with pytest.raises(PipelineError, match="no decision after rung 3"):
+        promote_rung(sweep, 3, results)
+    with pytest.raises(PipelineError, match="none of the 2 trials of rung 0 trained without fault"):
+        promote_rung(sweep, 0, {name: rung_result(None, 1, "diverged") for name in trials[:2]})
+
+
+def test_the_halving_ranking_lists_the_stopped_by_how_far_they_went_and_counts_trial_epochs():
+    sweep = planned_halving({**HALVING, "parameters": {"lr": [0.1, 0.3, 1.0, 3.0]}}, 9)
+    final = {"outcome": "ok", "val_accuracy": 0.9, "val_loss": 0.1, "test_accuracy": 0.8, "epochs": 9}
+
+    def stopped(rung: int, val: float) -> dict:
+        return {"outcome": "stopped", "reason": "stopped by successive halving", "val_accuracy": val,
+                "epochs": sweep.rungs[rung], "stopped_at_rung": rung}  # fmt: skip
+
+    results = {
+        "sh-lr0.1": stopped(0, 0.7),
+        "sh-lr0.3": stopped(1, 0.6),
+        "sh-lr1.0": final,
+        "sh-lr3.0": {"outcome": "diverged", "reason": "training diverged", "epochs": 0, "stopped_at_rung": 0},
+    }
+    ranking = rank(sweep, results)
+    assert ranking["rungs"] == [1, 3, 9] and ranking["eta"] == 3 and ranking["promoted"] == ["sh-lr1.0"]
+    assert [row["trial"] for row in ranking["trials"]] == ["sh-lr1.0", "sh-lr0.3", "sh-lr0.1", "sh-lr3.0"]
+    assert [row["stopped_at_rung"] for row in ranking["trials"]] == [None, 1, 0, 0]
+    figures = ranking_metrics(ranking)
+    assert figures["trial_epochs"] == 9 + 3 + 1 + 0 and figures["trials_finished"] == 1
+    assert "trial_epochs" not in ranking_metrics(
+        rank(planned(GRID), {n: final for n in planned(GRID).trials})
+    )

@@ -96,3 +96,88 @@ def test_learning_curves_draw_each_best_trial():
     assert list(accuracy.lines[0].get_ydata()) == [0.3, 0.5, 0.9] and len(loss.lines) == 2
     assert "the 2 best trials" in fig._suptitle.get_text()
     png_size(fig)
+
+
+HALVING = Sweep(
+    "sh",
+    "halving",
+    ("lr",),
+    {f"sh-lr{lr}": {"lr": lr} for lr in (0.01, 0.1, 1.0, 1000.0)},
+    promote=1,
+    rungs=(1, 2, 4),
+    eta=2,
+)
+
+
+def epochs(*accuracies: float) -> list[dict]:
+    return [{"epoch": i, "val_accuracy": v, "train_loss": 1 - v} for i, v in enumerate(accuracies, start=1)]
+
+
+HALVING_RESULTS = {  # 0.01 stopped after rung 0, 0.1 after rung 1, 1.0 finished, 1000 diverged in rung 0
+    "sh-lr0.01": {
+        "outcome": "stopped",
+        "reason": "stopped",
+        "val_accuracy": 0.3,
+        "epochs": 1,
+        "stopped_at_rung": 0,
+        "history": epochs(0.3),
+    },  # fmt: skip
+    "sh-lr0.1": {
+        "outcome": "stopped",
+        "reason": "stopped",
+        "val_accuracy": 0.6,
+        "epochs": 2,
+        "stopped_at_rung": 1,
+        "history": epochs(0.4, 0.6),
+    },  # fmt: skip
+    "sh-lr1.0": {**result(0.9, 0.8), "history": epochs(0.5, 0.7, 0.8, 0.9)},
+    "sh-lr1000.0": {**diverged("loss is nan"), "stopped_at_rung": 0, "history": []},
+}
+
+
+def test_parallel_coordinates_draw_every_trial_through_its_settings_to_its_accuracy():
+    ranking = rank(HALVING, HALVING_RESULTS)
+    fig = plots.sweep_coordinates(ranking)
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["lr", "validation accuracy (where it stopped)"]
+    lines = {
+        tuple(round(float(y), 6) for y in line.get_ydata()): line
+        for line in ax.lines
+        if line.get_marker() == "o"
+    }
+    assert len(lines) == 4  # one line per trial
+    # lr on a log axis: 0.01 at the bottom, 1000 at the top; accuracy 0.3 lowest, 0.9 highest, the
+    # diverged trial below every accuracy
+    assert set(lines) == {(0.0, 0.0), (0.2, 0.5), (0.4, 1.0), (1.0, -0.12)}
+    assert lines[(0.4, 1.0)].get_linewidth() == 3  # the promoted
+    assert lines[(1.0, -0.12)].get_linestyle() == "--"
+    assert lines[(0.0, 0.0)].get_color() != lines[(0.2, 0.5)].get_color()  # stopped at rungs 0 and 1
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert (
+        legend[0] == "promoted" and "stopped after rung 1 (2 epochs)" in legend and "did not train" in legend
+    )
+    png_size(fig)
+    # a sweep without rungs: the same figure, no rung colours
+    plain = plots.sweep_coordinates(rank(GRID, RESULTS))
+    assert [t.get_text() for t in plain.axes[0].get_xticklabels()] == ["lr", "widths", "validation accuracy"]
+    png_size(plain)
+
+
+def test_the_rung_chart_draws_each_trial_up_to_the_rung_where_it_stopped():
+    ranking = rank(HALVING, HALVING_RESULTS)
+    histories = {name: pd.DataFrame(r["history"]) for name, r in HALVING_RESULTS.items()}
+    fig = plots.sweep_rungs(ranking, histories)
+    (ax,) = fig.axes
+    lines = sorted((list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines)
+    # the accuracy at each rung's end (epochs 1, 2, 4), up to where the trial stopped
+    assert lines == [([0], [0.3]), ([0, 1], [0.4, 0.6]), ([0, 1, 2], [0.5, 0.7, 0.9])]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "rung 0\n1 epochs\n4 trials",
+        "rung 1\n2 epochs\n2 trials",
+        "rung 2\n4 epochs\n1 trials",
+    ]
+    names = {t.get_text() for t in ax.texts}
+    assert names == {"sh-lr0.01", "sh-lr0.1", "sh-lr1.0"}  # the diverged one is a red cross instead
+    assert "did not train" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "eta 2" in fig._suptitle.get_text()
+    png_size(fig)

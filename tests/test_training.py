@@ -136,6 +136,36 @@ def test_same_seed_same_result_and_resume_is_exact(tiny_data, tmp_path, monkeypa
     assert without_timings(other) == without_timings(fresh)
 
 
+def test_halving_rungs_end_identical_to_an_uninterrupted_training(tiny_data, tmp_path):
+    """A trial that survives every rung (epochs 1, then 2, of a 4-epoch schedule, each a separate
+    call as a rung job is, then the rest) makes the same model.pt, byte for byte, and the same
+    metrics as one uninterrupted training: the learning rate spans the full 4 epochs from the start."""
+    recipe = base_recipe(epochs=4)
+    full = train(tiny_data, recipe, tmp_path / "full", threads=2)
+    rungs = tmp_path / "rungs"
+    first = train(tiny_data, recipe, rungs, threads=2, stop_after=1)
+    assert not (rungs / "model.pt").exists() and not (rungs / "history.csv").exists()
+    assert torch.load(rungs / "resume.pt", weights_only=True)["epoch"] == 1
+    second = train(tiny_data, recipe, rungs, threads=2, stop_after=2)
+    assert torch.load(rungs / "resume.pt", weights_only=True)["epoch"] == 2
+    for rung, epochs in ((first, 1), (second, 2)):  # each rung's figures are those of its epoch
+        assert rung["epochs"] == epochs and "test_accuracy" not in rung
+        assert rung["val_accuracy"] == full["history"][epochs - 1]["val_accuracy"]
+        assert rung["val_loss"] == full["history"][epochs - 1]["val_loss"]
+    # the rung's lr is that of the full schedule at that epoch, not the end of a short one (0)
+    assert second["epoch_history"][-1]["lr"] == full["history"][1]["lr"] > 0
+    # a rung run again after its state went further trains nothing and gives the same figures
+    again = train(tiny_data, recipe, rungs, threads=2, stop_after=1)
+    assert again == first
+    assert torch.load(rungs / "resume.pt", weights_only=True)["epoch"] == 2
+    last = train(tiny_data, recipe, rungs, threads=2)
+    assert without_timings(last) == without_timings(full)
+    assert (rungs / "model.pt").read_bytes() == (tmp_path / "full" / "model.pt").read_bytes()
+    assert (rungs / "history.csv").read_text().count("\n") == 5 and not (rungs / "resume.pt").exists()
+    with pytest.raises(PipelineError, match="stop after epoch 5: the recipe trains epochs 1 to 4"):
+        train(tiny_data, recipe, rungs, stop_after=5)
+
+
 def test_divergence_names_epoch_step_and_lr(tiny_data, tmp_path):
     with pytest.raises(
         PipelineError, match=r"training diverged: loss is nan at epoch 1, step \d+ \(lr [0-9.e+]+\)"

@@ -102,3 +102,73 @@ def test_the_record_keeps_the_epochs_completed_before_divergence(tiny_data, tmp_
     assert [int(row["epoch"]) for row in rows] == [1]
     assert torch.load(tmp_path / "model.pt", weights_only=True)["outcome"] == "diverged"
     assert not (tmp_path / "resume.pt").exists()  # the same recipe would diverge again: nothing to resume
+
+
+def test_halving_trial_jobs_end_as_one_training_or_record_where_they_stopped(tiny_data, tmp_path):  # noqa: F811
+    """The scripts of a halving trial, each a process of its own as on Slurm: rung 0 (1 epoch of 3),
+    the decision, then train_model with the decision. Promoted, it resumes to the end and writes the
+    uninterrupted training's model.pt, byte for byte; stopped, it trains nothing and records why."""
+    from cifarflow.sweep import Sweep, promote_rung
+
+    recipe = base_recipe(epochs=3)
+    sweep = Sweep("h", "halving", ("lr",), {"h-a": {}, "h-b": {}}, promote=1, rungs=(1, 3), eta=2)
+    rungs = {}
+    for trial in ("h-a", "h-b"):
+        rung = tmp_path / trial / "rung0"
+        run = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "train_rung.py"), "--data", str(tiny_data)]
+            + [
+                "--recipe",
+                recipe.to_json(),
+                "--outdir",
+                str(tmp_path / trial),
+                "--rung",
+                "0",
+                "--epochs",
+                "1",
+            ]
+            + ["--metrics", str(rung / "metrics.json"), "--epochs-out", str(rung / "epochs.json")]
+            + ["--threads", "2"],
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": str(ROOT / "scripts"), "PATH": "/usr/bin:/bin"},
+            timeout=300,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        rungs[trial] = json.loads((rung / "metrics.json").read_text())
+        assert rungs[trial]["history"] == [
+            {
+                "step": 0,
+                "epochs": 1,
+                "val_accuracy": rungs[trial]["val_accuracy"],
+                "val_loss": rungs[trial]["val_loss"],
+            }
+        ]
+    # the same recipe twice: a tie, which the name breaks (h-a goes on, h-b stops)
+    decision = promote_rung(sweep, 0, rungs)
+    assert decision["promoted"] == ["h-a"]
+    (tmp_path / "decision.json").write_text(json.dumps(decision))
+    for trial in ("h-a", "h-b"):
+        rung = tmp_path / trial / "rung0"
+        halving = ["--trial", trial, "--rungs", str(tmp_path / "decision.json")]
+        halving += ["--rung-metrics", str(rung / "metrics.json"), "--rung-epochs", str(rung / "epochs.json")]
+        run = train_model(tiny_data, recipe, tmp_path / trial, "--on-failure", "record", *halving)
+        assert run.returncode == 0, run.stderr[-3000:]
+    uninterrupted = train_model(tiny_data, recipe, tmp_path / "full")
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    assert (tmp_path / "h-a" / "model.pt").read_bytes() == (tmp_path / "full" / "model.pt").read_bytes()
+    finished, full = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("h-a", "full"))
+    timing = ("seconds", "images_per_second", "train_seconds")
+    assert [{k: v for k, v in row.items() if k not in timing} for row in finished.pop("history")] == [
+        {k: v for k, v in row.items() if k not in timing} for row in full.pop("history")
+    ]
+    assert {k: v for k, v in finished.items() if k not in timing} == {
+        k: v for k, v in full.items() if k not in timing
+    }
+    stopped = json.loads((tmp_path / "h-b" / "metrics.json").read_text())
+    assert (stopped["outcome"], stopped["stopped_at_rung"], stopped["epochs"]) == ("stopped", 0, 1)
+    assert stopped["val_accuracy"] == rungs["h-b"]["val_accuracy"] and len(stopped["history"]) == 1
+    assert stopped["reason"].startswith("stopped by successive halving after rung 0 (1 epochs)")
+    assert not (tmp_path / "h-b" / "resume.pt").exists()
+    with pytest.raises(PipelineError, match=r"model\.pt holds no model: its training stopped"):
+        load_checkpoint(tmp_path / "h-b" / "model.pt")

@@ -1,7 +1,9 @@
-"""config/sweep-demo.yaml through the real snakemake CLI: four trials train, the one with an absurd
-learning rate diverges and is listed as such while the others carry on, the best by validation
-accuracy alone is exported, built into one Podman image, evaluated as served and registered; the
-report's Sweep section and MLflow show all four. A trial whose job fails outright (not a training
+"""config/sweep-demo.yaml through the real snakemake CLI: four trials train by successive halving
+(rungs of 1, 2 and 4 epochs, eta 2), the one with an absurd learning rate diverges and is listed as
+such while the others carry on, the best two of rung 0 go on to rung 1 and its best finishes; that
+trial alone is exported, built into one Podman image, evaluated as served and registered; the
+report's Sweep section (with the parallel coordinates and the rung chart) and MLflow (each rung a
+step, each stopped trial with its rung) show all four. A trial whose job fails outright (not a training
 outcome) leaves the others finished under --keep-going, and the ranking waits for it."""
 
 import json
@@ -67,7 +69,9 @@ def test_every_trial_trains_and_only_the_best_goes_on(swept):
     assert started(run) == {
         "prepare_dataset": 1,
         "audit_dataset": 1,
-        "train_model": 4,
+        "train_rung": 6,  # four trials at rung 0, two at rung 1
+        "promote_rung": 2,
+        "train_model": 4,  # the winner's last rung, and the record of each stopped trial
         "rank_sweep": 1,
         "export_onnx": 1,
         "evaluate_robustness": 1,
@@ -104,9 +108,8 @@ def test_trials_are_ranked_on_validation_and_the_diverged_one_is_listed_with_its
     rows = {row["trial"]: row for row in ranking["trials"]}
     assert sorted(rows) == sorted(TRIALS) and ranking["selected_on"] == "val_accuracy"
     finished = [row for row in ranking["trials"] if row["outcome"] == "ok"]
-    assert [row["trial"] for row in finished] == [row["trial"] for row in ranking["trials"][:3]]
-    vals = [row["val_accuracy"] for row in finished]
-    assert vals == sorted(vals, reverse=True) and [row["rank"] for row in finished] == [1, 2, 3]
+    assert [row["trial"] for row in finished] == [ranking["trials"][0]["trial"]]  # halving: one finishes
+    assert [row["rank"] for row in finished] == [1]
     for row in finished:  # the ranking's figures are the trainings' own
         trained = read(workdir, f"results/train/{row['trial']}/metrics.json")
         assert (row["val_accuracy"], row["test_accuracy"]) == (
@@ -118,10 +121,54 @@ def test_trials_are_ranked_on_validation_and_the_diverged_one_is_listed_with_its
     diverged = rows[DIVERGED]
     assert diverged["outcome"] == "diverged" and diverged["rank"] is None and not diverged["promoted"]
     assert diverged["reason"].startswith("training diverged: loss is nan at epoch 1")
+    assert diverged["reason"] in (workdir / f"logs/train_rung/{DIVERGED}-rung0.log").read_text()
     assert diverged["reason"] in (workdir / f"logs/train_model/{DIVERGED}.log").read_text()
     assert "training diverged" in (workdir / "logs/rank_sweep/demo.log").read_text()
     summary = read(workdir, "results/sweep/demo/metrics.json")
-    assert (summary["trials"], summary["trials_finished"], summary["trials_stopped"]) == (4, 3, 1)
+    assert (summary["trials"], summary["trials_finished"], summary["trials_stopped"]) == (4, 1, 3)
+    assert summary["trial_epochs"] == 4 + 2 + 1 + 0  # against 16 for the four trained to the end
+
+
+def test_halving_promotes_the_best_half_of_each_rung_and_the_survivor_resumes_to_the_end(swept):
+    workdir, run, _ = swept
+    first = read(workdir, "results/sweep/demo/rung0/decision.json")
+    second = read(workdir, "results/sweep/demo/rung1/decision.json")
+    assert (first["entered"], first["keep"], first["epochs"], first["next_epochs"]) == (4, 2, 1, 2)
+    assert (second["entered"], second["keep"], second["epochs"], second["next_epochs"]) == (2, 1, 2, 4)
+    assert DIVERGED not in first["promoted"] and sorted(r["trial"] for r in second["trials"]) == sorted(
+        first["promoted"]
+    )
+    # promoted: the best by validation accuracy at the rung's end
+    for decision in (first, second):
+        ranked = [row for row in decision["trials"] if row["outcome"] == "ok"]
+        assert decision["promoted"] == [row["trial"] for row in ranked[: decision["keep"]]]
+        assert [row["val_accuracy"] for row in ranked] == sorted(
+            (row["val_accuracy"] for row in ranked), reverse=True
+        )
+        for row in ranked:  # the rung's figures are its job's own
+            rung = read(workdir, f"results/train/{row['trial']}/rung{decision['rung']}/metrics.json")
+            assert rung["val_accuracy"] == row["val_accuracy"] and rung["epochs"] == decision["epochs"]
+    ranking = read(workdir, "results/sweep/demo/ranking.json")
+    (best,) = second["promoted"]
+    assert ranking["promoted"] == [best] and ranking["rungs"] == [1, 2, 4]
+    # the survivor resumed each rung from the one before, and its last job ran epochs 3 and 4 only
+    assert "resuming after epoch 1" in (workdir / f"logs/train_rung/{best}-rung1.log").read_text()
+    final_log = (workdir / f"logs/train_model/{best}.log").read_text()
+    assert "resuming after epoch 2" in final_log and "epoch 3/4" in final_log and "epoch 1/4" not in final_log
+    trained = read(workdir, f"results/train/{best}/metrics.json")
+    assert [row["epoch"] for row in trained["history"]] == [1, 2, 3, 4]
+    assert (
+        trained["history"][0]["val_accuracy"]
+        == read(workdir, f"results/train/{best}/rung0/metrics.json")["val_accuracy"]
+    )
+    assert not (workdir / f"results/train/{best}/resume.pt").exists()
+    # a trial stopped after rung 0 records it, with its accuracy there, and is never trained further
+    (stopped,) = [t for t in TRIALS if t not in first["promoted"] and t != DIVERGED]
+    record = read(workdir, f"results/train/{stopped}/metrics.json")
+    assert (record["outcome"], record["stopped_at_rung"], record["epochs"]) == ("stopped", 0, 1)
+    assert record["reason"].startswith("stopped by successive halving after rung 0 (1 epochs)")
+    assert not (workdir / f"results/train/{stopped}/rung1").exists()
+    assert not (workdir / f"results/train/{stopped}/resume.pt").exists()
 
 
 def test_the_champion_is_chosen_on_validation_accuracy(swept):
@@ -160,7 +207,31 @@ def test_mlflow_tags_each_trial_run_with_its_sweep_settings_and_outcome(swept):
     best = read(workdir, "results/sweep/demo/ranking.json")["promoted"][0]
     assert trained[best].data.tags["outcome"] == "ok" and trained[best].data.metrics["val_accuracy"] > 0
     ranked = runs.named("rank_sweep/sweep=demo")
-    assert ranked.data.metrics["trials_stopped"] == 1 and ranked.data.metrics["best_val_accuracy"] >= 0.9
+    assert ranked.data.metrics["trials_stopped"] == 3 and ranked.data.metrics["best_val_accuracy"] >= 0.9
+    # halving: each rung is a step of the trial's val_accuracy (its rung jobs' runs), and a stopped
+    # trial's run carries the rung where it stopped
+    client = MlflowClient(sqlite_uri(workdir))
+    second = read(workdir, "results/sweep/demo/rung1/decision.json")
+    rungs = {r.info.run_name: r for r in runs.children if r.info.run_name.startswith("train_rung/")}
+    assert len(rungs) == 6
+    for trial in second["promoted"]:
+        (run,) = [
+            r
+            for r in rungs.values()
+            if r.data.tags["sweep.trial"] == trial and '"rung": "1"' in r.data.tags["snakemake.wildcards"]
+        ]
+        steps = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_accuracy")}
+        assert (
+            sorted(steps) == [0, 1]
+            and steps[1] == read(workdir, f"results/train/{trial}/rung1/metrics.json")["val_accuracy"]
+        )
+    for name, run in trained.items():
+        if run.data.tags["outcome"] == "stopped":
+            assert run.data.metrics["stopped_at_rung"] in (0, 1)
+        else:
+            assert name == best or run.data.metrics["stopped_at_rung"] == 0  # the diverged one
+    decided = [r for r in runs.children if r.info.run_name.startswith("promote_rung/")]
+    assert sorted(r.data.metrics["promoted"] for r in decided) == [1, 2]
 
 
 def test_the_report_has_a_sweep_section_with_every_trial(swept, tmp_path_factory):
@@ -178,6 +249,8 @@ def test_the_report_has_a_sweep_section_with_every_trial(swept, tmp_path_factory
         ("ranking", "ranking.html"): True,
         ("accuracy by setting", "parameters.png"): True,
         ("learning curves", "curves.png"): True,
+        ("every trial", "coordinates.png"): True,
+        ("rungs", "rungs.png"): True,
     }
     table = (workdir / "results/report/sweep/demo/ranking.html").read_text()
     assert all(f">{trial}<" in table for trial in TRIALS) and ">training diverged: loss is nan" in table

@@ -513,3 +513,157 @@ def sweep_curves(histories: dict[str, pd.DataFrame], sweep: str) -> Figure:
     fig.suptitle(f"Sweep {sweep}: the {len(histories)} best trials by validation accuracy", fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def _axis_positions(values: list) -> tuple[list[float], list[float], list[str]]:
+    """One parallel-coordinates axis: each value's height in [0, 1], and the ticks (heights, labels).
+    Numbers on a linear scale, or a log one when they span a decade or more; other values (widths,
+    optimizer, ...) as evenly spaced categories in their natural order."""
+    if all(_is_number(v) for v in values):
+        xs = [float(v) for v in values]
+        low, high = min(xs), max(xs)
+        log_scale = low > 0 and high / low >= 10
+        scale = (lambda x: math.log10(x)) if log_scale else (lambda x: x)
+        span = (scale(high) - scale(low)) or 1.0
+        height = [(scale(x) - scale(low)) / span if high > low else 0.5 for x in xs]
+        distinct = sorted(set(xs))
+        if len(distinct) > 6:
+            distinct = [low, high]
+        ticks = [(scale(x) - scale(low)) / span if high > low else 0.5 for x in distinct]
+        return height, ticks, [f"{x:g}" for x in distinct]
+    distinct = {_label(v): v for v in values}
+    order = sorted(distinct, key=lambda text: distinct[text])
+    place = {text: (i / (len(order) - 1) if len(order) > 1 else 0.5) for i, text in enumerate(order)}
+    return [place[_label(v)] for v in values], list(place.values()), order
+
+
+def _rung_colors(count: int) -> list:
+    cmap = plt.get_cmap("viridis")
+    return [cmap(0.15 + 0.7 * k / max(1, count - 1)) for k in range(count)]
+
+
+def sweep_coordinates(ranking: dict) -> Figure:
+    """Parallel coordinates of every trial (rank_sweep's ranking.json): one vertical axis per swept
+    setting and one for validation accuracy, each trial a line through its values. Finished trials
+    in blue, the promoted ones thick orange; with successive halving, a trial stopped after rung k
+    is coloured by k and ends at its accuracy there. A trial that did not train (diverged, failed)
+    is a dashed red line ending at the bottom, below every accuracy."""
+    rows = ranking["trials"]
+    keys = list(ranking["swept"]) or ["trial"]
+    halving = "rungs" in ranking
+    accuracies = [row["val_accuracy"] for row in rows if _is_number(row.get("val_accuracy"))]
+    low, high = (min(accuracies), max(accuracies)) if accuracies else (0.0, 1.0)
+    span = (high - low) or 1.0
+    fig, ax = plt.subplots(figsize=(max(5.0, 2.2 * (len(keys) + 1)), 4.2))
+    columns = []
+    for key in keys:
+        values = [row["trial"] if key == "trial" else row["settings"][key] for row in rows]
+        heights, ticks, labels = _axis_positions(values)
+        columns.append(heights)
+        i = len(columns) - 1
+        for tick, label in zip(ticks, labels, strict=True):
+            ax.text(i - 0.04, tick, label, ha="right", va="center", fontsize=7)
+    gap = 0.12  # the did-not-train trials end below the accuracy axis' range
+    heights = [
+        (row["val_accuracy"] - low) / span if _is_number(row.get("val_accuracy")) else -gap for row in rows
+    ]
+    columns.append(heights)
+    n = len(columns)
+    for tick in (0.0, 0.5, 1.0):
+        ax.text(n - 1 + 0.04, tick, f"{low + tick * span:.1%}", ha="left", va="center", fontsize=7)
+    colors = _rung_colors(len(ranking.get("rungs", [])) - 1) if halving else []
+    drawn: dict[str, object] = {}
+    order = sorted(range(len(rows)), key=lambda j: (rows[j]["promoted"], rows[j]["outcome"] == "ok"))
+    for j in order:  # the promoted last, on top
+        row = rows[j]
+        ys = [column[j] for column in columns]
+        if row["promoted"]:
+            style, label = {"color": VAL, "linewidth": 3, "zorder": 4}, "promoted"
+        elif row["outcome"] == "ok":
+            style, label = {"color": TRAIN, "linewidth": 1.5, "zorder": 3}, "finished"
+        elif row["outcome"] == "stopped" and halving:
+            rung = row.get("stopped_at_rung") or 0
+            style = {"color": colors[rung], "linewidth": 1.2, "alpha": 0.8, "zorder": 2}
+            label = f"stopped after rung {rung} ({ranking['rungs'][rung]} epochs)"
+        else:
+            style, label = {"color": STOPPED, "linewidth": 1, "linestyle": "--", "zorder": 1}, "did not train"
+        (line,) = ax.plot(range(n), ys, marker="o", markersize=3, **style)
+        drawn.setdefault(label, line)
+    for i in range(n):
+        ax.axvline(i, color="0.3", linewidth=0.8, zorder=0)
+    ax.set_xticks(range(n), [*keys, "validation accuracy" + (" (where it stopped)" if halving else "")])
+    ax.set_yticks([])
+    ax.set_ylim(-gap - 0.06, 1.06)
+    ax.set_xlim(-0.5, n - 0.5)
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
+    labels = sorted(
+        drawn,
+        key=lambda text: ("promoted", "finished").index(text) if text in ("promoted", "finished") else 2,
+    )
+    fig.legend([drawn[k] for k in labels], labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8,
+               frameon=False)  # fmt: skip
+    fig.suptitle(f"Sweep {ranking['sweep']}: every trial's settings and validation accuracy", fontsize=11)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def sweep_rungs(ranking: dict, histories: dict[str, pd.DataFrame]) -> Figure:
+    """Successive halving's rungs: each trial's validation accuracy at the end of every rung it
+    trained (name -> its per-epoch history), a line from rung 0 to where it stopped, that point
+    marked (x: stopped there, star: promoted to ship, dot: finished). Trials that did not train
+    (diverged) as red crosses at the bottom of the rung where they stopped."""
+    rungs = ranking["rungs"]
+    rows = ranking["trials"]
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.6 * len(rungs) + 2), 4.2))
+    colors = _rung_colors(len(rungs) - 1)
+    annotate = len(rows) <= 12
+    for row in rows:
+        history = histories.get(row["trial"])
+        points = []
+        if history is not None and len(history):
+            by_epoch = dict(zip(history["epoch"], history["val_accuracy"], strict=True))
+            points = [(k, by_epoch[r]) for k, r in enumerate(rungs) if r in by_epoch]
+        if row["outcome"] not in ("ok", "stopped") or not points:
+            rung = row.get("stopped_at_rung") or 0
+            ax.scatter([rung], [0.04], transform=ax.get_xaxis_transform(), marker="x", s=60, color=STOPPED,
+                       zorder=3, label="did not train")  # fmt: skip
+            continue
+        xs, ys = zip(*points, strict=True)
+        if row["promoted"]:
+            color, marker, size = VAL, "*", 220
+        elif row["outcome"] == "ok":
+            color, marker, size = TRAIN, "o", 50
+        else:
+            color, marker, size = colors[xs[-1]], "x", 60
+        ax.plot(xs, ys, color=color, linewidth=2.5 if row["promoted"] else 1, alpha=0.85, zorder=2)
+        ax.scatter([xs[-1]], [ys[-1]], marker=marker, s=size, color=color, zorder=3)
+        if annotate:
+            ax.annotate(row["trial"], (xs[-1], ys[-1]), xytext=(6, 0), textcoords="offset points", fontsize=7,
+                        va="center")  # fmt: skip
+    entered = [sum(1 for row in rows if _reached(row, k, len(rungs))) for k in range(len(rungs))]
+    ax.set_xticks(range(len(rungs)), [f"rung {k}\n{r} epochs\n{n} trials" for k, (r, n) in
+                                      enumerate(zip(rungs, entered, strict=True))])  # fmt: skip
+    ax.set_xlim(-0.4, len(rungs) - 0.4)
+    ax.set_ylabel("validation accuracy at the rung's end")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    ax.margins(y=0.15)
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    if unique:
+        ax.legend(unique.values(), unique.keys(), fontsize=8, loc="lower right")
+    fig.suptitle(
+        f"Sweep {ranking['sweep']}: successive halving (eta {ranking['eta']}), where each trial stopped",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def _reached(row: dict, rung: int, rungs: int) -> bool:
+    """Whether a trial trained rung `rung`: all of them rung 0; a finished one every rung."""
+    if row["outcome"] == "ok":
+        return True
+    stopped = row.get("stopped_at_rung")
+    return rung == 0 or (stopped is not None and rung <= stopped)

@@ -13,6 +13,14 @@ Draws. A random trial's value of a key is a function of (seed, trial number, key
 sha256 rather than a stateful generator: raising `trials` keeps the earlier trials as they were
 (so they are not retrained), adding a parameter leaves the others' values alone, and no Python or
 NumPy release can change them.
+
+Successive halving (method halving; Li et al., "A System for Massively Parallel Hyperparameter
+Tuning", MLSys 2020). The trials are drawn as grid or random ones are; each trains in rungs, rung
+k ending after min_epochs * eta^k epochs of its one full schedule, the last rung at train.epochs.
+After each rung but the last, `promote_rung` keeps the best max(1, entered // eta) by validation
+accuracy and the others stop there. It is the synchronous form: a rung is decided once all its
+trials have a result, so the same config always promotes the same trials (docs/sweeps.md says why
+not the asynchronous one).
 """
 
 from __future__ import annotations
@@ -51,10 +59,16 @@ class Sweep:
     """A configured sweep, expanded: its trials in order, each with the `train` keys it sets."""
 
     name: str
-    method: Literal["grid", "random"]
+    method: Literal["grid", "random", "halving"]
     swept: tuple[str, ...]  # the keys whose values differ between trials, sorted
     trials: dict[str, dict[str, Any]]  # trial name -> its overrides of `train`
     promote: int  # how many of the best go on to export, serving and registration
+    rungs: tuple[int, ...] = ()  # halving: the epochs at the end of each rung, the last = train.epochs
+    eta: int = 0  # halving: each rung keeps 1/eta of the trials that entered it
+
+    @property
+    def halving(self) -> bool:
+        return bool(self.rungs)
 
     def to_json(self) -> str:
         """What the ranking step receives (from_json reads it back)."""
@@ -63,7 +77,7 @@ class Sweep:
     @classmethod
     def from_json(cls, text: str) -> Sweep:
         values = json.loads(text)
-        return cls(**{**values, "swept": tuple(values["swept"])})
+        return cls(**{**values, "swept": tuple(values["swept"]), "rungs": tuple(values.get("rungs", ()))})
 
     def tags(self, trial: str) -> dict[str, str]:
         """MLflow tags of a trial's training run: the sweep's name and the trial's settings."""
@@ -84,6 +98,13 @@ def plan(config: Mapping[str, Any], schema: Mapping[str, Any]) -> Sweep | None:
         return None
     train = schema["properties"]["train"]["properties"]
     name, method = section["name"], section["method"]
+    rungs, eta = (), 0
+    if method == "halving":
+        halving = section["halving"]
+        rungs, eta = halving_rungs(halving, config["train"]["epochs"], parameters), halving["eta"]
+    # how the trials are drawn; the hint names the key that sets it
+    sampling = section["halving"]["sample"] if method == "halving" else method
+    to_random = "sweep.halving.sample: random" if method == "halving" else "sweep.method: random"
     unknown = sorted(set(parameters) - set(train))
     if unknown:
         raise PipelineError(
@@ -91,14 +112,14 @@ def plan(config: Mapping[str, Any], schema: Mapping[str, Any]) -> Sweep | None:
             f"a sweep sets train keys: {', '.join(sorted(train))}. Remove or rename it."
         )
     for key in sorted(parameters):
-        _check_parameter(key, parameters[key], train[key], method)
+        _check_parameter(key, parameters[key], train[key], sampling, to_random)
 
     trials = section["trials"]
-    if method == "grid":
+    if sampling == "grid":
         if trials is not None:
             raise PipelineError(
-                "config key 'sweep.trials' is for method random: a grid has one trial per combination "
-                "of the parameters' values. Remove sweep.trials, or set sweep.method: random."
+                "config key 'sweep.trials' is for random draws: a grid has one trial per combination "
+                f"of the parameters' values. Remove sweep.trials, or set {to_random}."
             )
         sizes = {key: len(parameters[key]) for key in sorted(parameters)}
         count = math.prod(sizes.values())
@@ -106,7 +127,7 @@ def plan(config: Mapping[str, Any], schema: Mapping[str, Any]) -> Sweep | None:
     else:
         if trials is None:
             raise PipelineError(
-                "config key 'sweep.trials' is required for method random: how many trials to draw."
+                "config key 'sweep.trials' is required for random draws: how many trials to draw."
             )
         count, shape = trials, f"sweep.trials = {trials}"
     if count > section["max_trials"]:
@@ -116,7 +137,7 @@ def plan(config: Mapping[str, Any], schema: Mapping[str, Any]) -> Sweep | None:
             "on purpose."
         )
 
-    if method == "grid":
+    if sampling == "grid":
         settings = _grid(parameters)
         swept = tuple(key for key in sorted(parameters) if len(parameters[key]) > 1)
         named = {_grid_name(name, s, swept): s for s in settings}
@@ -133,7 +154,32 @@ def plan(config: Mapping[str, Any], schema: Mapping[str, Any]) -> Sweep | None:
     for trial in named:
         if not NAME.match(trial):
             raise PipelineError(f"sweep '{name}': trial name {trial!r} is not a valid experiment name")
-    return Sweep(name, method, swept, named, section["promote"])
+    return Sweep(name, method, swept, named, section["promote"], rungs, eta)
+
+
+def halving_rungs(halving: Mapping[str, Any], epochs: int, parameters: Mapping[str, Any]) -> tuple[int, ...]:
+    """The epochs at the end of each rung: min_epochs * eta^k below `epochs`, then `epochs`.
+
+    PipelineError when there would be one rung only (nothing to halve), or when the sweep varies
+    `epochs` (the rungs are fractions of one schedule that every trial shares).
+    """
+    if "epochs" in parameters:
+        raise PipelineError(
+            "config key 'sweep.parameters.epochs' cannot be swept with method halving: the rungs are "
+            "fractions of one full schedule (train.epochs) that every trial shares. Remove it and set "
+            "train.epochs, or use method grid or random."
+        )
+    low, eta = halving["min_epochs"], halving["eta"]
+    if low >= epochs:
+        raise PipelineError(
+            f"config key 'sweep.halving.min_epochs' = {low} is not below train.epochs = {epochs}: "
+            "successive halving needs at least two rungs. Lower min_epochs or raise train.epochs."
+        )
+    rungs = []
+    while low < epochs:
+        rungs.append(low)
+        low *= eta
+    return (*rungs, epochs)
 
 
 def experiments(config: Mapping[str, Any], sweep: Sweep | None) -> dict[str, dict[str, Any]]:
@@ -158,16 +204,18 @@ def experiments(config: Mapping[str, Any], sweep: Sweep | None) -> dict[str, dic
     return merged
 
 
-def _check_parameter(key: str, spec: Any, key_schema: Mapping[str, Any], method: str) -> None:
+def _check_parameter(
+    key: str, spec: Any, key_schema: Mapping[str, Any], sampling: str, to_random: str
+) -> None:
     where = f"sweep.parameters.{key}"
     if not isinstance(spec, Mapping):
         for index, value in enumerate(spec):
             _check_value(f"{where}[{index}]", value, key_schema)
         return
-    if method == "grid":
+    if sampling == "grid":
         raise PipelineError(
             f"config key '{where}' is a range, but a grid needs a list of values: give one "
-            "(e.g. [0.1, 0.3]), or set sweep.method: random."
+            f"(e.g. [0.1, 0.3]), or set {to_random}."
         )
     kind = key_schema.get("type")
     if kind not in ("number", "integer"):
@@ -288,6 +336,7 @@ def rank(sweep: Sweep, results: Mapping[str, Mapping[str, Any]]) -> dict[str, An
                     key: metrics.get(key)
                     for key in ("val_accuracy", "val_loss", "test_accuracy", "train_seconds", "epochs")
                 },
+                **({"stopped_at_rung": metrics.get("stopped_at_rung")} if sweep.halving else {}),
             }
         )
     finished = sorted(
@@ -301,6 +350,8 @@ def rank(sweep: Sweep, results: Mapping[str, Mapping[str, Any]]) -> dict[str, An
             f"promote:\n  {reasons}\nChange sweep.parameters (e.g. lower learning rates) and rerun."
         )
     stopped = [row for row in rows if row["outcome"] != "ok"]
+    if sweep.halving:  # those that went furthest first, then by their accuracy where they stopped
+        stopped.sort(key=lambda row: (-_or_minus_one(row["stopped_at_rung"]), -(row["val_accuracy"] or 0)))
     promoted = [row["trial"] for row in finished[: sweep.promote]]
     for position, row in enumerate(finished, start=1):
         row["rank"] = position
@@ -308,9 +359,11 @@ def rank(sweep: Sweep, results: Mapping[str, Mapping[str, Any]]) -> dict[str, An
         row["rank"] = None
     for row in rows:
         row["promoted"] = row["trial"] in promoted
+    halving = {"rungs": list(sweep.rungs), "eta": sweep.eta} if sweep.halving else {}
     return {
         "sweep": sweep.name,
         "method": sweep.method,
+        **halving,
         "swept": list(sweep.swept),
         "selected_on": SELECTED_ON,
         "promote": sweep.promote,
@@ -323,13 +376,125 @@ def ranking_metrics(ranking: Mapping[str, Any]) -> dict[str, float]:
     """The sweep's figures for metrics.json (the MLflow hook logs them on the ranking's run)."""
     rows = ranking["trials"]
     best = rows[0]
-    return {
+    figures = {
         "trials": len(rows),
         "trials_finished": sum(row["outcome"] == "ok" for row in rows),
         "trials_stopped": sum(row["outcome"] != "ok" for row in rows),
         "best_val_accuracy": best["val_accuracy"],
         "best_test_accuracy": best["test_accuracy"],
     }
+    if "rungs" in ranking:  # the compute the sweep spent, in epochs trained by all its trials
+        figures["trial_epochs"] = sum(row["epochs"] or 0 for row in rows)
+    return figures
+
+
+# -- Successive halving ----------------------------------------------------------------------------
+
+
+def entering(sweep: Sweep, rung: int, before: Mapping[str, Any] | None) -> list[str]:
+    """The trials that train rung `rung`: all of them at rung 0, else those that rung - 1's decision
+    (`before`, promote_rung's decision.json) promoted, in trial order."""
+    if rung == 0:
+        return list(sweep.trials)
+    promoted = set(before["promoted"])
+    return [name for name in sweep.trials if name in promoted]
+
+
+def promote_rung(sweep: Sweep, rung: int, results: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The decision after rung `rung` (not the last): the trials that entered it ranked by validation
+    accuracy at the rung's epoch (ties: lower validation loss, then name), the best
+    max(1, entered // eta) of those that trained without fault promoted to the next rung.
+
+    `results`: trial name -> its rung's metrics (training.train with stop_after). PipelineError
+    when none of them trained without fault: the sweep has nothing to go on with.
+    """
+    if not 0 <= rung < len(sweep.rungs) - 1:
+        raise PipelineError(
+            f"sweep '{sweep.name}' has rungs 0 to {len(sweep.rungs) - 2} before its last; no decision "
+            f"after rung {rung}"
+        )
+    rows = [
+        {
+            "trial": name,
+            "outcome": outcome(metrics),
+            "reason": metrics.get("reason"),
+            "settings": dict(sweep.trials[name]),
+            **{key: metrics.get(key) for key in ("val_accuracy", "val_loss", "train_seconds", "epochs")},
+        }
+        for name, metrics in results.items()
+    ]
+    ranked = sorted(
+        (row for row in rows if row["outcome"] == "ok"),
+        key=lambda row: (-row["val_accuracy"], _or_inf(row["val_loss"]), row["trial"]),
+    )
+    if not ranked:
+        reasons = "\n  ".join(f"{row['trial']}: {row['outcome']}: {row['reason']}" for row in rows)
+        raise PipelineError(
+            f"sweep '{sweep.name}': none of the {len(rows)} trials of rung {rung} trained without fault, so "
+            f"none goes on:\n  {reasons}\nChange sweep.parameters (e.g. lower learning rates) and rerun."
+        )
+    keep = max(1, len(rows) // sweep.eta)
+    promoted = [row["trial"] for row in ranked[:keep]]
+    for position, row in enumerate(ranked, start=1):
+        row["rank"] = position
+    faulted = [row for row in rows if row["outcome"] != "ok"]
+    for row in faulted:
+        row["rank"] = None
+    for row in rows:
+        row["promoted"] = row["trial"] in promoted
+    return {
+        "sweep": sweep.name,
+        "rung": rung,
+        "epochs": sweep.rungs[rung],
+        "next_epochs": sweep.rungs[rung + 1],
+        "selected_on": SELECTED_ON,
+        "entered": len(rows),
+        "keep": keep,
+        "promoted": promoted,
+        "trials": ranked + faulted,
+    }
+
+
+def rung_metrics(decision: Mapping[str, Any]) -> dict[str, float]:
+    """A rung decision's figures for its metrics.json (the MLflow hook logs them on its run)."""
+    best = decision["trials"][0]
+    return {
+        "rung": decision["rung"],
+        "epochs": decision["epochs"],
+        "entered": decision["entered"],
+        "promoted": len(decision["promoted"]),
+        "best_val_accuracy": best["val_accuracy"],
+    }
+
+
+def stopped_at(trial: str, decisions: list[Mapping[str, Any]]) -> int | None:
+    """The rung after which `trial` stopped, from the decisions of the rungs it entered in order
+    (promote_rung's), or None when every one of them promoted it (it trains to the end)."""
+    for decision in decisions:
+        if trial not in {row["trial"] for row in decision["trials"]}:
+            raise PipelineError(
+                f"trial {trial!r} did not enter rung {decision['rung']} of sweep '{decision['sweep']}': "
+                "the decisions given are not the rungs it trained"
+            )
+        if trial not in decision["promoted"]:
+            return decision["rung"]
+    return None
+
+
+def stop_reason(trial: str, decision: Mapping[str, Any]) -> str:
+    """Why a trial stopped after a rung, for its metrics.json (a tag in MLflow) and the ranking."""
+    row = next(row for row in decision["trials"] if row["trial"] == trial)
+    if row["outcome"] != "ok":
+        return str(row["reason"])
+    return (
+        f"stopped by successive halving after rung {decision['rung']} ({decision['epochs']} epochs): "
+        f"validation accuracy {row['val_accuracy']:.4f}, rank {row['rank']} of {decision['entered']}; "
+        f"the best {decision['keep']} went on"
+    )
+
+
+def _or_minus_one(value: Any) -> float:
+    return value if isinstance(value, int | float) else -1
 
 
 def _or_inf(value: Any) -> float:

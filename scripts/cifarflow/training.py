@@ -12,6 +12,7 @@ import csv
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -239,12 +240,31 @@ def _make_model(recipe: Recipe, meta: dict, train_images: torch.Tensor, device: 
     return model
 
 
-def train(data_dir: Path, recipe: Recipe, outdir: Path, threads: int = 0) -> dict:
+def train(
+    data_dir: Path, recipe: Recipe, outdir: Path, threads: int = 0, stop_after: int | None = None
+) -> dict:
     """Train one experiment; write model.pt, history.csv, tensorboard/ and return metrics.
 
     A resume.pt in `outdir` made with the same recipe and dataset is continued from; each epoch
     rewrites it, and a finished run removes it.
+
+    `stop_after` E < recipe.epochs: a rung of successive halving. Train up to epoch E of the full
+    schedule (the learning rate follows all recipe.epochs), keep resume.pt for the next rung, and
+    return the validation figures at epoch E (no test split, no model.pt, history.csv or
+    tensorboard/). The rungs of a trial that goes on to the end thus make the same model, byte for
+    byte, as one uninterrupted training. A resume.pt already past E (the rung run again) gives
+    epoch E's figures from its history, training nothing.
     """
+    until = recipe.epochs if stop_after is None else stop_after
+    if not 1 <= until <= recipe.epochs:
+        raise PipelineError(f"stop after epoch {until}: the recipe trains epochs 1 to {recipe.epochs}")
+    if until < recipe.epochs:
+        return _rung_figures(_train_until(data_dir, recipe, outdir, threads, until).history, until)
+    return _train_until(data_dir, recipe, outdir, threads, until)
+
+
+def _train_until(data_dir: Path, recipe: Recipe, outdir: Path, threads: int, until: int) -> dict | TrainState:
+    """train()'s loop up to epoch `until`: the metrics at the end of the schedule, else the state."""
     if threads:
         torch.set_num_threads(threads)
     device = pick_device(recipe.device)
@@ -268,9 +288,9 @@ def train(data_dir: Path, recipe: Recipe, outdir: Path, threads: int = 0) -> dic
 
     resume = Resume(outdir / "resume.pt", recipe.sha256(), meta["dataset_id"])
     state = resume.load(model, optimizer, ema, lookahead, device)
-    writer = _tensorboard(outdir / "tensorboard", state.history)
+    writer = _tensorboard(outdir / "tensorboard", state.history) if until == recipe.epochs else None
 
-    for epoch in range(state.epoch, recipe.epochs):
+    for epoch in range(state.epoch, until):
         # ---- training ----
         generator = _seed_epoch(recipe.seed, epoch, device)
         model.train()
@@ -331,7 +351,10 @@ def train(data_dir: Path, recipe: Recipe, outdir: Path, threads: int = 0) -> dic
         state = TrainState(epoch + 1, [*state.history, row], state.seconds + seconds)
         resume.save(state, model, optimizer, ema, lookahead)  # first, so a logged epoch is resumable
         _log_epoch(row, recipe.epochs, val_loss, val_acc, seconds)
-        _write_epoch(writer, row)
+        if writer is not None:
+            _write_epoch(writer, row)
+    if writer is None:  # a rung: resume.pt holds the state for the next one
+        return state
 
     # ---- test: the test split is evaluated once, here, and used for nothing else ----
     test_loss, test_acc = evaluate(evaluated, images["test"], labels["test"], device)
@@ -355,6 +378,44 @@ def train(data_dir: Path, recipe: Recipe, outdir: Path, threads: int = 0) -> dic
         "epochs": state.epoch,
         "history": state.history,
     }
+
+
+def _rung_figures(history: list[dict], epochs: int) -> dict:
+    """A rung's metrics: the validation figures at epoch `epochs`, and the epochs up to it."""
+    rows = history[:epochs]
+    if len(rows) < epochs:
+        raise PipelineError(f"resume.pt holds {len(rows)} epochs; the rung needed {epochs}")
+    return {
+        "val_accuracy": rows[-1]["val_accuracy"],
+        "val_loss": rows[-1]["val_loss"],
+        "train_seconds": round(sum(row["seconds"] for row in rows), 3),
+        "epochs": epochs,
+        "epoch_history": rows,
+    }
+
+
+def record_stop(
+    outdir: Path, recipe: Recipe, dataset_id: str, rung: Mapping, outcome: str, reason: str
+) -> dict:
+    """The outputs of a halving trial that stopped after a rung (its `rung` metrics): like
+    record_failure's, model.pt without weights and the outcome (`stopped`, or the rung's own, e.g.
+    diverged) with its reason; history.csv and the metrics hold the epochs it trained, and the
+    validation figures where it stopped. resume.pt is removed: nothing resumes it.
+    """
+    history = list(rung.get("epoch_history") or [])
+    save_failure(outdir / "model.pt", recipe, dataset_id, outcome, reason)
+    with atomic_path(outdir / "history.csv") as tmp, open(tmp, "w", newline="") as fh:
+        out = csv.DictWriter(fh, fieldnames=list(history[0]) if history else HISTORY_COLUMNS)
+        out.writeheader()
+        out.writerows(history)
+    (outdir / "tensorboard").mkdir(parents=True, exist_ok=True)
+    Resume(outdir / "resume.pt", recipe.sha256(), dataset_id).remove()
+    log.info("recorded as this trial's outcome (%s): %s", outcome, reason)
+    metrics = {"outcome": outcome, "reason": reason, "epochs": rung.get("epochs", 0), "history": history}
+    for key in ("val_accuracy", "val_loss", "train_seconds"):
+        if rung.get(key) is not None:
+            metrics[key] = rung[key]
+    return metrics
 
 
 def _flipped_first(recipe: Recipe, n_train: int, device: torch.device) -> torch.Tensor | None:
