@@ -56,10 +56,15 @@ def copy_workflow(target: Path) -> Path:
 def _no_mlflow_uri_leaks():
     """mlflow.set_tracking_uri() / set_registry_uri() set process-wide defaults and export them to
     os.environ, which later tests and every later snakemake subprocess would inherit: each test
-    starts without them and leaves no default behind."""
+    starts without them and leaves no default behind. Nor may a test write MLflow's default store
+    (./mlflow.db, ./mlruns) into the checkout, where a user's own runs would mix with it."""
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
     saved = {name: os.environ.pop(name, None) for name in names}
+    stray = [ROOT / "mlflow.db", ROOT / "mlruns"]  # MLflow's default store, relative to the cwd
+    before = [path.exists() and path.stat().st_mtime_ns for path in stray]
     yield
+    after = [path.exists() and path.stat().st_mtime_ns for path in stray]
+    written = [path.name for path, old, new in zip(stray, before, after, strict=True) if new and new != old]
     if "mlflow" in sys.modules:
         sys.modules["mlflow"].set_tracking_uri(None)
         sys.modules["mlflow"].set_registry_uri(None)
@@ -68,6 +73,7 @@ def _no_mlflow_uri_leaks():
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+    assert not written, f"this test wrote MLflow's default store {written} into the checkout: give it a URI"
 
 
 @pytest.fixture
