@@ -76,7 +76,7 @@ def run_train_model(data: Path, recipe: Recipe, outdir: Path, threads: int, quie
             "budget_fit_epochs": metrics["budget_fit_epochs"],
             "budget_images_per_second": metrics["budget_images_per_second"],
             "budget_predicted_seconds": metrics["budget_predicted_seconds"],
-            "job_wall_seconds": metrics["wall_seconds"],  # as train() counts it: process start to model.pt
+            "job_wall_seconds": metrics["wall_seconds"],  # train()'s count: script start to model.pt
             "within_budget": wall <= metrics["budget_s"],
         }
     return {
