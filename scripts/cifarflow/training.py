@@ -3,6 +3,10 @@ there, a per-epoch checkpoint to resume from, and metrics for the MLflow hook.
 
 Reproducibility: everything random in epoch e is drawn from generators seeded with (seed, e), so
 a run resumed from epoch e's checkpoint continues exactly as an uninterrupted one would.
+
+With recipe.budget_s, a probe on a throwaway copy of the model measures this machine's costs
+(measure_costs) and plan_epochs chooses the epochs that fit; the run is then exactly the run of
+that many epochs, and resume.pt keeps the choice.
 """
 
 from __future__ import annotations
