@@ -1,6 +1,7 @@
 """Benchmark: train_model on real CIFAR-10 images, wall time and accuracy.
 
     python bench/train_cifar10.py --carve accuracy|timing [--set epochs=12 --set widths=[48,128,256] ...]
+    python bench/train_cifar10.py --carve timing --budget 120        # train.budget_s: wall against budget
 
 Uses the real 50,000 training JPEGs (--archive or $CIFARFLOW_JPEG_ARCHIVE: a tarball of
 train/<class>/<nnnn>.jpg), carved as bench/carves.py describes: `accuracy`
@@ -8,6 +9,9 @@ train/<class>/<nnnn>.jpg), carved as bench/carves.py describes: `accuracy`
 5,000 val, as users train on CIFAR-10). Prepares the carve once (cached under --cache), then runs
 the rule's own command (`python scripts/train_model.py ...`, timed from process start to exit)
 with the default recipe from config/config.yaml, overridden by any --set key=value (YAML values).
+With --budget (train.budget_s), it also prints the epochs chosen, the throughput they were chosen
+from, the predicted seconds and `within_budget`: the wall time from process start to exit against
+the budget.
 """
 
 from __future__ import annotations
@@ -64,6 +68,17 @@ def run_train_model(data: Path, recipe: Recipe, outdir: Path, threads: int, quie
     subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL if quiet else None)
     wall = time.perf_counter() - start
     metrics = json.loads((outdir / "metrics.json").read_text())
+    budget = {}
+    if recipe.budget_s is not None:
+        budget = {
+            "epochs": metrics["epochs"],
+            "budget_s": metrics["budget_s"],
+            "budget_fit_epochs": metrics["budget_fit_epochs"],
+            "budget_images_per_second": metrics["budget_images_per_second"],
+            "budget_predicted_seconds": metrics["budget_predicted_seconds"],
+            "job_wall_seconds": metrics["wall_seconds"],  # train()'s count: script start to model.pt
+            "within_budget": wall <= metrics["budget_s"],
+        }
     return {
         "recipe": recipe.asdict(),
         "recipe_sha256": recipe.sha256(),
@@ -74,6 +89,7 @@ def run_train_model(data: Path, recipe: Recipe, outdir: Path, threads: int, quie
         "images_per_second": metrics["images_per_second"],
         "parameters": metrics["parameters"],
         "precision": metrics.get("precision"),
+        **budget,
     }
 
 
@@ -90,6 +106,7 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a train key"
     )
+    parser.add_argument("--budget", type=float, help="train.budget_s: seconds (same as --set budget_s=...)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--name", default="default")
     args = parser.parse_args()
@@ -98,6 +115,8 @@ def main() -> None:
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key] = yaml.safe_load(value)
+    if args.budget is not None:
+        overrides["budget_s"] = args.budget
     recipe = make_recipe(default_train(args.configfile), overrides)
     result = run_train_model(data, recipe, args.cache / "runs" / args.carve / args.name, args.threads)
     print(json.dumps({"name": args.name, "carve": args.carve, **result}))

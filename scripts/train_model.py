@@ -2,17 +2,21 @@
 (--rungs) continues from its last rung to the end of the schedule when every rung promoted it, and
 otherwise records where it stopped and why, training nothing."""
 
-import argparse
-import json
-from pathlib import Path
+import time
 
-import torch
-from cifarflow.config import Recipe
-from cifarflow.dataset import load_meta
-from cifarflow.errors import PipelineError, TrainingFailed
-from cifarflow.runtime import run_cli, write_metrics
-from cifarflow.sweep import stop_reason, stopped_at
-from cifarflow.training import record_failure, record_stop, train
+STARTED = time.time()  # train.budget_s counts from the job's start: the imports below take seconds
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+from cifarflow.config import Recipe  # noqa: E402
+from cifarflow.dataset import load_meta  # noqa: E402
+from cifarflow.errors import PipelineError, TrainingFailed  # noqa: E402
+from cifarflow.runtime import run_cli, write_metrics  # noqa: E402
+from cifarflow.sweep import stop_reason, stopped_at  # noqa: E402
+from cifarflow.training import record_failure, record_stop, train  # noqa: E402
 
 
 def main(args: argparse.Namespace) -> None:
@@ -36,7 +40,7 @@ def main(args: argparse.Namespace) -> None:
             write_metrics(outdir / "metrics.json", {**metrics, "stopped_at_rung": rung})
             return
     try:
-        metrics = {"outcome": "ok", **train(Path(args.data), recipe, outdir, threads=args.threads)}
+        metrics = {"outcome": "ok", **train(Path(args.data), recipe, outdir, args.threads, STARTED)}
     except (TrainingFailed, torch.cuda.OutOfMemoryError) as err:
         if args.on_failure == "fail":
             raise

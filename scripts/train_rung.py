@@ -19,7 +19,10 @@ def main(args: argparse.Namespace) -> None:
     outdir = Path(args.outdir)
     recipe = Recipe.from_config(json.loads(args.recipe))
     try:
-        figures = {"outcome": "ok", **train(Path(args.data), recipe, outdir, args.threads, args.epochs)}
+        figures = {
+            "outcome": "ok",
+            **train(Path(args.data), recipe, outdir, args.threads, stop_after=args.epochs),
+        }
     except (TrainingFailed, torch.cuda.OutOfMemoryError) as err:
         # a result of the rung, as for a sweep's trial (train_model --on-failure record): it is not
         # promoted, and its final job records why (rules/sweep.smk)

@@ -91,6 +91,9 @@ def test_recipe_fields_are_the_schema_train_keys_with_their_types_and_choices():
         elif spec["type"] == "array":
             items = (python_type[spec["items"]["type"]],) * spec["maxItems"]
             assert typing.get_origin(hint) is tuple and typing.get_args(hint) == items, name
+        elif isinstance(spec["type"], list):  # [number, "null"]: optional, null = off
+            assert spec["type"][1] == "null" and spec["default"] is None, name
+            assert hint == python_type[spec["type"][0]] | None, name
         else:
             assert hint is python_type[spec["type"]], name
 
@@ -125,12 +128,24 @@ def test_recipe_keeps_the_config_json_and_hash_byte_for_byte():
         ({"widths": [8, 16]}, r"recipe key 'widths' = \[8, 16\] is invalid: expected a list of 3 integers"),
         ({"widths": [8, 16, 1.5]}, r"recipe key 'widths' = \[8, 16, 1\.5\] is invalid"),
         ({"model": "vgg19"}, r"recipe key 'model' = 'vgg19' is invalid: expected one of 'fast', 'simple'"),
-        ({"lr_max": 0.1}, r"unknown recipe key 'lr_max'; known keys: alternate_flip, batch_size, device"),
+        ({"budget_s": "10"}, r"recipe key 'budget_s' = '10' is invalid: expected a number or null"),
+        (
+            {"lr_max": 0.1},
+            r"unknown recipe key 'lr_max'; known keys: alternate_flip, batch_size, budget_s, device",
+        ),
     ],
 )
 def test_recipe_rejects_a_bad_key_naming_it(change, message):
     with pytest.raises(PipelineError, match=message):
         Recipe.from_config({**defaults()["train"], **change})
+
+
+def test_a_time_budget_is_off_by_default_and_must_be_positive():
+    assert defaults()["train"]["budget_s"] is None
+    assert Recipe.from_config({**defaults()["train"], "budget_s": 600}).budget_s == 600  # an int is a number
+    for bad in (0, -5, "600"):
+        with pytest.raises(PipelineError, match=rf"config key 'train\.budget_s' = '?{bad}'? is invalid"):
+            validate_config({"train": {"budget_s": bad}}, SCHEMA)
 
 
 def test_recipe_without_a_key_names_it():

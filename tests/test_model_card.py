@@ -96,7 +96,13 @@ def inputs() -> mc.CardInputs:
             "test_ece_before": 0.061,
             "test_ece_after": 0.0312,
         },
-        train={"val_accuracy": 0.92, "epochs": 4, "train_seconds": 41.25, "parameters": 98765},
+        train={
+            "val_accuracy": 0.92,
+            "epochs": 4,
+            "train_seconds": 41.25,
+            "parameters": 98765,
+            "precision": "bf16",
+        },
         meta={
             "dataset_id": "synthetic-bfd8317393",
             "source": "synthetic",
@@ -176,6 +182,7 @@ SECTIONS = [
     "Champion decision",
     "Limitations",
     "Provenance",
+    "Training",
     "Recipe",
     "Software versions",
 ]
@@ -362,3 +369,33 @@ def test_the_card_and_the_report_tables_share_one_page_shell_and_one_rule_for_mi
     for value in (None, float("nan")):  # not measured: the card shows it as the tables do
         assert mc.pct(value) == tables.pct(value) == "n/a"
     assert mc.pct(0.91234) == tables.pct(0.91234) == "91.23%"
+
+
+def section(md: str, title: str) -> str:
+    start = md.index(title)
+    return md[start : md.index("\n#", start + 1)]
+
+
+def test_the_training_figures_say_how_the_epochs_were_chosen(inputs):
+    fixed = section(mc.render(inputs)[0], "### Training")
+    assert "| epochs | 4 |" in fixed and "| training arithmetic | bf16 |" in fixed
+    assert "| training seconds (evaluation excluded) | 41.2" in fixed  # 41.25 to one digit
+    assert "| time budget | none: the fixed number of epochs of the recipe |" in fixed
+
+    budgeted = copy.deepcopy(inputs)
+    budgeted.train |= {
+        "budget_s": 60.0,
+        "budget_fit_epochs": 3,
+        "budget_images_per_second": 1091.4,
+        "budget_predicted_seconds": 57.25,
+        "wall_seconds": 58.5,
+        "epochs": 3,
+    }
+    md = section(mc.render(budgeted)[0], "### Training")
+    assert (
+        "| time budget | 60 s: 3 epochs (all that fit; 3 fit) chosen from 1,091 images/s measured on the "
+        "machine that trained; another machine may choose another number |"
+    ) in md
+    assert "| wall seconds of the training job (its start to model.pt) | 58.5 (predicted 57.2" in md
+    budgeted.train |= {"budget_fit_epochs": 9, "epochs": 4}  # the recipe's epochs (4) capped it
+    assert "4 epochs (at most the recipe's 4; 9 fit)" in mc.render(budgeted)[0]

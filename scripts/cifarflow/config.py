@@ -13,7 +13,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 from jsonschema import Draft202012Validator
@@ -121,6 +122,7 @@ class Recipe:
     identity_init: bool  # fast: Dirac-initialised 3x3 convs
     # optimisation
     epochs: int  # passes over the training split
+    budget_s: float | None  # seconds of training job on this machine: as many epochs as fit, at most epochs
     batch_size: int  # images per optimiser step
     optimizer: Literal["sgd", "adamw"]
     lr: float  # peak learning rate, per mean-reduced loss
@@ -188,6 +190,10 @@ def _keys(names: list[str]) -> str:
 
 
 def _has_type(value: Any, hint: Any) -> bool:
+    if get_origin(hint) in (Union, UnionType):  # e.g. float | None
+        return any(_has_type(value, option) for option in get_args(hint))
+    if hint is type(None):
+        return value is None
     if get_origin(hint) is Literal:
         return isinstance(value, str) and value in get_args(hint)
     if get_origin(hint) is tuple:
@@ -207,11 +213,14 @@ def _has_type(value: Any, hint: Any) -> bool:
 
 
 def _type_name(hint: Any) -> str:
+    if get_origin(hint) in (Union, UnionType):
+        return " or ".join(_type_name(option) for option in get_args(hint))
     if get_origin(hint) is Literal:
         return "one of " + ", ".join(map(repr, get_args(hint)))
     if get_origin(hint) is tuple:
         return f"a list of {len(get_args(hint))} integers"
-    return {bool: "true or false", int: "an integer", float: "a number"}.get(hint, hint.__name__)
+    names = {bool: "true or false", int: "an integer", float: "a number", type(None): "null"}
+    return names.get(hint, hint.__name__)
 
 
 def recipe(config: dict, experiment: str) -> Recipe:

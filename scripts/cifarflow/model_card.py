@@ -440,9 +440,36 @@ def _limitations_section(c: CardInputs, blocks: list[Block]) -> None:
     blocks += [("h2", "Limitations"), ("p", "Measured in this run:"), ("ul", items)]
 
 
+def _training_rows(t: dict, recipe: dict) -> list[list[str]]:
+    """The training job's figures (its metrics.json): epochs, time, arithmetic and, with
+    train.budget_s, how the epochs were chosen (on the machine that trained, from its throughput)."""
+    rows = [
+        ["epochs", number(t["epochs"])],
+        ["training seconds (evaluation excluded)", number(t["train_seconds"], 1)],
+        ["parameters", number(t["parameters"])],
+        ["training arithmetic", str(t.get("precision", "n/a"))],
+    ]
+    if "budget_s" not in t:
+        return [*rows, ["time budget", "none: the fixed number of epochs of the recipe"]]
+    bound = recipe.get("epochs")
+    limit = f"at most the recipe's {bound}" if t["budget_fit_epochs"] > t["epochs"] else "all that fit"
+    return [
+        *rows,
+        [
+            "time budget",
+            f"{number(t['budget_s'], 0)} s: {number(t['epochs'])} epochs ({limit}; "
+            f"{number(t['budget_fit_epochs'])} fit) chosen from {rate(t['budget_images_per_second'])} "
+            "measured on the machine that trained; another machine may choose another number",
+        ],
+        [
+            "wall seconds of the training job (its start to model.pt)",
+            f"{number(t['wall_seconds'], 1)} (predicted {number(t['budget_predicted_seconds'], 1)})",
+        ],
+    ]
+
+
 def _provenance_section(c: CardInputs, blocks: list[Block]) -> None:
     commit, dirty = revision(c.manifest.get("source_revision", "unknown"))
-    t = c.train
     blocks += [
         ("h2", "Provenance"),
         (
@@ -453,13 +480,10 @@ def _provenance_section(c: CardInputs, blocks: list[Block]) -> None:
                 ["uncommitted changes", dirty],
                 ["config sha256 (settings that made this model)", f"`{c.config_sha256}`"],
                 ["recipe sha256", f"`{c.recipe_sha256}`"],
-                [
-                    "training",
-                    f"{number(t['epochs'])} epochs, {number(t['train_seconds'], 1)} s, "
-                    f"{number(t['parameters'])} parameters",
-                ],
             ],
         ),
+        ("h3", "Training"),
+        ("table", ["figure", "value"], _training_rows(c.train, c.recipe)),
         ("h3", "Recipe"),
         ("table", ["key", "value"], [[k, json.dumps(v)] for k, v in sorted(c.recipe.items())]),
         ("h3", "Software versions"),

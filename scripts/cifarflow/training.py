@@ -3,17 +3,23 @@ there, a per-epoch checkpoint to resume from, and metrics for the MLflow hook.
 
 Reproducibility: everything random in epoch e is drawn from generators seeded with (seed, e), so
 a run resumed from epoch e's checkpoint continues exactly as an uninterrupted one would.
+
+With recipe.budget_s, a probe on a throwaway copy of the model measures this machine's costs
+(measure_costs) and plan_epochs chooses the epochs that fit; the run is then exactly the run of
+that many epochs, and resume.pt keeps the choice.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import logging
 import math
+import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -193,6 +199,207 @@ class Lookahead:
             torch._foreach_copy_(self.tensors, self.average)
 
 
+@dataclass(frozen=True)
+class TrainStep:
+    """One optimiser step on a prepared batch: forward, loss, backward, update, lookahead and EMA.
+    The training loop and the budget's throughput probe (measure_costs) run this same code."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    criterion: nn.Module
+    autocast: contextlib.AbstractContextManager
+    ema: AveragedModel | None
+    lookahead: Lookahead | None
+
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, lr: float, done: int, total: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, logits) of optimiser step number `done` (0-based) of `total`, at rate `lr`."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with self.autocast:
+            logits = self.model(x)
+            loss = self.criterion(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.lookahead is not None:
+            self.lookahead.step(done + 1, total)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return loss, logits
+
+
+# ---- training to a time budget (train.budget_s) -------------------------------------------------
+
+PROBE_WARMUP = 3  # untimed first steps: one-off costs (kernel selection, allocations) are paid here
+PROBE_STEPS = 10  # timed steps: the steady per-step cost
+SAFETY = 1.05  # predicted per-epoch and final costs are planned 5% larger: the probe is short
+
+
+@dataclass(frozen=True)
+class Costs:
+    """What one training run pays on this machine, measured by measure_costs."""
+
+    step_seconds: float  # one training step (batch preparation, forward, backward, update, EMA, lookahead)
+    eval_image_seconds: float  # evaluating one image (the evaluated model: TTA views included)
+    save_seconds: float  # writing resume.pt once
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """The epochs chosen for train.budget_s, and what they were chosen from (resume.pt keeps it)."""
+
+    budget_s: float
+    epochs: int  # trained: min(fit_epochs, train.epochs)
+    fit_epochs: int  # the epochs that fit the budget
+    images_per_second: float  # training throughput measured by the probe
+    precision: str  # the training arithmetic it was measured with
+    spent_s: float  # seconds gone before the first epoch: loading, building the model, the probe
+    epoch_s: float  # predicted seconds of one epoch: its steps, validation and resume.pt
+    final_s: float  # predicted seconds after the last epoch: test evaluation and model.pt
+    predicted_s: float  # spent_s + epochs * epoch_s + final_s
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_costs(
+    model: Classifier,
+    recipe: Recipe,
+    images: dict[str, torch.Tensor],
+    labels: dict[str, torch.Tensor],
+    device: torch.device,
+    outdir: Path,
+    clock=time.perf_counter,
+) -> Costs:
+    """Time a training step, the evaluation of an image and a resume.pt on a throwaway copy of the
+    freshly initialised model (its own optimiser, EMA and lookahead, random batches of the training
+    split from a generator no epoch uses). The real run is untouched: it trains exactly what
+    `epochs: <the chosen number>` would train, bit for bit (every epoch reseeds its randomness).
+
+    The probe is a miniature run of PROBE_WARMUP + PROBE_STEPS steps with the recipe's schedule,
+    so lookahead acts in the same share of steps as in a real run; its steps are full-size and with
+    the whitening bias trained, the dearest kind (early_crop epochs and later ones cost less)."""
+    probe = copy.deepcopy(model)
+    optimizer = make_optimizer(probe, recipe)
+    ema = AveragedModel(probe, multi_avg_fn=ema_update(recipe.ema), use_buffers=True) if recipe.ema else None
+    lookahead = Lookahead(probe) if recipe.lookahead else None
+    criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    autocast = _autocast(device, trains_in_bf16(recipe.precision, device))
+    step = TrainStep(probe, optimizer, criterion, autocast, ema, lookahead)
+    if isinstance(probe.body, FastNet):
+        probe.body.whiten.bias.requires_grad_(recipe.whiten_bias_epochs > 0)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(recipe.seed * 100_003 - 2)  # a stream no epoch (nor alternate_flip) uses
+    n_train, total = len(labels["train"]), PROBE_WARMUP + PROBE_STEPS
+    probe.train()
+    for done in range(total):
+        if done == PROBE_WARMUP:
+            _sync(device)
+            start = clock()
+        idx = torch.randint(0, n_train, (recipe.batch_size,), device=device, generator=generator)
+        x = augment(to_float(images["train"][idx]), recipe.flip, recipe.translate, generator)
+        step(x, labels["train"][idx], lr_at(done, total, recipe), done, total)
+    _sync(device)
+    step_seconds = (clock() - start) / PROBE_STEPS
+
+    evaluated = ema.module if ema is not None else probe
+    n = min(len(labels["val"]), EVAL_BATCH)
+    evaluate(evaluated, images["val"][: min(n, 64)], labels["val"][: min(n, 64)], device)  # its one-off costs
+    start = clock()
+    evaluate(evaluated, images["val"][:n], labels["val"][:n], device)  # .item() syncs
+    eval_image_seconds = (clock() - start) / n
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=outdir, prefix=".budget-probe-") as tmp:
+        start = clock()
+        Resume(Path(tmp) / "resume.pt", recipe.sha256(), "probe").save(
+            TrainState(), probe, optimizer, ema, lookahead
+        )
+        save_seconds = clock() - start
+    return Costs(step_seconds, eval_image_seconds, save_seconds)
+
+
+def plan_epochs(
+    recipe: Recipe,
+    costs: Costs,
+    spent_s: float,
+    steps_per_epoch: int,
+    n_val: int,
+    n_test: int,
+    precision: str,
+) -> BudgetPlan:
+    """The most epochs (at most recipe.epochs) whose predicted time, with `spent_s` already gone,
+    fits recipe.budget_s. TrainingFailed when not even one epoch fits: a budget is a promise, and
+    training past it is no answer to it."""
+    budget = float(recipe.budget_s)
+    epoch_s = SAFETY * (
+        steps_per_epoch * costs.step_seconds + n_val * costs.eval_image_seconds + costs.save_seconds
+    )
+    final_s = SAFETY * (n_test * costs.eval_image_seconds + costs.save_seconds)
+    images_per_second = recipe.batch_size / costs.step_seconds
+    fit = max(0, math.floor((budget - spent_s - final_s) / epoch_s))
+    if fit < 1:
+        need = math.ceil(spent_s + epoch_s + final_s)
+        raise TrainingFailed(
+            f"train.budget_s = {budget:g} s is too short for one epoch on this machine: {spent_s:.1f} s "
+            "went before the first epoch (starting, loading the data, measuring), one epoch with its "
+            f"validation is predicted at {epoch_s:.1f} s ({images_per_second:,.0f} training images/s "
+            f"measured, {precision}), and the test evaluation and saving at {final_s:.1f} s. Raise "
+            f"train.budget_s to at least {need}, or set it to null and give train.epochs."
+        )
+    epochs = min(fit, recipe.epochs)
+    plan = BudgetPlan(
+        budget_s=budget,
+        epochs=epochs,
+        fit_epochs=fit,
+        images_per_second=round(images_per_second, 1),
+        precision=precision,
+        spent_s=round(spent_s, 3),
+        epoch_s=round(epoch_s, 3),
+        final_s=round(final_s, 3),
+        predicted_s=round(spent_s + epochs * epoch_s + final_s, 3),
+    )
+    limit = f"at most train.epochs = {recipe.epochs}" if fit > recipe.epochs else "all that fit"
+    log.info(
+        "time budget %g s: %d epochs (%s; %d fit) at %s training images/s measured (%s); predicted %.1f s "
+        "(%.1f s so far, %.1f s an epoch with validation, %.1f s for the test and saving)",
+        budget,
+        epochs,
+        limit,
+        fit,
+        f"{images_per_second:,.0f}",
+        precision,
+        plan.predicted_s,
+        spent_s,
+        epoch_s,
+        final_s,
+    )
+    return plan
+
+
+def _budget_metrics(plan: dict, wall_s: float) -> dict:
+    """metrics.json's budget figures (and so the MLflow run's metrics): the plan and the wall time."""
+    if wall_s > plan["budget_s"]:
+        log.warning(
+            "training took %.1f s, over its budget of %g s (predicted %.1f s): this machine ran slower "
+            "than the probe measured (other load?)",
+            wall_s,
+            plan["budget_s"],
+            plan["predicted_s"],
+        )
+    return {
+        "budget_s": plan["budget_s"],
+        "budget_fit_epochs": plan["fit_epochs"],
+        "budget_images_per_second": plan["images_per_second"],
+        "budget_predicted_seconds": plan["predicted_s"],
+        "wall_seconds": round(wall_s, 3),
+    }
+
+
 @dataclass
 class TrainState:
     """What a per-epoch checkpoint holds to resume exactly."""
@@ -200,6 +407,7 @@ class TrainState:
     epoch: int = 0  # completed epochs
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0  # training seconds so far (excluding evaluation)
+    budget: dict | None = None  # with train.budget_s: the BudgetPlan chosen when the run started
 
 
 def _seed_epoch(seed: int, epoch: int, device: torch.device) -> torch.Generator:
@@ -241,30 +449,39 @@ def _make_model(recipe: Recipe, meta: dict, train_images: torch.Tensor, device: 
 
 
 def train(
-    data_dir: Path, recipe: Recipe, outdir: Path, threads: int = 0, stop_after: int | None = None
+    data_dir: Path,
+    recipe: Recipe,
+    outdir: Path,
+    threads: int = 0,
+    started: float | None = None,
+    stop_after: int | None = None,
 ) -> dict:
     """Train one experiment; write model.pt, history.csv, tensorboard/ and return metrics.
 
     A resume.pt in `outdir` made with the same recipe and dataset is continued from; each epoch
-    rewrites it, and a finished run removes it.
+    rewrites it, and a finished run removes it. With recipe.budget_s, the epochs are those that fit
+    the budget (plan_epochs), counted from `started` (a time.time(): the job's start) or from now.
 
-    `stop_after` E < recipe.epochs: a rung of successive halving. Train up to epoch E of the full
-    schedule (the learning rate follows all recipe.epochs), keep resume.pt for the next rung, and
-    return the validation figures at epoch E (no test split, no model.pt, history.csv or
+    `stop_after` E below the epochs trained: a rung of successive halving. Train up to epoch E of
+    the full schedule (the learning rate follows all the epochs), keep resume.pt for the next rung,
+    and return the validation figures at epoch E (no test split, no model.pt, history.csv or
     tensorboard/). The rungs of a trial that goes on to the end thus make the same model, byte for
     byte, as one uninterrupted training. A resume.pt already past E (the rung run again) gives
     epoch E's figures from its history, training nothing.
     """
-    until = recipe.epochs if stop_after is None else stop_after
-    if not 1 <= until <= recipe.epochs:
-        raise PipelineError(f"stop after epoch {until}: the recipe trains epochs 1 to {recipe.epochs}")
-    if until < recipe.epochs:
-        return _rung_figures(_train_until(data_dir, recipe, outdir, threads, until).history, until)
-    return _train_until(data_dir, recipe, outdir, threads, until)
+    if stop_after is not None and not 1 <= stop_after <= recipe.epochs:
+        raise PipelineError(f"stop after epoch {stop_after}: the recipe trains epochs 1 to {recipe.epochs}")
+    out = _train_until(data_dir, recipe, outdir, threads, started, stop_after)
+    return _rung_figures(out.history, stop_after) if isinstance(out, TrainState) else out
 
 
-def _train_until(data_dir: Path, recipe: Recipe, outdir: Path, threads: int, until: int) -> dict | TrainState:
-    """train()'s loop up to epoch `until`: the metrics at the end of the schedule, else the state."""
+def _train_until(
+    data_dir: Path, recipe: Recipe, outdir: Path, threads: int, started: float | None, stop_after: int | None
+) -> dict | TrainState:
+    """train()'s loop up to epoch `stop_after` (or the end): the metrics at the end of the schedule,
+    else the state."""
+    wall_start = time.perf_counter()
+    before = max(0.0, time.time() - started) if started is not None else 0.0  # the job's time before train()
     if threads:
         torch.set_num_threads(threads)
     device = pick_device(recipe.device)
@@ -283,12 +500,29 @@ def _train_until(data_dir: Path, recipe: Recipe, outdir: Path, threads: int, unt
     autocast = _autocast(device, bf16)
     log.info("training arithmetic: %s", "bf16 autocast" if bf16 else "fp32")
     steps_per_epoch = n_train // batch  # drop the last partial batch: constant batch statistics
-    total_steps = steps_per_epoch * recipe.epochs
     flipped_first = _flipped_first(recipe, n_train, device)
 
     resume = Resume(outdir / "resume.pt", recipe.sha256(), meta["dataset_id"])
     state = resume.load(model, optimizer, ema, lookahead, device)
-    writer = _tensorboard(outdir / "tensorboard", state.history) if until == recipe.epochs else None
+    if recipe.budget_s is not None and state.budget is None:  # a fresh run; a resumed one keeps its plan
+        costs = measure_costs(model, recipe, images, labels, device, outdir)
+        plan = plan_epochs(
+            recipe,
+            costs,
+            spent_s=before + time.perf_counter() - wall_start,
+            steps_per_epoch=steps_per_epoch,
+            n_val=len(labels["val"]),
+            n_test=len(labels["test"]),
+            precision="bf16" if bf16 else "fp32",
+        )
+        state = replace(state, budget=asdict(plan))
+    epochs = recipe.epochs if state.budget is None else state.budget["epochs"]
+    total_steps = steps_per_epoch * epochs
+    until = epochs if stop_after is None else stop_after
+    if until > epochs:
+        raise PipelineError(f"stop after epoch {until}: this training's schedule has {epochs} epochs")
+    writer = _tensorboard(outdir / "tensorboard", state.history) if until == epochs else None
+    step = TrainStep(model, optimizer, criterion, autocast, ema, lookahead)
 
     for epoch in range(state.epoch, until):
         # ---- training ----
@@ -301,35 +535,24 @@ def _train_until(data_dir: Path, recipe: Recipe, outdir: Path, threads: int, unt
         losses = torch.zeros(steps_per_epoch, device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         start = time.perf_counter()
-        steps = progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="step")
-        for step in steps:
-            done = epoch * steps_per_epoch + step
+        steps = progress(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", unit="step")
+        for i in steps:
+            done = epoch * steps_per_epoch + i
             lr = lr_at(done, total_steps, recipe)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            idx = order[step * batch : (step + 1) * batch]
+            idx = order[i * batch : (i + 1) * batch]
             # alternate_flip: the images flipped in even epochs are the others in odd ones
             flipped = None if flipped_first is None else flipped_first[idx] ^ bool(epoch % 2)
             x = to_float(images["train"][idx])
             x = augment(x, recipe.flip, recipe.translate, generator, crop, flipped)
             y = labels["train"][idx]
-            with autocast:
-                logits = model(x)
-                loss = criterion(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if lookahead is not None:
-                lookahead.step(done + 1, total_steps)
-            if ema is not None:
-                ema.update_parameters(model)
-            losses[step] = loss.detach()
+            loss, logits = step(x, y, lr, done, total_steps)
+            losses[i] = loss.detach()
             correct += (logits.argmax(1) == y).sum()
-            if step % 20 == 19 or step == steps_per_epoch - 1:  # one device sync every 20 steps
-                _check_finite(losses, step, epoch, steps_per_epoch, total_steps, recipe)
+            if i % 20 == 19 or i == steps_per_epoch - 1:  # one device sync every 20 steps
+                _check_finite(losses, i, epoch, steps_per_epoch, total_steps, recipe)
                 steps.set_postfix(
-                    loss=f"{losses[step].item():.3f}",
-                    img_s=f"{(step + 1) * batch / (time.perf_counter() - start):,.0f}",
+                    loss=f"{losses[i].item():.3f}",
+                    img_s=f"{(i + 1) * batch / (time.perf_counter() - start):,.0f}",
                     refresh=False,
                 )
         if lookahead is not None:
@@ -348,9 +571,9 @@ def _train_until(data_dir: Path, recipe: Recipe, outdir: Path, threads: int, unt
             "seconds": round(seconds, 3),
             "images_per_second": round(steps_per_epoch * batch / seconds, 1),
         }
-        state = TrainState(epoch + 1, [*state.history, row], state.seconds + seconds)
+        state = TrainState(epoch + 1, [*state.history, row], state.seconds + seconds, state.budget)
         resume.save(state, model, optimizer, ema, lookahead)  # first, so a logged epoch is resumable
-        _log_epoch(row, recipe.epochs, val_loss, val_acc, seconds)
+        _log_epoch(row, epochs, val_loss, val_acc, seconds)
         if writer is not None:
             _write_epoch(writer, row)
     if writer is None:  # a rung: resume.pt holds the state for the next one
@@ -366,6 +589,8 @@ def _train_until(data_dir: Path, recipe: Recipe, outdir: Path, threads: int, unt
     _write_history(outdir / "history.csv", state.history)
     resume.remove()  # finished: nothing left to resume
     last = state.history[-1]
+    wall_s = before + time.perf_counter() - wall_start
+    budget = {} if state.budget is None else _budget_metrics(state.budget, wall_s)
     return {
         "val_accuracy": last["val_accuracy"],
         "val_loss": last["val_loss"],
@@ -376,6 +601,7 @@ def _train_until(data_dir: Path, recipe: Recipe, outdir: Path, threads: int, unt
         "parameters": count_parameters(model),
         "precision": "bf16" if bf16 else "fp32",
         "epochs": state.epoch,
+        **budget,
         "history": state.history,
     }
 
@@ -456,13 +682,15 @@ class Resume:
         if lookahead is not None and saved.get("lookahead") is not None:
             lookahead.average = saved["lookahead"]
         log.info("resuming after epoch %d from %s", saved["epoch"], self.path)
-        return TrainState(saved["epoch"], saved["history"], saved["seconds"])
+        return TrainState(saved["epoch"], saved["history"], saved["seconds"], saved.get("budget"))
 
     def completed(self) -> TrainState:
         """The epochs a matching resume.pt holds (history and seconds), without loading its weights."""
         saved = self._matching(torch.device("cpu"))
         return (
-            TrainState() if saved is None else TrainState(saved["epoch"], saved["history"], saved["seconds"])
+            TrainState()
+            if saved is None
+            else TrainState(saved["epoch"], saved["history"], saved["seconds"], saved.get("budget"))
         )
 
     def _matching(self, device: torch.device) -> dict | None:
@@ -490,6 +718,7 @@ class Resume:
                     "epoch": state.epoch,
                     "history": state.history,
                     "seconds": state.seconds,
+                    "budget": state.budget,  # the epochs chosen for train.budget_s: kept, never re-measured
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "ema": ema.state_dict() if ema is not None else {},
