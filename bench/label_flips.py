@@ -1,4 +1,4 @@
-"""Planted label flips on real images: does K-fold confident learning find them? (issue 22, point 4)
+"""Planted label flips on real images: does K-fold confident learning find them?
 
     python bench/label_flips.py --archive cifar10-train-jpeg.tar.gz     # or $CIFARFLOW_JPEG_ARCHIVE
     python bench/label_flips.py --synthetic --epochs 3                  # a tiny smoke run, no archive

@@ -92,7 +92,10 @@ rule find_label_issues:
             "results/audit/{dataset}/label_issues/label_issues.png",
             caption="../report/train_label_issues.rst",
             category="Data",
-            labels={"experiment": "all", "figure": "suspected label errors, train and val"},
+            labels={
+                "experiment": "all",
+                "figure": "suspected label errors, train and val",
+            },
         ),
     log:
         "logs/find_label_issues/{dataset}.log",

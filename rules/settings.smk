@@ -12,7 +12,8 @@ def dataset_settings(wildcards):
 
 def audit_settings(wildcards):
     """What audit_dataset decides with; a change reruns the audit (and the evaluation reading it).
-    Not label_issues: the folds' settings are label_fold's (fold_recipe_json, its folds and seed)."""
+    Not label_issues: the folds' settings are label_fold's (fold_recipe_json, its folds and seed).
+    """
     return json.dumps(
         {key: value for key, value in AUDIT.items() if key != "label_issues"},
         sort_keys=True,

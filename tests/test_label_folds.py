@@ -89,9 +89,11 @@ def test_train_val_issues_flag_each_split_with_its_own_indices():
 FLIP_SEED = 7  # not 0: no setting here was chosen on it
 FLIP_FRACTION = 0.04
 PER_CLASS = 100  # training images of each class: train+val = 1,000, 40 of them flipped
-# measured (the test's print): see docs/audit.md; the floors leave a margin
-RECALL_FLOOR = 0.8
-PRECISION_FLOOR = 0.7
+# Measured (the test's print; AMD EPYC, 2 cores): 36 flagged, 33 of the 40 flips among them: recall
+# 0.825, precision 0.917 (out-of-fold accuracy 0.937). The floors leave 5 images of margin on recall
+# and 5 on precision (another CPU's arithmetic may move a few images).
+RECALL_FLOOR = 0.7
+PRECISION_FLOOR = 0.75
 
 
 def flipped_folder(root: Path) -> tuple[dict[str, int], set[str]]:
