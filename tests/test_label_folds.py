@@ -4,6 +4,7 @@ synthetic demo's images with planted label flips that must be found; with folds 
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from cifarflow.label_folds import GRID_LIMIT
 from cifarflow.label_issues import join_folds, stratified_folds, train_val_issues
 from cifarflow.synthetic import CLASS_NAMES, generate
-from conftest import jobs_run, snakemake, write_yaml
+from conftest import ROOT, jobs_run, snakemake, write_yaml
 from PIL import Image
 from test_mlflow_hook import runs_of, sqlite_uri
 
@@ -220,3 +221,16 @@ def test_with_folds_off_no_fold_job_is_planned_and_the_audit_is_unchanged(workfl
     fold_block = on.stdout.split("rule label_fold:")[1].split("\n\n")[0]
     assert "test_images" not in fold_block and "val_images" in fold_block  # a fold never reads test
     assert "--label-issues" in on.stdout.split("rule register_model:")[1]  # the card gets the counts
+
+
+def test_the_benchs_flips_move_the_asked_fraction_to_another_class_seeded():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from label_flips import flip_labels
+
+    labels = np.repeat(np.arange(10), 500)
+    flipped = flip_labels(labels, 0.02, seed=1, classes=10)
+    moved = flipped != labels
+    assert moved.sum() == 100 and flipped.min() >= 0 and flipped.max() <= 9  # exactly 2%, every one moved
+    assert np.array_equal(flipped, flip_labels(labels, 0.02, seed=1, classes=10))
+    assert not np.array_equal(flipped, flip_labels(labels, 0.02, seed=2, classes=10))
+    assert len(np.unique(flipped[moved] - labels[moved])) > 5  # to any other class, not one shift
