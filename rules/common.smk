@@ -8,6 +8,7 @@ import sys
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
 from cifarflow.config import (
+    Recipe,
     cifar10_archive,
     dataset_id,
     load_schema,
@@ -27,6 +28,11 @@ try:
     SWEEP = plan(config, load_schema(SCHEMA))  # None without sweep.parameters
     # name -> overrides of `train`: every experiment, the sweep's trials included
     TRAINED = experiments(config, SWEEP)
+    # audit.label_issues: K cross-validation folds of train+val (0: off) and the recipe they train
+    LABEL_FOLDS = config["audit"]["label_issues"]["folds"] or 0
+    FOLD_RECIPE = Recipe.from_config(
+        {**config["train"], **config["audit"]["label_issues"]["recipe"]}
+    )
 except PipelineError as err:
     raise WorkflowError(str(err)) from None
 
@@ -64,6 +70,7 @@ wildcard_constraints:
     dataset=re.escape(DATASET_ID),
     experiment="|".join(re.escape(name) for name in EXPERIMENTS),
     sweep=re.escape(SWEEP.name) if SWEEP else "(?!)",  # no sweep: no sweep rule matches
+    fold="|".join(map(str, range(LABEL_FOLDS))) or "(?!)",  # folds off: no fold rule matches
 
 
 def prepare_dataset_input(wildcards):
@@ -80,6 +87,12 @@ def dataset_files(wildcards):
         files[f"{split}_images"] = f"{DATA_DIR}/{images}"
         files[f"{split}_labels"] = f"{DATA_DIR}/{labels}"
     return files
+
+
+def pool_files(wildcards):
+    """What a cross-validation fold reads of the dataset: meta.json, train and val (never test)."""
+    files = dataset_files(wildcards)
+    return {name: path for name, path in files.items() if not name.startswith("test_")}
 
 
 def test_split_files(wildcards):
@@ -126,6 +139,26 @@ def audit_gate(wildcards):
     return {"audit": ancient(audit_output("metrics"))}
 
 
+def fold_gpus(wildcards):
+    """GPUs a fold's training asks for, as train_gpus decides for an experiment's."""
+    return 1 if FOLD_RECIPE.device == "cuda" else 0
+
+
+def fold_outputs(wildcards):
+    """Every fold's held-out probabilities (find_label_issues joins them), in fold order."""
+    return expand(
+        rules.label_fold.output.held_out, dataset=DATASET_ID, fold=range(LABEL_FOLDS)
+    )
+
+
+def label_issue_outputs():
+    """find_label_issues' outputs that are asked for (rules/targets.smk); none with folds off."""
+    if not LABEL_FOLDS:
+        return []
+    out = rules.find_label_issues.output
+    return expand([out.metrics, out.issues, out.grid], dataset=DATASET_ID)
+
+
 def audit_output(name):
     """This dataset's path of one of audit_dataset's outputs (called once every rule exists)."""
     return expand(getattr(rules.audit_dataset.output, name), dataset=DATASET_ID)[0]
@@ -146,6 +179,7 @@ def card_inputs(wildcards):
         "meta": f"{DATA_DIR}/meta.json",
         "robustness": rules.evaluate_robustness.output.table,
         "audit": audit_output("metrics"),
+        **({"label_issues": label_issue_outputs()[0]} if LABEL_FOLDS else {}),
     }
 
 
@@ -158,6 +192,13 @@ def export_table_inputs(wildcards):
         name: path.format(experiment=wildcards.experiment)
         for name, path in files.items()
     }
+
+
+def label_issues_arg(wildcards, input):
+    """register_model's train/val label issues (find_label_issues' metrics), when folds are on."""
+    if "label_issues" not in input.keys():
+        return ""
+    return f"--label-issues {shlex.quote(input.label_issues)}"
 
 
 def quantize_arg(wildcards, input):

@@ -114,11 +114,13 @@ rule register_model:
         settings=registry_settings,
         config_sha256=model_config_sha256,
         logs=card_logs,
+        label_issues=label_issues_arg,
     shell:
         "python scripts/register_model.py --model {input.model:q} --manifest {input.manifest:q}"
         " --val-predictions {input.val_predictions:q}"
         " --evaluation {input.evaluation:q} --export {input.export:q} --train {input.train:q}"
-        " --meta {input.meta:q} --robustness {input.robustness:q} --audit {input.audit:q} --logs {params.logs}"
+        " --meta {input.meta:q} --robustness {input.robustness:q} --audit {input.audit:q} {params.label_issues}"
+        " --logs {params.logs}"
         " --config-sha256 {params.config_sha256} --settings {params.settings:q}"
         " --output {output.registration:q} --card {output.card:q} --card-html {output.card_html:q}"
         " --log {log:q}"

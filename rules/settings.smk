@@ -11,8 +11,18 @@ def dataset_settings(wildcards):
 
 
 def audit_settings(wildcards):
-    """What audit_dataset decides with; a change reruns the audit (and the evaluation reading it)."""
-    return json.dumps(AUDIT, sort_keys=True)
+    """What audit_dataset decides with; a change reruns the audit (and the evaluation reading it).
+    Not label_issues: the folds' settings are label_fold's (fold_recipe_json, its folds and seed).
+    """
+    return json.dumps(
+        {key: value for key, value in AUDIT.items() if key != "label_issues"},
+        sort_keys=True,
+    )
+
+
+def fold_recipe_json(wildcards):
+    """The folds' resolved recipe (train with audit.label_issues.recipe); a change retrains the folds."""
+    return FOLD_RECIPE.to_json()
 
 
 def recipe_json(wildcards):

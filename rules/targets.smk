@@ -48,6 +48,9 @@ def final_targets(wildcards):
     """
     targets = expand(rules.prepare_dataset.output.meta, dataset=DATASET_ID)
     targets += [audit_output("metrics")]  # rules/audit.smk
+    targets += (
+        label_issue_outputs()
+    )  # rules/audit.smk: with audit.label_issues.folds only
     targets += shipped_targets(WRITTEN)
     return targets + report_targets() + sweep_targets()
 
@@ -131,6 +134,9 @@ def versioned_jobs():
     jobs += [
         (f"train_model/{e}", "train_model", {"experiment": e}) for e in EXPERIMENTS
     ]
+    jobs += [(f"label_fold/{f}", "label_fold", {"fold": f}) for f in range(LABEL_FOLDS)]
+    if LABEL_FOLDS:
+        jobs.append(("find_label_issues", "find_label_issues", {}))
     for experiment in shipped():
         jobs += [
             (f"{job}/{experiment}", job, {"experiment": experiment}) for job in CHAIN

@@ -70,6 +70,7 @@ def main(args: argparse.Namespace) -> None:
         versions=job_versions(args.logs),
         robustness=robustness,
         audit=read(args.audit),
+        train_label_issues=read(args.label_issues),
     )
     markdown, page = render(card)
     outputs = [Path(args.card), Path(args.card_html)]
@@ -93,6 +94,9 @@ if __name__ == "__main__":
     parser.add_argument("--meta", required=True, help="results/data/<dataset-id>/meta.json")
     parser.add_argument("--robustness", required=True, help="results/robustness/<experiment>/robustness.json")
     parser.add_argument("--audit", required=True, help="the dataset audit's metrics.json")
+    parser.add_argument(
+        "--label-issues", help="find_label_issues' metrics.json (train/val label issues; with folds only)"
+    )
     parser.add_argument("--logs", nargs="*", default=[], help="JOB=LOG of the jobs that made the model")
     parser.add_argument("--config-sha256", required=True, help="of the settings that made this model")
     parser.add_argument("--settings", required=True, help="the `register` and `mlflow` config, JSON")

@@ -55,6 +55,27 @@ def test_bad_value_is_named(section, message):
         validate_config({"dataset": section}, SCHEMA)
 
 
+@pytest.mark.parametrize(
+    ("label_issues", "message"),
+    [
+        ({"folds": 1}, r"'audit\.label_issues\.folds' = 1 is invalid.*at least 2\. 0 or null = off"),
+        ({"folds": -2}, r"'audit\.label_issues\.folds' = -2 is invalid"),
+        ({"folds": "4"}, r"'audit\.label_issues\.folds' = '4' is invalid"),
+        ({"folds": 2.5}, r"'audit\.label_issues\.folds' = 2\.5 is invalid"),
+        ({"recipe": {"epoch": 2}}, r"unknown config key 'audit\.label_issues\.recipe\.epoch'"),
+        ({"recipe": {"epochs": 0}}, r"'audit\.label_issues\.recipe\.epochs' = 0 is invalid"),
+    ],
+)
+def test_label_issue_folds_are_off_or_at_least_two_with_a_recipe_of_train_keys(label_issues, message):
+    assert defaults()["audit"]["label_issues"] == {"folds": None, "recipe": {}}  # off by default
+    for off in (None, 0):
+        validate_config({"audit": {"label_issues": {"folds": off}}}, SCHEMA)
+    config = validate_config({"audit": {"label_issues": {"folds": 4, "recipe": {"epochs": 3}}}}, SCHEMA)
+    assert config["audit"]["label_issues"]["recipe"] == {"epochs": 3}  # overrides only: no defaults filled in
+    with pytest.raises(PipelineError, match=message):
+        validate_config({"audit": {"label_issues": label_issues}}, SCHEMA)
+
+
 def test_dataset_id_changes_with_source_and_split_settings_only():
     base = defaults()["dataset"]
     same = copy.deepcopy(base)

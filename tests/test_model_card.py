@@ -324,6 +324,30 @@ def test_the_champion_decision_shows_the_paired_test_and_both_guards(inputs):
     assert "McNemar" not in section.replace(mc.CHAMPION_RULE, "")  # nothing was compared
 
 
+def test_train_and_val_label_issues_when_the_folds_ran_else_why_not(inputs):
+    md, _ = mc.render(inputs)
+    section = md[md.index("### Label issues") : md.index("## Metrics")]
+    assert mc.NO_TRAIN_LABEL_ISSUES in section and "in the train split" not in section
+    inputs.train_label_issues = {
+        "train_label_issue_count": 812,
+        "train_label_issue_fraction": 0.018044,
+        "val_label_issue_count": 97,
+        "val_label_issue_fraction": 0.0194,
+        "label_issue_folds": 4,
+        "out_of_fold_accuracy": 0.86125,
+    }
+    md, page = mc.render(inputs)
+    section = md[md.index("### Label issues") : md.index("## Metrics")]
+    assert "| suspected label errors in the train split | 812 (1.80%) |" in section
+    assert "| suspected label errors in the val split | 97 (1.94%) |" in section
+    assert "| out-of-fold accuracy on train+val | 86.12% |" in section
+    assert "4-fold cross-validated probabilities" in section and mc.NO_TRAIN_LABEL_ISSUES not in section
+    assert (
+        "| suspected label errors in the test split | 4 (1.33%) |" in section
+    )  # the test split's still there
+    assert "suspected label errors in the train split" in page
+
+
 def test_optional_parts_missing(inputs):
     bare = copy.deepcopy(inputs)
     bare.audit = bare.robustness = None

@@ -27,7 +27,10 @@ unstable sort may order them otherwise, which matters only for exactly equal pro
 
 In the workflow: `label_issue_figures`, called by evaluation.evaluate_served on the test split's
 served probabilities (the evaluated model never trained on the test split, so they are out of
-sample, but it is the model being judged: its own errors can be among the suspects).
+sample, but it is the model being judged: its own errors can be among the suspects). With
+audit.label_issues.folds K set, train and val too: `stratified_folds` splits train+val pooled into K
+folds, each trained on the others (training.train with a Subset, one job a fold), `join_folds` puts
+their held-out probabilities back in the pool's order and `train_val_issues` flags each split.
 """
 
 from __future__ import annotations
@@ -271,3 +274,78 @@ def label_issue_figures(
         "accuracy_without_both": _accuracy(correct, plausible & clean),
         "images_without_both": int((plausible & clean).sum()),
     }
+
+
+def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """The fold [N] (0..folds-1) of each image: each class's images, shuffled with `seed`, dealt to the
+    folds in turn, so that every fold holds out about 1/folds of every class and the folds are
+    disjoint and cover every image. Fold f trains on the images of the other folds."""
+    y = np.asarray(labels)
+    if isinstance(folds, bool) or not isinstance(folds, int | np.integer) or folds < 2:
+        raise ValueError(
+            f"folds must be an integer of at least 2, got {folds!r}: each fold trains on the others"
+        )
+    counts = np.bincount(y) if y.size else np.zeros(0, dtype=np.int64)
+    present = counts[counts > 0]
+    if y.ndim != 1 or present.size == 0 or present.min() < folds:
+        smallest = int(present.min()) if present.size else 0
+        raise ValueError(
+            f"{folds} folds need at least {folds} images of every class, the smallest class has {smallest}: "
+            "lower audit.label_issues.folds, or add images of that class"
+        )
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(y), dtype=np.int64)
+    for cls in np.flatnonzero(counts):
+        members = rng.permutation(np.flatnonzero(y == cls))
+        # deal on from where the previous class stopped, so that the folds' sizes differ by one at most
+        fold[members] = (np.arange(members.size) + int(counts[:cls].sum())) % folds
+    return fold
+
+
+def join_folds(parts: list[tuple[np.ndarray, np.ndarray]], n: int) -> np.ndarray:
+    """The out-of-fold probabilities [n, classes]: each part is (rows of the pool that its fold held
+    out, their probabilities); together they must cover every row exactly once."""
+    if not parts:
+        raise ValueError("no folds to join: pass each fold's (held-out rows, probabilities)")
+    classes = {np.asarray(p).shape[1] if np.asarray(p).ndim == 2 else None for _, p in parts}
+    if len(classes) != 1 or None in classes:
+        raise ValueError(
+            f"every fold's probabilities must be [rows, classes] with the same classes, got {classes}"
+        )
+    joined = np.full((n, classes.pop()), np.nan)
+    seen = np.zeros(n, dtype=np.int64)
+    for number, (rows, probs) in enumerate(parts):
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or len(rows) != len(probs):
+            raise ValueError(f"fold {number}: {len(rows)} rows for {len(probs)} rows of probabilities")
+        if rows.size and (rows.min() < 0 or rows.max() >= n):
+            raise ValueError(
+                f"fold {number} holds rows outside 0..{n - 1}: its folds were made for another dataset"
+            )
+        np.add.at(seen, rows, 1)
+        joined[rows] = probs
+    if (seen != 1).any():
+        twice, missing = np.flatnonzero(seen > 1), np.flatnonzero(seen == 0)
+        raise ValueError(
+            f"the folds must hold out every image exactly once: {missing.size} held out by none (first "
+            f"{missing[:3].tolist()}), {twice.size} by several (first {twice[:3].tolist()}); the folds come "
+            "from different settings (audit.label_issues.folds or dataset.seed): rerun them all"
+        )
+    return joined
+
+
+def train_val_issues(
+    pred_probs: np.ndarray, train_labels: np.ndarray, val_labels: np.ndarray
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """The suspected label errors of train and val from out-of-fold probabilities of train+val pooled
+    (`join_folds`: train's rows first): `split_issues` on each split (its own thresholds and confident
+    joint), one table (train's rows, then val's, each ranked) and the figures of both splits."""
+    n_train = len(train_labels)
+    if len(pred_probs) != n_train + len(val_labels):
+        raise ValueError(
+            f"{len(pred_probs)} rows of probabilities for {n_train} train + {len(val_labels)} val images: "
+            "the folds were made for another dataset; rerun them"
+        )
+    train, train_figures = split_issues("train", pred_probs[:n_train], train_labels)
+    val, val_figures = split_issues("val", pred_probs[n_train:], val_labels)
+    return pd.concat([train, val], ignore_index=True), train_figures | val_figures

@@ -49,6 +49,15 @@ NO_LABEL_ISSUES = (
     "Not in this evaluation's metrics.json, written before evaluations looked for label errors: rerun "
     "evaluate_served_model (snakemake --forcerun evaluate_served_model)."
 )
+TRAIN_LABEL_ISSUES = (
+    "Train and val: confident learning on {folds}-fold cross-validated probabilities (each image scored "
+    "by a model trained on the other folds; `results/audit/<dataset-id>/label_issues/`, the report's "
+    "Data category). The model above trained on these labels, suspects included."
+)
+NO_TRAIN_LABEL_ISSUES = (
+    "Train and val were not examined for label errors: that needs K cross-validation trainings, "
+    "off by default (audit.label_issues.folds, docs/audit.md)."
+)
 NO_CALIBRATION = (
     "Not in this evaluation's metrics.json, written before evaluations measured calibration: "
     "rerun evaluate_served_model (snakemake --forcerun evaluate_served_model)."
@@ -84,6 +93,7 @@ class CardInputs:
     versions: dict[str, dict[str, str]] = field(default_factory=dict)  # job -> software versions
     robustness: dict | None = None  # evaluate_robustness's robustness.json
     audit: dict | None = None  # audit_dataset's metrics.json
+    train_label_issues: dict | None = None  # find_label_issues' metrics.json (audit.label_issues.folds)
 
 
 # -- formatting: one place, so the tests can compare what the card shows with the inputs --------------
@@ -203,11 +213,34 @@ def _data_section(c: CardInputs, blocks: list[Block]) -> None:
 
 
 def _label_issues_section(c: CardInputs, blocks: list[Block]) -> None:
+    """The test split's suspected label errors and the accuracies without them; train's and val's
+    counts when the folds ran."""
     e = c.evaluation
     blocks.append(("h3", "Label issues"))
     if not e.keys() >= LABEL_ISSUE_KEYS:
         blocks.append(("p", NO_LABEL_ISSUES))
+    else:
+        _test_label_issues(e, blocks)
+    t = c.train_label_issues
+    if t is None:
+        blocks.append(("p", NO_TRAIN_LABEL_ISSUES))
         return
+    rows = [
+        [
+            f"suspected label errors in the {split} split",
+            f"{number(t[f'{split}_label_issue_count'])} ({pct(t[f'{split}_label_issue_fraction'])})",
+        ]
+        for split in ("train", "val")
+    ]
+    rows.append(["out-of-fold accuracy on train+val", pct(t["out_of_fold_accuracy"])])
+    blocks += [
+        ("p", TRAIN_LABEL_ISSUES.format(folds=number(t["label_issue_folds"]))),
+        ("table", ["figure", "value"], rows),
+    ]
+
+
+def _test_label_issues(e: dict, blocks: list[Block]) -> None:
+    """The test split's count and the test accuracy without the suspects, the duplicates, both."""
 
     def on(accuracy: float, images: int) -> str:
         return f"{pct(accuracy)} on {number(images)} images"

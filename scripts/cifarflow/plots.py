@@ -197,33 +197,41 @@ def confidently_wrong_grid(
 
 
 def label_issue_grid(
-    images: np.ndarray,
+    images: np.ndarray | dict[str, np.ndarray],
     issues: pd.DataFrame,
     class_names: list[str],
     total: int,
     limit: int = 24,
     columns: int = 6,
+    population: str = "test images",
+    source: str = "the served model's test probabilities",
 ) -> Figure:
     """The first `limit` rows of a label-issue table (label_issues.split_issues: most likely
     mislabelled first), each image titled with its split and index, the given label with its
-    probability (the self-confidence) and the suggested label; `total`: the split's images."""
+    probability (the self-confidence) and the suggested label; `total`: the `population`'s images.
+    `images`: the split's images, or split name -> images where the table holds several splits."""
     if issues.empty:
         return _empty_panel(
-            f"no suspected label errors among {total:,} test images\n"
-            "(confident learning on the served model's test probabilities:\n"
+            f"no suspected label errors among {total:,} {population}\n"
+            f"(confident learning on {source}:\n"
             "no image's given label is confidently another class)"
         )
     rows = list(issues.head(limit).itertuples(index=False))
+    if isinstance(images, dict):  # the shown images, in the table's order
+        shown = np.stack([images[row.split][int(row.index)] for row in rows])
+        positions = list(range(len(rows)))
+    else:
+        shown, positions = images, [int(row.index) for row in rows]
     return _image_grid(
-        images,
-        [int(row.index) for row in rows],
+        shown,
+        positions,
         [
             f"{row.split} #{int(row.index)}\ngiven: {class_names[int(row.given_label)]} "
             f"{row.self_confidence:.1%}\nsuggested: {class_names[int(row.suggested_label)]}"
             for row in rows
         ],
-        f"The {len(rows)} most likely of {len(issues):,} suspected label errors among {total:,} test"
-        " images (given label with its probability)",
+        f"The {len(rows)} most likely of {len(issues):,} suspected label errors among {total:,} {population}"
+        " (given label with its probability)",
         columns,
     )
 

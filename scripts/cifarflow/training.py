@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import hashlib
 import logging
 import math
 import tempfile
@@ -30,7 +31,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from .checkpoint import build_model_of, save_checkpoint, save_failure
 from .config import Recipe
-from .dataset import load_meta, load_split
+from .dataset import Split, load_meta, load_split
 from .errors import PipelineError, TrainingDiverged, TrainingFailed
 from .models import Classifier, FastNet, count_parameters
 from .runtime import atomic_path, progress
@@ -147,6 +148,19 @@ def evaluate(
         total_loss += nn.functional.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
     return total_loss / len(labels), correct / len(labels)
+
+
+@torch.no_grad()
+def predict_probabilities(model: nn.Module, images: torch.Tensor, device: torch.device) -> np.ndarray:
+    """Softmax class probabilities [N, classes] (float32) of `model` in eval mode, as evaluate scores."""
+    model.eval()
+    autocast = _autocast(device, device.type == "cuda")
+    parts = []
+    for start in range(0, len(images), EVAL_BATCH):
+        with autocast:
+            logits = model(to_float(images[start : start + EVAL_BATCH])).float()
+        parts.append(torch.softmax(logits, dim=1).cpu().numpy())
+    return np.concatenate(parts).astype(np.float32)
 
 
 def ema_update(decay: float):
@@ -420,11 +434,38 @@ def _seed_epoch(seed: int, epoch: int, device: torch.device) -> torch.Generator:
     return generator
 
 
+@dataclass(frozen=True)
+class Subset:
+    """Cross-validation: train on the images `train` of train+val pooled (train's rows first, then
+    val's: row len(train) + i is val image i) and validate on `held_out`, whose class probabilities
+    are the product (label_issues: confident learning on out-of-fold probabilities)."""
+
+    train: np.ndarray  # int64 rows of the pool
+    held_out: np.ndarray
+
+    def sha256(self) -> str:
+        """Identifies the subset, so that a fold's resume.pt is never continued on another one."""
+        digest = hashlib.sha256(np.ascontiguousarray(self.train, dtype=np.int64).tobytes())
+        digest.update(b"|" + np.ascontiguousarray(self.held_out, dtype=np.int64).tobytes())
+        return digest.hexdigest()
+
+
 def _load_splits(
-    data_dir: Path, device: torch.device
+    data_dir: Path, device: torch.device, subset: Subset | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Images (uint8 NCHW, channels_last) and labels of every split, on `device`."""
-    splits = {name: load_split(data_dir, name) for name in ("train", "val", "test")}
+    """Images (uint8 NCHW, channels_last) and labels of every split, on `device`; with a subset,
+    "train" and "val" are its parts of train+val pooled, and there is no "test"."""
+    names = ("train", "val", "test") if subset is None else ("train", "val")
+    splits = {name: load_split(data_dir, name) for name in names}
+    if subset is not None:
+        pool = Split(
+            np.concatenate([splits["train"].images, splits["val"].images]),
+            np.concatenate([splits["train"].labels, splits["val"].labels]),
+        )
+        splits = {
+            "train": Split(pool.images[subset.train], pool.labels[subset.train]),
+            "val": Split(pool.images[subset.held_out], pool.labels[subset.held_out]),
+        }
     images = {name: to_device_nchw(s.images, device) for name, s in splits.items()}
     labels = {name: torch.from_numpy(np.array(s.labels)).to(device) for name, s in splits.items()}
     return images, labels
@@ -455,12 +496,14 @@ def train(
     threads: int = 0,
     started: float | None = None,
     stop_after: int | None = None,
+    subset: Subset | None = None,
 ) -> dict:
     """Train one experiment; write model.pt, history.csv, tensorboard/ and return metrics.
 
-    A resume.pt in `outdir` made with the same recipe and dataset is continued from; each epoch
-    rewrites it, and a finished run removes it. With recipe.budget_s, the epochs are those that fit
-    the budget (plan_epochs), counted from `started` (a time.time(): the job's start) or from now.
+    A resume.pt in `outdir` made with the same recipe and dataset (and subset) is continued from;
+    each epoch rewrites it, and a finished run removes it. With recipe.budget_s, the epochs are those
+    that fit the budget (plan_epochs), counted from `started` (a time.time(): the job's start) or
+    from now.
 
     `stop_after` E below the epochs trained: a rung of successive halving. Train up to epoch E of
     the full schedule (the learning rate follows all the epochs), keep resume.pt for the next rung,
@@ -468,15 +511,26 @@ def train(
     tensorboard/). The rungs of a trial that goes on to the end thus make the same model, byte for
     byte, as one uninterrupted training. A resume.pt already past E (the rung run again) gives
     epoch E's figures from its history, training nothing.
+
+    With a `subset` (a cross-validation fold): train on its train rows of train+val, validate on its
+    held-out rows, and instead of testing and writing model.pt return the held-out images' class
+    probabilities under "held_out_probabilities" (float32 [len(held_out), classes], rows in the
+    order of subset.held_out) besides the metrics (no test figures: the test split is not read).
     """
     if stop_after is not None and not 1 <= stop_after <= recipe.epochs:
         raise PipelineError(f"stop after epoch {stop_after}: the recipe trains epochs 1 to {recipe.epochs}")
-    out = _train_until(data_dir, recipe, outdir, threads, started, stop_after)
+    out = _train_until(data_dir, recipe, outdir, threads, started, stop_after, subset)
     return _rung_figures(out.history, stop_after) if isinstance(out, TrainState) else out
 
 
 def _train_until(
-    data_dir: Path, recipe: Recipe, outdir: Path, threads: int, started: float | None, stop_after: int | None
+    data_dir: Path,
+    recipe: Recipe,
+    outdir: Path,
+    threads: int,
+    started: float | None,
+    stop_after: int | None,
+    subset: Subset | None,
 ) -> dict | TrainState:
     """train()'s loop up to epoch `stop_after` (or the end): the metrics at the end of the schedule,
     else the state."""
@@ -486,7 +540,7 @@ def _train_until(
         torch.set_num_threads(threads)
     device = pick_device(recipe.device)
     meta = load_meta(data_dir)
-    images, labels = _load_splits(data_dir, device)
+    images, labels = _load_splits(data_dir, device, subset)
     n_train, batch = len(labels["train"]), recipe.batch_size
     if n_train < batch:
         raise TrainingFailed(f"train.batch_size {batch} is larger than the training split ({n_train} images)")
@@ -502,7 +556,8 @@ def _train_until(
     steps_per_epoch = n_train // batch  # drop the last partial batch: constant batch statistics
     flipped_first = _flipped_first(recipe, n_train, device)
 
-    resume = Resume(outdir / "resume.pt", recipe.sha256(), meta["dataset_id"])
+    made_by = recipe.sha256() if subset is None else f"{recipe.sha256()}/subset:{subset.sha256()}"
+    resume = Resume(outdir / "resume.pt", made_by, meta["dataset_id"])
     state = resume.load(model, optimizer, ema, lookahead, device)
     if recipe.budget_s is not None and state.budget is None:  # a fresh run; a resumed one keeps its plan
         costs = measure_costs(model, recipe, images, labels, device, outdir)
@@ -512,7 +567,7 @@ def _train_until(
             spent_s=before + time.perf_counter() - wall_start,
             steps_per_epoch=steps_per_epoch,
             n_val=len(labels["val"]),
-            n_test=len(labels["test"]),
+            n_test=len(labels.get("test", ())),  # a fold tests nothing
             precision="bf16" if bf16 else "fp32",
         )
         state = replace(state, budget=asdict(plan))
@@ -578,6 +633,25 @@ def _train_until(
             _write_epoch(writer, row)
     if writer is None:  # a rung: resume.pt holds the state for the next one
         return state
+
+    if subset is not None:  # a fold: its product is the held-out images' probabilities
+        writer.close()
+        held_out = predict_probabilities(evaluated, images["val"], device)
+        _write_history(outdir / "history.csv", state.history)
+        resume.remove()
+        last = state.history[-1]
+        return {
+            "val_accuracy": last["val_accuracy"],
+            "val_loss": last["val_loss"],
+            "train_images": len(subset.train),
+            "held_out_images": len(subset.held_out),
+            "train_seconds": round(state.seconds, 3),
+            "images_per_second": round(steps_per_epoch * batch * state.epoch / state.seconds, 1),
+            "precision": "bf16" if bf16 else "fp32",
+            "epochs": state.epoch,
+            "history": state.history,
+            "held_out_probabilities": held_out,
+        }
 
     # ---- test: the test split is evaluated once, here, and used for nothing else ----
     test_loss, test_acc = evaluate(evaluated, images["test"], labels["test"], device)
