@@ -436,7 +436,15 @@ def profile_cluster(root: Path) -> contextlib.AbstractContextManager[SlurmCluste
     return slurm_cluster(root, **profile_shape(ROOT / "profiles" / "slurm"))
 
 
+# Train and val label issues from 2 cross-validation folds of 1 epoch each: fold jobs fan out on
+# Slurm beside the sweep's trials.
+FOLDS = {"audit": {"label_issues": {"folds": 2, "recipe": {"epochs": 1}}}}
+
+
 def start_sweep(cluster: SlurmCluster, workdir: Path) -> Run:
-    """config/sweep-demo.yaml through profiles/slurm, started and not waited for."""
+    """config/sweep-demo.yaml, with label-issue folds (FOLDS), through profiles/slurm, started and
+    not waited for."""
     env = dict(cluster.env, PATH=f"{BIN}{os.pathsep}{cluster.env['PATH']}")
-    return Run(workdir, "sweep", (*slurm_args(cluster), *SWEEP, *config_overrides()), env)
+    (workdir / "folds.yaml").write_text(yaml.safe_dump(FOLDS))
+    args = (*slurm_args(cluster), *SWEEP, "folds.yaml", *config_overrides())
+    return Run(workdir, "sweep", args, env)

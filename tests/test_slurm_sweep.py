@@ -3,7 +3,8 @@ a sweep by successive halving, each trial a Slurm job per rung (train_rung) and 
 (train_model: the rest of the schedule, or the record of where it stopped), the diverging one among
 them, and the sweep ends as it does locally: ranked by validation accuracy, the best alone exported,
 served and registered. The rungs' decisions and the ranking (checkpoints) and the report's rules
-are local rules: they never become Slurm jobs."""
+are local rules: they never become Slurm jobs. The run also finds train/val label issues from two
+cross-validation folds (tests/slurm_cluster.py FOLDS): each fold a Slurm job, like a trial."""
 
 from __future__ import annotations
 
@@ -46,9 +47,15 @@ def test_each_trial_is_a_slurm_job_of_its_own(on_slurm):
     (best,) = ranking["promoted"]
     dataset = next((workdir / "results/data").iterdir()).name
     later = sorted(job for job in jobs.values() if job[0] not in ("train_model", "train_rung"))
-    expected = [("prepare_dataset", dataset), ("audit_dataset", dataset)]
+    # the label-issue folds (audit.label_issues.folds 2) are Slurm jobs of their own, and their join
+    folds = [("label_fold", f"{dataset}_{fold}") for fold in range(2)]
+    expected = [("prepare_dataset", dataset), ("audit_dataset", dataset), *folds]
+    expected.append(("find_label_issues", dataset))
     shipped = [("export_onnx", best), ("evaluate_robustness", best), ("evaluate_served_model", best)]
     assert later == sorted([*expected, *shipped])
+    issues = json.loads((workdir / f"results/audit/{dataset}/label_issues/metrics.json").read_text())
+    assert issues["label_issue_folds"] == 2
+    assert {"train_label_issue_count", "val_label_issue_count"} <= set(issues), issues
     for stage in ("export", "robustness", "evaluate", "register"):
         assert [p.name for p in (workdir / "results" / stage).glob("[!.]*")] == [best], stage
 
