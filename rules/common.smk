@@ -1,6 +1,7 @@
 # The config, validated, and the paths, inputs and resources shared by the rules. No logic beyond
 # wiring: the library decides. What jobs are told: rules/settings.smk; what is asked for:
 # rules/targets.smk.
+import json
 import re
 import shlex
 import sys
@@ -167,6 +168,107 @@ def audit_output(name):
 def trial_metrics(wildcards):
     """Every trial's training metrics, in trial order (rank_sweep, plot_sweep)."""
     return expand(rules.train_model.output.metrics, experiment=TRIALS)
+
+
+# Successive halving (rules/halving.smk): the rungs' inputs, and what each trial's train_model reads.
+def rung_decision(rung):
+    """The decision after rung `rung` (promote_rung, a checkpoint: it must have run): its path and
+    its content."""
+    path = checkpoints.promote_rung.get(sweep=SWEEP.name, rung=rung).output.decision
+    return path, json.loads(Path(path).read_text())
+
+
+def rung_file(name, trial, rung):
+    """train_rung's output `name` (metrics, epochs) of one trial and rung."""
+    return expand(getattr(rules.train_rung.output, name), experiment=trial, rung=rung)[
+        0
+    ]
+
+
+def rung_epochs(wildcards):
+    return SWEEP.rungs[int(wildcards.rung)]
+
+
+def previous_rung(wildcards):
+    """A rung after the first resumes the trial from the rung before (its state is resume.pt) and
+    waits for the decision that promoted it."""
+    rung = int(wildcards.rung)
+    if rung == 0:
+        return {}
+    return {
+        "previous": rung_file("metrics", wildcards.experiment, rung - 1),
+        "promoted_by": expand(
+            rules.promote_rung.output.decision, sweep=SWEEP.name, rung=rung - 1
+        ),
+    }
+
+
+def previous_rung_arg(wildcards, input):
+    return (
+        f"--previous {shlex.quote(input.previous)}"
+        if "previous" in input.keys()
+        else ""
+    )
+
+
+def rung_inputs(wildcards):
+    """The rung's metrics of the trials that entered it (all at rung 0; else those the rung
+    before promoted, once its checkpoint has run), and that decision."""
+    rung = int(wildcards.rung)
+    inputs = {}
+    before = None
+    if rung > 0:
+        inputs["previous"], before = rung_decision(rung - 1)
+    trials = entering(SWEEP, rung, before)
+    inputs["metrics"] = [rung_file("metrics", trial, rung) for trial in trials]
+    return inputs
+
+
+def previous_decision_arg(wildcards, input):
+    return (
+        f"--previous {shlex.quote(input.previous)}"
+        if "previous" in input.keys()
+        else ""
+    )
+
+
+def halving_inputs(wildcards):
+    """A halving trial's train_model reads the decision of every rung it entered; when one stopped
+    it, that rung's figures (it records them), else the last rung's (it resumes from its state).
+    """
+    trial = wildcards.experiment
+    if not DECIDED_RUNGS or trial not in TRIALS:
+        return {}
+    decisions = []
+    for rung in DECIDED_RUNGS:
+        path, decision = rung_decision(rung)
+        decisions.append(path)
+        if trial not in decision["promoted"]:
+            break
+    return {
+        "rungs": decisions,
+        "rung_metrics": rung_file("metrics", trial, rung),
+        "rung_epochs": rung_file("epochs", trial, rung),
+    }
+
+
+def halving_args(wildcards, input):
+    """train_model's arguments for a halving trial, after a space; none otherwise (so that the
+    command of every other training stays as it was: a changed command reruns a job)."""
+    if "rungs" not in input.keys():
+        return ""
+    return " " + " ".join(
+        [
+            f"--trial {shlex.quote(wildcards.experiment)} --rungs",
+            *map(shlex.quote, input.rungs),
+            f"--rung-metrics {shlex.quote(input.rung_metrics)}",
+            f"--rung-epochs {shlex.quote(input.rung_epochs)}",
+        ]
+    )
+
+
+def rungs_chart_arg(wildcards, output):
+    return f"--rungs {shlex.quote(output.rungs)}" if "rungs" in output.keys() else ""
 
 
 # Inputs and arguments of the registration and the report's rules. They name other rules' files as
