@@ -235,7 +235,10 @@ def test_the_model_card_shows_the_runs_own_figures_and_is_in_the_registry(report
             assert f"| test accuracy without {name} | {shown} |" in card, name
         # the card is a file of the registered version, read back from the store
         store = f"sqlite:///{reported / 'mlflow.db'}"
-        mlflow.set_registry_uri(store)  # models:/ resolves through the registry (reset after the test)
+        # models:/ resolves through the registry, and its client opens the tracking store too: both
+        # set, or MLflow creates its default ./mlflow.db in the checkout (both reset after the test)
+        mlflow.set_tracking_uri(store)
+        mlflow.set_registry_uri(store)
         stored = mlflow.artifacts.download_artifacts(
             artifact_uri=f"{registration['model_uri']}/model_card.md", tracking_uri=store
         )
