@@ -240,7 +240,10 @@ def test_the_model_card_names_the_image_and_is_a_file_of_the_registered_version(
     without = f"{evaluation['accuracy_without_both'] * 100:.2f}% on {evaluation['images_without_both']:,}"
     assert f"| test accuracy without both | {without} images |" in card
     store = f"sqlite:///{wf / 'mlflow.db'}"
-    mlflow.set_registry_uri(store)  # models:/ resolves through the registry (reset after the test)
+    # models:/ resolves through the registry, whose client opens the tracking store too: both set,
+    # or MLflow creates its default ./mlflow.db in the checkout (both reset after the test)
+    mlflow.set_tracking_uri(store)
+    mlflow.set_registry_uri(store)
     stored = mlflow.artifacts.download_artifacts(artifact_uri=record["model_card"], tracking_uri=store)
     assert Path(stored).read_text() == card
     page = (wf / f"results/register/{EXP}/model_card.html").read_text()
