@@ -341,7 +341,7 @@ def rank(sweep: Sweep, results: Mapping[str, Mapping[str, Any]]) -> dict[str, An
         )
     finished = sorted(
         (row for row in rows if row["outcome"] == "ok"),
-        key=lambda row: (-row["val_accuracy"], _or_inf(row["val_loss"]), row["trial"]),
+        key=_by_merit,
     )
     if not finished:
         reasons = "\n  ".join(f"{row['trial']}: {row['outcome']}: {row['reason']}" for row in rows)
@@ -425,7 +425,7 @@ def promote_rung(sweep: Sweep, rung: int, results: Mapping[str, Mapping[str, Any
     ]
     ranked = sorted(
         (row for row in rows if row["outcome"] == "ok"),
-        key=lambda row: (-row["val_accuracy"], _or_inf(row["val_loss"]), row["trial"]),
+        key=_by_merit,
     )
     if not ranked:
         reasons = "\n  ".join(f"{row['trial']}: {row['outcome']}: {row['reason']}" for row in rows)
@@ -495,6 +495,12 @@ def stop_reason(trial: str, decision: Mapping[str, Any]) -> str:
 
 def _or_minus_one(value: Any) -> float:
     return value if isinstance(value, int | float) else -1
+
+
+def _by_merit(row: dict) -> tuple:
+    """The order of trials that trained: validation accuracy, then the lower validation loss, then
+    the name (the ranking and every rung's decision)."""
+    return (-row["val_accuracy"], _or_inf(row["val_loss"]), row["trial"])
 
 
 def _or_inf(value: Any) -> float:
