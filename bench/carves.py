@@ -33,13 +33,17 @@ CARVES = {
 }
 
 
-def _carve_folder(archive: Path, root: Path, carve: str) -> None:
-    train_n, test_n, _, overlap = CARVES[carve]
-    every = root.parent / "all"
+def unpacked_train(archive: Path, every: Path) -> Path:
+    """The archive's train/ folder (train/<class>/<n>.jpg), unpacked into `every` once."""
     if not every.exists():
         with tarfile.open(archive) as tar:
             tar.extractall(every, filter="data")
-    source = next(p for p in every.rglob("train") if p.is_dir())
+    return next(p for p in every.rglob("train") if p.is_dir())
+
+
+def _carve_folder(archive: Path, root: Path, carve: str) -> None:
+    train_n, test_n, _, overlap = CARVES[carve]
+    source = unpacked_train(archive, root.parent / "all")
     for class_dir in sorted(p for p in source.iterdir() if p.is_dir()):
         files = sorted(class_dir.iterdir())
         if len(files) != 5000:

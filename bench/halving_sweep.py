@@ -27,7 +27,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from contextlib import ExitStack
@@ -38,6 +37,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "bench"), str(ROOT / "tests")]
 
+from carves import unpacked_train  # noqa: E402
 from conftest import copy_workflow  # noqa: E402
 from prepare_speed import ARCHIVE_ENV, jpeg_archive  # noqa: E402
 
@@ -56,11 +56,7 @@ def carve(archive: Path, root: Path, per_class: int, test_per_class: int) -> Pat
     if (folder / "done").exists():
         return folder
     shutil.rmtree(folder, ignore_errors=True)
-    every = root / "all"
-    if not every.exists():
-        with tarfile.open(archive) as tar:
-            tar.extractall(every, filter="data")
-    source = next(p for p in every.rglob("train") if p.is_dir())
+    source = unpacked_train(archive, root / "all")
     for class_dir in sorted(p for p in source.iterdir() if p.is_dir()):
         files = sorted(class_dir.iterdir())
         if len(files) < per_class + test_per_class:
