@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,6 +43,25 @@ def tiny_data(tmp_path_factory):
         settings={"source": "synthetic", "val_fraction": 0.25, "seed": 0},
     )
     return out
+
+
+def interrupted_in_epoch_2(monkeypatch, data: Path, recipe, outdir: Path) -> dict:
+    """Train, interrupted (KeyboardInterrupt) in epoch 2's validation, after epoch 1's checkpoint
+    was written; returns that resume.pt, and training.evaluate is the real one again."""
+    real_evaluate = training.evaluate
+    calls = []
+
+    def interrupt_in_epoch_2(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args)
+
+    monkeypatch.setattr(training, "evaluate", interrupt_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(data, recipe, outdir, threads=2)
+    monkeypatch.setattr(training, "evaluate", real_evaluate)
+    return torch.load(outdir / "resume.pt", weights_only=True)
 
 
 def test_onecycle_schedule_warms_up_peaks_and_ends_at_zero():
@@ -108,23 +128,8 @@ def test_same_seed_same_result_and_resume_is_exact(tiny_data, tmp_path, monkeypa
     # the same weights make the same file, byte for byte (and so the same hash in the MLflow lineage)
     assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
 
-    # Interrupt the next run in epoch 2's validation, after epoch 1's checkpoint was written.
-    real_evaluate = training.evaluate
-
     def interrupted_run(outdir):
-        calls = []
-
-        def interrupt_in_epoch_2(*args):
-            calls.append(1)
-            if len(calls) == 2:
-                raise KeyboardInterrupt
-            return real_evaluate(*args)
-
-        monkeypatch.setattr(training, "evaluate", interrupt_in_epoch_2)
-        with pytest.raises(KeyboardInterrupt):
-            train(tiny_data, recipe, outdir, threads=2)
-        assert torch.load(outdir / "resume.pt", weights_only=True)["epoch"] == 1
-        monkeypatch.setattr(training, "evaluate", real_evaluate)
+        assert interrupted_in_epoch_2(monkeypatch, tiny_data, recipe, outdir)["epoch"] == 1
 
     interrupted_run(tmp_path / "c")
     resumed = train(tiny_data, recipe, tmp_path / "c", threads=2)

@@ -18,7 +18,7 @@ from cifarflow.errors import PipelineError, TrainingFailed
 from cifarflow.training import Costs, lr_at, plan_epochs, train
 from conftest import ROOT
 from snakemake_logger_plugin_mlflow.content import metrics_from_json, tags_from_json
-from test_training import base_recipe, tiny_data, without_timings  # noqa: F401  (fixture)
+from test_training import base_recipe, interrupted_in_epoch_2, tiny_data, without_timings  # noqa: F401
 
 BUDGET_KEYS = {"budget_s", "budget_fit_epochs", "budget_images_per_second", "budget_predicted_seconds"}
 
@@ -109,21 +109,8 @@ def test_resume_keeps_the_chosen_epochs(tiny_data, tmp_path, monkeypatch):  # no
     full = train(tiny_data, recipe, tmp_path / "full", threads=2)
     assert full["epochs"] == 3
 
-    real_evaluate = training.evaluate
-    calls = []
-
-    def interrupt_in_epoch_2(*args):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_evaluate(*args)
-
-    monkeypatch.setattr(training, "evaluate", interrupt_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_data, recipe, tmp_path / "killed", threads=2)
-    saved = torch.load(tmp_path / "killed" / "resume.pt", weights_only=True)
+    saved = interrupted_in_epoch_2(monkeypatch, tiny_data, recipe, tmp_path / "killed")
     assert saved["epoch"] == 1 and saved["budget"]["epochs"] == 3
-    monkeypatch.setattr(training, "evaluate", real_evaluate)
 
     # The machine is 100x faster now, which would choose 4 epochs: the resumed run does not re-measure.
     monkeypatch.setattr(training, "measure_costs", fixed_costs(1 / steps))
