@@ -72,6 +72,14 @@ ROWS = {
         "default + progressive resizing (24 px, first 6 epochs)",
         {"early_crop": 24, "early_crop_epochs": 6},
     ),
+    "early-crop-8": (
+        "default + progressive resizing (24 px, first 8 epochs)",
+        {"early_crop": 24, "early_crop_epochs": 8},
+    ),
+    "early-crop-20": (
+        "default + progressive resizing (20 px, first 6 epochs)",
+        {"early_crop": 20, "early_crop_epochs": 6},
+    ),
     "wide": (
         "default at airbench94's widths 64/256/256, 12 epochs",
         {"widths": [64, 256, 256], "epochs": 12},
@@ -346,7 +354,7 @@ def main() -> None:
     if args.mode == "time-only":
         time_only(args)
     elif args.mode == "timing":
-        run_full(args, "timing", [0])
+        run_full(args, "timing", args.seeds)
     elif args.mode == "accuracy":
         run_full(args, "accuracy", args.seeds)
     elif args.mode == "tta":
