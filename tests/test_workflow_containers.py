@@ -13,6 +13,7 @@ checksums, bit-identical training (same seed, same CPU, same torch), the same ON
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -23,7 +24,7 @@ from pathlib import Path
 import onnx
 import pytest
 import yaml
-from conftest import ROOT, copy_workflow, jobs_run
+from conftest import ROOT, _stop_group, copy_workflow, jobs_run
 from mlflow import MlflowClient
 from onnx import numpy_helper
 from test_mlflow_hook import runs_of, sqlite_uri
@@ -59,8 +60,50 @@ DEMO_RULES = {
 }
 
 
+def pipeline_ref() -> str:
+    """The image the build below tags (build.py's default: no --tag), known before it is built."""
+    spec = importlib.util.spec_from_file_location("pipeline_build", BUILD)
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    return f"localhost/{build.default_tag(os.environ.get('TORCH_VARIANT', 'cuda'))}"
+
+
+def settings(podman: dict) -> dict:
+    return {
+        "container": {"image": f"docker://{pipeline_ref()}"},
+        "serving": podman,  # the serving image's base and build options, for build_serving_image
+        "export": {"quantize": "int8"},
+        # What no test here looks at, made small: the demo's 100 latency requests, 300 robustness
+        # images and 100 test images a class. Every job still runs in the image, training on the
+        # demo's data, and the min_accuracy gate still applies.
+        "dataset": {"synthetic": {"test_per_class": 50}},
+        "evaluate": {"latency_requests": 10},
+        "robustness": {"images": 50},
+    }
+
+
 @pytest.fixture(scope="module")
-def pipeline_image(podman) -> dict:
+def base(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("containers")
+
+
+@pytest.fixture(scope="module")
+def plain_started(base, podman):
+    """The same config without --use-singularity, to export: container.image is set, and not used.
+    It needs no image, so it starts before the pipeline image's build and runs beside it (a fresh
+    build is mostly pip unpacking wheels and Podman writing layers) and beside the run in the image."""
+    plain = copy_workflow(base / "plain")
+    (plain / "local.yaml").write_text(yaml.safe_dump(settings(podman)))
+    # The trace would show it if anything ran through the stand-in.
+    tracing = {"APPTAINER_VIA_PODMAN_TRACE": str(base / "podman-runs.jsonl")}
+    started = start_snakemake(plain, "--until", "export_onnx", *DEMO, path=[BIN], env=tracing)
+    yield plain, started
+    if started[0].poll() is None:  # a test stopped before `runs` waited for it
+        _stop_group(started[0])
+
+
+@pytest.fixture(scope="module")
+def pipeline_image(podman, plain_started) -> dict:
     """The CUDA variant (the one buildable here: the CPU wheels' index is not reachable), on the
     local base; the host's local wheel directories are mounted into the build (build.py)."""
     build = subprocess.run(
@@ -72,40 +115,53 @@ def pipeline_image(podman) -> dict:
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-6000:]
     image = json.loads(build.stdout.strip().splitlines()[-1])
     print(f"pipeline image: {image}")
+    assert f"localhost/{image['image']}" == pipeline_ref()  # what the runs' config names
     return {**image, "ref": f"localhost/{image['image']}"}
 
 
-def snakemake(workdir: Path, *args: str, path: list[Path], env: dict | None = None, timeout: float = 1500):
+def start_snakemake(workdir: Path, *args: str, path: list[Path], env: dict | None = None) -> tuple:
     env = dict(os.environ, **(env or {}), PATH=os.pathsep.join([*map(str, path), os.environ["PATH"]]))
-    start = time.monotonic()
-    proc = subprocess.run(
-        [str(BIN / "snakemake"), "--cores", "2", *args],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    # Its output goes to files beside the workdir, not to pipes: nobody reads a run that goes on beside
+    # others, and a full pipe would stop it.
+    logs = (workdir.parent / f"{workdir.name}.stdout", workdir.parent / f"{workdir.name}.stderr")
+    with logs[0].open("w") as out, logs[1].open("w") as err:
+        popen = subprocess.Popen(
+            [str(BIN / "snakemake"), "--cores", "2", *args],
+            cwd=workdir,
+            env=env,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,  # so that _stop_group reaches its jobs too
+        )
+    return popen, args, time.monotonic(), logs
+
+
+def finish(started: tuple, timeout: float = 1500) -> subprocess.CompletedProcess:
+    popen, args, start, logs = started
+    try:
+        popen.wait(timeout=max(1, timeout - (time.monotonic() - start)))
+    except subprocess.TimeoutExpired:
+        _stop_group(popen)
+        raise
     print(f"snakemake {' '.join(args)}: {time.monotonic() - start:.0f} s")
+    stdout, stderr = (log.read_text() for log in logs)
+    proc = subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
     assert proc.returncode == 0, f"snakemake {args} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-8000:]}"
     return proc
 
 
+def snakemake(workdir: Path, *args: str, path: list[Path], env: dict | None = None, timeout: float = 1500):
+    return finish(start_snakemake(workdir, *args, path=path, env=env), timeout)
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, podman, pipeline_image):
-    base = tmp_path_factory.mktemp("containers")
+def runs(base, podman, pipeline_image, plain_started):
     stand_in = base / "bin"
     stand_in.mkdir()
     (stand_in / "apptainer").symlink_to(STAND_IN)
     trace = base / "podman-runs.jsonl"
-    settings = {
-        "container": {"image": f"docker://{pipeline_image['ref']}"},
-        "serving": podman,  # the serving image's base and build options, for build_serving_image
-        "export": {"quantize": "int8"},
-    }
-    boxed, plain = copy_workflow(base / "boxed"), copy_workflow(base / "plain")
-    for workdir in (boxed, plain):
-        (workdir / "local.yaml").write_text(yaml.safe_dump(settings))
+    boxed = copy_workflow(base / "boxed")
+    (boxed / "local.yaml").write_text(yaml.safe_dump(settings(podman)))
     in_image = snakemake(
         boxed,
         "--use-singularity",
@@ -114,10 +170,8 @@ def runs(tmp_path_factory, podman, pipeline_image):
         path=[stand_in, BIN],
         env={"APPTAINER_VIA_PODMAN_TRACE": str(trace)},
     )
-    # The same config without --use-singularity: container.image is set, and not used.
-    # (The trace would show it if anything ran through the stand-in.)
-    tracing = {"APPTAINER_VIA_PODMAN_TRACE": str(trace)}
-    snakemake(plain, "--until", "export_onnx", *DEMO, path=[BIN], env=tracing)
+    plain, started = plain_started
+    finish(started)
     output = in_image.stdout + in_image.stderr
     return {"boxed": boxed, "plain": plain, "output": output, "proc": in_image, "trace": trace}
 
