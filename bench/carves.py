@@ -14,6 +14,7 @@ Each carve is prepared once (prepare_dataset, the folder source) and cached.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import sys
 import tarfile
@@ -69,3 +70,18 @@ def prepare_carve(carve: str, cache: Path, archive: Path | None = ARCHIVE, threa
         settings = folder_settings(jpeg) | {"val_fraction": CARVES[carve][2]}
         run_prepare(settings, data, None, threads=threads)
     return data
+
+
+def cpu_name() -> str:
+    """The CPU as the docs name it: model, cores, and the bf16 instructions training could use."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown"
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?"
+    )
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
+    bf16 = "avx512_bf16" if "avx512_bf16" in flags else "no avx512_bf16"
+    amx = "AMX" if "amx_bf16" in flags else "no AMX"
+    return f"{model}, {os.cpu_count()} cores, {bf16}, {amx}"

@@ -40,7 +40,7 @@ from torch.optim.swa_utils import AveragedModel
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "bench")]
 
-from carves import ARCHIVE, prepare_carve  # noqa: E402
+from carves import ARCHIVE, cpu_name, prepare_carve  # noqa: E402
 from cifarflow import training  # noqa: E402
 from cifarflow.checkpoint import load_checkpoint  # noqa: E402
 from cifarflow.config import Recipe  # noqa: E402
@@ -87,6 +87,7 @@ ROWS = {
     "wider-16": ("default at widths 48/192/256", {"widths": [48, 192, 256]}),
     "compile": ("default + torch.compile (time only; not a recipe key: it did not pay)", {}),
     "fp32": ("default in fp32", {"precision": "fp32"}),
+    "bf16": ("default in bf16 (what `auto` picks on CPUs with native bf16)", {"precision": "bf16"}),
 }
 
 
@@ -98,6 +99,7 @@ def record(path: Path, entry: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     entry = {
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cpu": cpu_name(),
         "load_average": round(os.getloadavg()[0], 1),
         "git": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True

@@ -23,7 +23,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import sys
 import tarfile
 import tempfile
@@ -37,6 +36,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "bench")]
 
+from carves import cpu_name  # noqa: E402
 from cifarflow.config import Recipe, validate_config  # noqa: E402
 from cifarflow.dataset import RawDataset, Split, stratified_split, write_dataset  # noqa: E402
 from cifarflow.label_folds import gather, train_fold  # noqa: E402
@@ -86,21 +86,6 @@ def prepare(images: np.ndarray, given: np.ndarray, names: list[str], data: Path)
     settings = {"source": "bench", "val_fraction": VAL_FRACTION, "seed": DATASET_SEED}
     write_dataset(raw, data, dataset_id="bench-label-flips", settings=settings)
     return np.concatenate([train_idx, val_idx]), len(train_idx)
-
-
-def cpu_name() -> str:
-    """The CPU as the docs name it: model, cores, and the bf16 instructions training could use."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown"
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?"
-    )
-    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
-    bf16 = "avx512_bf16" if "avx512_bf16" in flags else "no avx512_bf16"
-    amx = "AMX" if "amx_bf16" in flags else "no AMX"
-    return f"{model}, {os.cpu_count()} cores, {bf16}, {amx}"
 
 
 def main() -> None:

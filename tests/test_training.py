@@ -11,7 +11,7 @@ from cifarflow import synthetic, training
 from cifarflow.checkpoint import load_checkpoint
 from cifarflow.config import Recipe, validate_config
 from cifarflow.dataset import write_dataset
-from cifarflow.errors import PipelineError
+from cifarflow.errors import PipelineError, TrainingDiverged
 from cifarflow.models import MODELS, build_model
 from cifarflow.training import augment, lr_at, train
 from conftest import ROOT
@@ -180,6 +180,17 @@ def test_divergence_names_epoch_step_and_lr(tiny_data, tmp_path):
         train(tiny_data, base_recipe(lr=1e30, warmup=0.0, ema=0.0, label_smoothing=0.0), tmp_path, threads=2)
 
 
+def test_a_validation_loss_that_is_not_finite_is_a_divergence(tiny_data, tmp_path, monkeypatch):
+    # Seen with lr 10000 at batch 128: a huge but finite training loss, weights whose logits
+    # overflow on validation. Its metrics could not be written as JSON; it is a divergence.
+    monkeypatch.setattr(training, "evaluate", lambda *args: (float("nan"), 0.1))
+    with pytest.raises(
+        TrainingDiverged, match=r"training diverged: validation loss is nan after epoch 1 \(training loss \d"
+    ):
+        train(tiny_data, base_recipe(), tmp_path, threads=2)
+    assert not (tmp_path / "resume.pt").exists() and not (tmp_path / "model.pt").exists()
+
+
 def test_cuda_requested_without_cuda_is_a_clear_error(tiny_data, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -289,14 +300,18 @@ def test_identity_init_makes_the_first_filters_pass_their_input_through():
         assert not torch.allclose(plain.body.layers[1].conv1(x)[:, :24], x, atol=1e-3)
 
 
-def test_precision_auto_is_bf16_where_the_cpu_has_amx(monkeypatch):
+def test_precision_auto_is_bf16_where_the_cpu_has_native_bf16(monkeypatch):
     cpu = torch.device("cpu")
     assert training.trains_in_bf16("bf16", cpu) and not training.trains_in_bf16("fp32", cpu)
     assert training.trains_in_bf16("auto", torch.device("cuda"))
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
-    assert training.trains_in_bf16("auto", cpu)
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_f": True})
-    assert not training.trains_in_bf16("auto", cpu)
+    for flags, bf16 in (
+        ({"amx_bf16": True, "avx512_bf16": True}, True),  # Xeon 4th generation
+        ({"amx_bf16": False, "avx512_bf16": True}, True),  # AMD EPYC Zen 4
+        ({"amx_bf16": False, "avx512_bf16": False, "avx512_f": True}, False),  # bf16 emulated
+        ({"avx2": True}, False),
+    ):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda flags=flags: flags)
+        assert training.trains_in_bf16("auto", cpu) is bf16, flags
 
 
 def test_progressive_resizing_trains_small_crops_first(tiny_data, tmp_path):

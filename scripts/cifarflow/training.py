@@ -120,12 +120,18 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov)
 
 
+# CPU features whose bf16 dot products oneDNN's convolutions use natively: AMX tiles (Xeon 4th
+# generation on) and AVX-512 BF16 (e.g. AMD EPYC Zen 4). Elsewhere bf16 is emulated, and slower.
+NATIVE_BF16 = ("amx_bf16", "avx512_bf16")
+
+
 def trains_in_bf16(precision: str, device: torch.device) -> bool:
-    """recipe.precision resolved: `auto` is bf16 on CUDA and on CPUs with AMX bf16 units (2.0x to
-    2.2x the fp32 images/s measured on a 2-core Xeon); fp32 on other CPUs, which emulate bf16 slowly."""
+    """recipe.precision resolved: `auto` is bf16 on CUDA and on CPUs with native bf16 dot products
+    (NATIVE_BF16; docs/training.md has the speed-ups measured), fp32 on other CPUs."""
     if precision != "auto":
         return precision == "bf16"
-    return device.type == "cuda" or bool(torch.cpu.get_capabilities().get("amx_bf16", False))
+    capabilities = torch.cpu.get_capabilities()
+    return device.type == "cuda" or any(capabilities.get(flag, False) for flag in NATIVE_BF16)
 
 
 def _autocast(device: torch.device, bf16: bool):
@@ -616,6 +622,12 @@ def _train_until(
 
         # ---- validation ----
         val_loss, val_acc = evaluate(evaluated, images["val"], labels["val"], device)
+        if not math.isfinite(val_loss):  # finite training losses, weights too large to evaluate
+            raise TrainingDiverged(
+                f"training diverged: validation loss is {val_loss} after epoch {epoch + 1} (training "
+                f"loss {losses.mean().item():.4g}, lr {lr:.4g}). Lower train.lr or raise train.warmup, "
+                "then rerun."
+            )
         row = {
             "epoch": epoch + 1,
             "train_loss": round(losses.mean().item(), 5),
