@@ -15,8 +15,8 @@ each epoch's end), alternating flip and 2-pixel reflect translation, and at the 
 one-pixel-translation TTA (6 views). `epochs` may be fractional, as the published 9.9.
 
 What differs, because this is a CPU: the published code runs the network in fp16 on a GPU; here it
-runs in bf16 autocast where the CPU has AMX units (the same rule as train.precision: auto), fp32
-otherwise; and the data are the dataset this workflow prepared (its splits, mean and std).
+runs in bf16 autocast where the CPU has native bf16 (AMX or AVX-512 BF16: the same rule as
+train.precision: auto), fp32 otherwise; and the data are the dataset this workflow prepared (its splits, mean and std).
 """
 
 from __future__ import annotations

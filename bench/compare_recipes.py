@@ -9,7 +9,7 @@
   decay, constant rate), no augmentation, no EMA or TTA, fp32. (The original ran one epoch and,
   through its loop's defect, ended at chance, 10%.)
 - airbench94: the published recipe (bench/airbench94.py, a re-implementation for CPUs: network,
-  optimiser, schedule, lookahead, augmentation and TTA as published; bf16 on AMX CPUs like ours).
+  optimiser, schedule, lookahead, augmentation and TTA as published; bf16 on CPUs with native bf16, as ours).
 
 Each recipe's throughput is measured first (a few steps); then it trains for as many epochs as fit
 the budget: ours and vgg11-original whole epochs (ours at most its configured count), airbench94
