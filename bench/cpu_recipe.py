@@ -1,7 +1,7 @@
 """The CPU recipe's ablation: every lever on its own, accuracy and time measured apart.
 
     python bench/cpu_recipe.py time-only [--rows ...] [--steps 30]    # a few minutes, needs a quiet machine
-    python bench/cpu_recipe.py timing    [--rows default]             # the real command, 45,000 images
+    python bench/cpu_recipe.py timing    [--rows default] [--seeds 0]  # the real command, 45,000 images
     python bench/cpu_recipe.py accuracy  [--rows ...] [--seeds 0 1 2] # deterministic: any load will do
     python bench/cpu_recipe.py tta --checkpoints .../model.pt          # the same weights, each TTA
     python bench/cpu_recipe.py table                                  # the README's table
