@@ -16,7 +16,8 @@ one-pixel-translation TTA (6 views). `epochs` may be fractional, as the publishe
 
 What differs, because this is a CPU: the published code runs the network in fp16 on a GPU; here it
 runs in bf16 autocast where the CPU has native bf16 (AMX or AVX-512 BF16: the same rule as
-train.precision: auto), fp32 otherwise; and the data are the dataset this workflow prepared (its splits, mean and std).
+train.precision: auto), fp32 otherwise; and the data are the dataset this workflow prepared (its
+splits, mean and std).
 """
 
 from __future__ import annotations
