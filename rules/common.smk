@@ -203,7 +203,8 @@ def previous_rung(wildcards):
     }
 
 
-def previous_rung_arg(wildcards, input):
+def previous_arg(wildcards, input):
+    """`--previous <input.previous>` where the job has that input (a rung after the first)."""
     return (
         f"--previous {shlex.quote(input.previous)}"
         if "previous" in input.keys()
@@ -222,14 +223,6 @@ def rung_inputs(wildcards):
     trials = entering(SWEEP, rung, before)
     inputs["metrics"] = [rung_file("metrics", trial, rung) for trial in trials]
     return inputs
-
-
-def previous_decision_arg(wildcards, input):
-    return (
-        f"--previous {shlex.quote(input.previous)}"
-        if "previous" in input.keys()
-        else ""
-    )
 
 
 def halving_inputs(wildcards):

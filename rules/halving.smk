@@ -39,7 +39,7 @@ rule train_rung:
         data=DATA_DIR,
         outdir="results/train/{experiment}",
         epochs=rung_epochs,
-        previous=previous_rung_arg,
+        previous=previous_arg,
         mlflow_tags=mlflow_tags,
     shell:
         "python scripts/train_rung.py --data {params.data:q} --recipe {params.recipe:q}"
@@ -67,7 +67,7 @@ checkpoint promote_rung:
         PIPELINE_IMAGE
     params:
         sweep=sweep_json,
-        previous=previous_decision_arg,
+        previous=previous_arg,
     shell:
         "python scripts/promote_rung.py --sweep {params.sweep:q} --rung {wildcards.rung}"
         " {params.previous} --metrics {input.metrics:q} --decision {output.decision:q}"
