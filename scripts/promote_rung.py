@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cifarflow.errors import PipelineError
 from cifarflow.runtime import log, run_cli, write_json, write_metrics
-from cifarflow.sweep import Sweep, entering, promote_rung, rung_metrics
+from cifarflow.sweep import Sweep, entering, epochs_text, promote_rung, rung_metrics
 
 
 def main(args: argparse.Namespace) -> None:
@@ -30,9 +30,9 @@ def main(args: argparse.Namespace) -> None:
     write_json(args.decision, decision)
     write_metrics(args.summary, rung_metrics(decision))
     log.info(
-        "sweep %s, rung %d (%d epochs): %d of %d go on to %d epochs: %s",
-        sweep.name, args.rung, decision["epochs"], len(decision["promoted"]), decision["entered"],
-        decision["next_epochs"], ", ".join(decision["promoted"]),
+        "sweep %s, rung %d (%s): %d of %d go on to %d epochs: %s",
+        sweep.name, args.rung, epochs_text(decision["epochs"]), len(decision["promoted"]),
+        decision["entered"], decision["next_epochs"], ", ".join(decision["promoted"]),
     )  # fmt: skip
 
 

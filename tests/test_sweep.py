@@ -469,7 +469,7 @@ def test_each_rung_promotes_the_best_third_by_validation_and_never_a_diverged_tr
     assert stopped_at(trials[7], [decision]) is None and stopped_at(trials[0], [decision]) == 0
     reason = stop_reason(trials[0], decision)
     assert reason == (
-        "stopped by successive halving after rung 0 (1 epochs): validation accuracy 0.0000, rank 8 of 9; "
+        "stopped by successive halving after rung 0 (1 epoch): validation accuracy 0.0000, rank 8 of 9; "
         "the best 3 went on"
     )
     assert stop_reason(trials[-1], decision) == "training diverged: loss is nan"

@@ -172,7 +172,7 @@ def test_the_rung_chart_draws_each_trial_up_to_the_rung_where_it_stopped():
     # the accuracy at each rung's end (epochs 1, 2, 4), up to where the trial stopped
     assert lines == [([0], [0.3]), ([0, 1], [0.4, 0.6]), ([0, 1, 2], [0.5, 0.7, 0.9])]
     assert [t.get_text() for t in ax.get_xticklabels()] == [
-        "rung 0\n1 epochs\n4 trials",
+        "rung 0\n1 epoch\n4 trials",
         "rung 1\n2 epochs\n2 trials",
         "rung 2\n4 epochs\n1 trials",
     ]

@@ -168,7 +168,7 @@ def test_halving_trial_jobs_end_as_one_training_or_record_where_they_stopped(tin
     stopped = json.loads((tmp_path / "h-b" / "metrics.json").read_text())
     assert (stopped["outcome"], stopped["stopped_at_rung"], stopped["epochs"]) == ("stopped", 0, 1)
     assert stopped["val_accuracy"] == rungs["h-b"]["val_accuracy"] and len(stopped["history"]) == 1
-    assert stopped["reason"].startswith("stopped by successive halving after rung 0 (1 epochs)")
+    assert stopped["reason"].startswith("stopped by successive halving after rung 0 (1 epoch)")
     assert not (tmp_path / "h-b" / "resume.pt").exists()
     with pytest.raises(PipelineError, match=r"model\.pt holds no model: its training stopped"):
         load_checkpoint(tmp_path / "h-b" / "model.pt")

@@ -174,7 +174,7 @@ def test_halving_promotes_the_best_half_of_each_rung_and_the_survivor_resumes_to
     (stopped,) = [t for t in TRIALS if t not in first["promoted"] and t != DIVERGED]
     record = read(workdir, f"results/train/{stopped}/metrics.json")
     assert (record["outcome"], record["stopped_at_rung"], record["epochs"]) == ("stopped", 0, 1)
-    assert record["reason"].startswith("stopped by successive halving after rung 0 (1 epochs)")
+    assert record["reason"].startswith("stopped by successive halving after rung 0 (1 epoch)")
     assert not (workdir / f"results/train/{stopped}/rung1").exists()
     assert not (workdir / f"results/train/{stopped}/resume.pt").exists()
 

@@ -17,6 +17,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from .runtime import atomic_path  # noqa: E402
+from .sweep import epochs_text  # noqa: E402
 
 DPI = 100
 # No "Software" entry (it carries the matplotlib version): the same data gives the same bytes.
@@ -592,7 +593,7 @@ def sweep_coordinates(ranking: dict) -> Figure:
         elif row["outcome"] == "stopped" and halving:
             rung = row.get("stopped_at_rung") or 0
             style = {"color": colors[rung], "linewidth": 1.2, "alpha": 0.8, "zorder": 2}
-            label = f"stopped after rung {rung} ({ranking['rungs'][rung]} epochs)"
+            label = f"stopped after rung {rung} ({epochs_text(ranking['rungs'][rung])})"
         else:
             style, label = {"color": STOPPED, "linewidth": 1, "linestyle": "--", "zorder": 1}, "did not train"
         (line,) = ax.plot(range(n), ys, marker="o", markersize=3, **style)
@@ -650,7 +651,7 @@ def sweep_rungs(ranking: dict, histories: dict[str, pd.DataFrame]) -> Figure:
             ax.annotate(row["trial"], (xs[-1], ys[-1]), xytext=(6, 0), textcoords="offset points", fontsize=7,
                         va="center")  # fmt: skip
     entered = [sum(1 for row in rows if _reached(row, k, len(rungs))) for k in range(len(rungs))]
-    ax.set_xticks(range(len(rungs)), [f"rung {k}\n{r} epochs\n{n} trials" for k, (r, n) in
+    ax.set_xticks(range(len(rungs)), [f"rung {k}\n{epochs_text(r)}\n{n} trials" for k, (r, n) in
                                       enumerate(zip(rungs, entered, strict=True))])  # fmt: skip
     ax.set_xlim(-0.4, len(rungs) - 0.4)
     ax.set_ylabel("validation accuracy at the rung's end")

@@ -481,13 +481,18 @@ def stopped_at(trial: str, decisions: list[Mapping[str, Any]]) -> int | None:
     return None
 
 
+def epochs_text(epochs: int) -> str:
+    """'1 epoch', '3 epochs'."""
+    return f"{epochs} epoch{'' if epochs == 1 else 's'}"
+
+
 def stop_reason(trial: str, decision: Mapping[str, Any]) -> str:
     """Why a trial stopped after a rung, for its metrics.json (a tag in MLflow) and the ranking."""
     row = next(row for row in decision["trials"] if row["trial"] == trial)
     if row["outcome"] != "ok":
         return str(row["reason"])
     return (
-        f"stopped by successive halving after rung {decision['rung']} ({decision['epochs']} epochs): "
+        f"stopped by successive halving after rung {decision['rung']} ({epochs_text(decision['epochs'])}): "
         f"validation accuracy {row['val_accuracy']:.4f}, rank {row['rank']} of {decision['entered']}; "
         f"the best {decision['keep']} went on"
     )
