@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -218,6 +220,58 @@ def _stop_group(popen: subprocess.Popen, grace: float = 20) -> None:
             continue
 
 
+@dataclass
+class Run:
+    """One snakemake invocation in the background, its stdout and stderr in one file in the workdir.
+    It has its own process group, so that a run stopped for its time stops its jobs too."""
+
+    workdir: Path
+    name: str
+    args: tuple[str, ...]
+    env: dict[str, str]
+    proc: subprocess.Popen = field(init=False)
+    started: float = field(init=False)
+    seconds: float = 0.0
+    returncode: int | None = None
+
+    def __post_init__(self) -> None:
+        self.log = self.workdir / f"snakemake-{self.name}.out"
+        # a file, not a pipe: nobody reads a run that goes on beside others, and a full pipe would stop it
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(
+                [Path(sys.executable).parent / "snakemake", "--cores", "2", *self.args],
+                cwd=self.workdir,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.started = time.monotonic()
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait(self, timeout: float = 300) -> Run:
+        try:
+            self.returncode = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _stop_group(self.proc)
+            message = f"snakemake ({self.name}) ran over {timeout} s:\n{self.output[-6000:]}"
+            raise AssertionError(message) from None
+        self.seconds = time.monotonic() - self.started
+        return self
+
+    def succeeded(self, timeout: float = 300) -> Run:
+        """wait(), and the run must have succeeded."""
+        self.wait(timeout)
+        assert self.returncode == 0, f"snakemake ({self.name}) {self.args} failed:\n{self.output[-10000:]}"
+        return self
+
+    def jobs(self) -> dict[str, int]:
+        return jobs_run(subprocess.CompletedProcess(self.args, self.returncode, self.output, ""))
+
+
 def write_yaml(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
@@ -245,6 +299,62 @@ def make_image_tree(
 
 
 LOCAL_BASE = "localhost/cifarflow-base:bookworm"
+# The images the suite builds with Podman, by the fixture that needs them: the local base (podman),
+# then on it the pipeline image (tests/test_workflow_containers.py). containers/pipeline/build.py prints
+# the image's name and id as its last line.
+IMAGE_BUILDS = {
+    "podman": [str(ROOT / "containers" / "base" / "make-local-base.sh"), LOCAL_BASE],
+    "pipeline_image": [
+        sys.executable, str(ROOT / "containers" / "pipeline" / "build.py"), "--engine", "podman",
+        "--base-image", LOCAL_BASE,
+    ],
+}  # fmt: skip
+_background_builds: dict[str, Future] = {}
+_building: list[subprocess.Popen] = []
+
+
+def _build(command: list[str]) -> subprocess.CompletedProcess:
+    pipe = subprocess.PIPE
+    proc = subprocess.Popen(command, stdout=pipe, stderr=pipe, text=True, start_new_session=True)
+    _building.append(proc)
+    stdout, stderr = proc.communicate(timeout=1500)
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
+def image_build(fixture: str) -> subprocess.CompletedProcess:
+    """IMAGE_BUILDS[fixture]'s result: the build started when the session began, else one run now.
+    Once built, an image's build is a cache hit (seconds)."""
+    future = _background_builds.get(fixture)
+    build = future.result() if future else _build(IMAGE_BUILDS[fixture])
+    failed = f"{' '.join(build.args)} failed:\n{build.stdout[-3000:]}\n{build.stderr[-6000:]}"
+    assert build.returncode == 0, failed
+    return build
+
+
+def pytest_collection_finish(session) -> None:
+    """Start the image builds that the collected tests need, one after the other in the background:
+    a fresh pipeline image takes minutes, mostly pip unpacking wheels and Podman writing layers, and
+    the tests collected before the ones that need it run meanwhile. Without a working Podman nothing
+    starts, and the podman fixture says why."""
+    needed = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    wanted = [fixture for fixture in IMAGE_BUILDS if fixture in needed]
+    if not wanted or session.config.option.collectonly or why_missing("podman"):
+        return
+    if subprocess.run(["podman", "info"], capture_output=True).returncode != 0:
+        return
+    builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-build")
+    for fixture in ("podman", *wanted):  # the base first: the pipeline image is built on it
+        _background_builds.setdefault(fixture, builder.submit(_build, IMAGE_BUILDS[fixture]))
+    builder.shutdown(wait=False)
+
+
+def pytest_sessionfinish(session) -> None:
+    """A session that ends early (a failure with -x, Ctrl-C) leaves no build running."""
+    for future in _background_builds.values():
+        future.cancel()
+    for proc in _building:
+        if proc.poll() is None:
+            _stop_group(proc)
 
 
 @pytest.fixture(scope="session")
@@ -260,10 +370,7 @@ def podman() -> dict:
             f"`podman info` fails with CONTAINERS_CONF={os.environ['CONTAINERS_CONF']}: {info.stderr.strip()}"
         )
         (pytest.fail if os.environ.get("CI") else pytest.skip)(reason)
-    build = subprocess.run(
-        [str(ROOT / "containers" / "base" / "make-local-base.sh"), LOCAL_BASE], capture_output=True, text=True
-    )
-    assert build.returncode == 0, build.stdout + build.stderr
+    image_build("podman")
     return {
         "base_image": LOCAL_BASE,
         # the host's CA bundle, for pip inside the build: where PyPI is reached through a CA that only the

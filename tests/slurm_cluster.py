@@ -27,7 +27,7 @@ import psutil
 import pytest
 import yaml
 from cifarflow import ports
-from conftest import jobs_run, require_system_part
+from conftest import Run, require_system_part
 
 ROOT = Path(__file__).resolve().parents[1]
 SBIN = ("/usr/sbin", "/sbin")  # daemons live here, which a non-login PATH may lack
@@ -377,47 +377,8 @@ def slurm_args(cluster: SlurmCluster) -> tuple[str, ...]:
     )
 
 
-@dataclass
-class Run:
-    """One snakemake invocation, in the background, its output in a file."""
-
-    workdir: Path
-    name: str
-    args: tuple[str, ...]
-    env: dict[str, str]
-    proc: subprocess.Popen = field(init=False)
-    started: float = field(init=False)
-    seconds: float = 0.0
-    returncode: int | None = None
-
-    def __post_init__(self) -> None:
-        self.log = self.workdir / f"snakemake-{self.name}.out"
-        with open(self.log, "w") as out:
-            self.proc = subprocess.Popen(
-                [BIN / "snakemake", "--cores", "2", *self.args],
-                cwd=self.workdir,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        self.started = time.monotonic()
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def wait(self, timeout: float = 300) -> Run:
-        try:
-            self.returncode = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            message = f"snakemake ({self.name}) ran over {timeout} s:\n{self.output[-6000:]}"
-            raise AssertionError(message) from None
-        self.seconds = time.monotonic() - self.started
-        return self
-
-    def jobs(self) -> dict[str, int]:
-        return jobs_run(subprocess.CompletedProcess(self.args, self.returncode, self.output, ""))
+class SlurmRun(Run):
+    """A Run through profiles/slurm: what Slurm made of it."""
 
     def submitted(self) -> dict[str, Path]:
         """Slurm job id -> its Slurm log, for every job this run submitted."""
@@ -441,10 +402,10 @@ def profile_cluster(root: Path) -> contextlib.AbstractContextManager[SlurmCluste
 FOLDS = {"audit": {"label_issues": {"folds": 2, "recipe": {"epochs": 1}}}}
 
 
-def start_sweep(cluster: SlurmCluster, workdir: Path) -> Run:
+def start_sweep(cluster: SlurmCluster, workdir: Path) -> SlurmRun:
     """config/sweep-demo.yaml, with label-issue folds (FOLDS), through profiles/slurm, started and
     not waited for."""
     env = dict(cluster.env, PATH=f"{BIN}{os.pathsep}{cluster.env['PATH']}")
     (workdir / "folds.yaml").write_text(yaml.safe_dump(FOLDS))
     args = (*slurm_args(cluster), *SWEEP, "folds.yaml", *config_overrides())
-    return Run(workdir, "sweep", args, env)
+    return SlurmRun(workdir, "sweep", args, env)

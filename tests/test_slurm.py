@@ -24,7 +24,7 @@ import onnx
 import pytest
 from conftest import copy_workflow
 from onnx import numpy_helper
-from slurm_cluster import BIN, Run, SlurmCluster, config_overrides, slurm_args
+from slurm_cluster import BIN, SlurmCluster, SlurmRun, config_overrides, slurm_args
 from test_mlflow_hook import runs_of, sqlite_uri
 from test_training import without_timings
 
@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 DEMO = ("--configfile", "config/demo.yaml")
 
 
-def cancel_when_running(cluster: SlurmCluster, run: Run, rule: str, ready=lambda: True) -> str:
+def cancel_when_running(cluster: SlurmCluster, run: SlurmRun, rule: str, ready=lambda: True) -> str:
     """scancel the Slurm job of `rule` once it runs and `ready()` holds; returns its job id."""
     deadline = time.monotonic() + 240
     while True:
@@ -55,8 +55,8 @@ def cancel_when_running(cluster: SlurmCluster, run: Run, rule: str, ready=lambda
 @dataclass
 class SlurmRuns:
     workdir: Path
-    failed: Run  # train_model cancelled by Slurm, no retries: the run fails
-    rerun: Run  # the same command with the profile's retries; export_onnx cancelled once
+    failed: SlurmRun  # train_model cancelled by Slurm, no retries: the run fails
+    rerun: SlurmRun  # the same command with the profile's retries; export_onnx cancelled once
     cancelled_train: str
     cancelled_export: str
     after_failure: dict  # what the failed run left behind, looked at before the rerun
@@ -78,7 +78,7 @@ def slurm_runs(slurm_profile_cluster, tmp_path_factory, request) -> SlurmRuns:
     args = (*slurm_args(cluster), *DEMO)
     train_log = workdir / "logs" / "train_model" / "default.log"
 
-    failed = Run(workdir, "failed", (*args, "--retries", "0", *config_overrides()), env)
+    failed = SlurmRun(workdir, "failed", (*args, "--retries", "0", *config_overrides()), env)
     # cancelled after its first epoch, so that the rerun also shows training resuming mid-way
     cancelled_train = cancel_when_running(
         cluster,
@@ -94,7 +94,7 @@ def slurm_runs(slurm_profile_cluster, tmp_path_factory, request) -> SlurmRuns:
         "checkpoint": (workdir / "results/train/default/model.pt").exists(),
     }
 
-    rerun = Run(workdir, "rerun", (*args, *config_overrides()), env)
+    rerun = SlurmRun(workdir, "rerun", (*args, *config_overrides()), env)
     cancelled_export = cancel_when_running(cluster, rerun, "export_onnx")
     rerun.wait()
     print(f"on Slurm: failed run {failed.seconds:.1f} s, rerun {rerun.seconds:.1f} s")
@@ -214,7 +214,7 @@ def test_only_a_cuda_recipe_asks_for_a_gpu_and_the_gpu_partition(slurm_profile_c
     overrides = config_overrides()
     targets = [f"results/train/{name}/model.pt" for name in devices]
     args = (*slurm_args(cluster), *DEMO, "--retries", "0", *overrides, f"experiments={experiments!r}")
-    run = Run(workdir, "devices", (*targets, *args), env)  # targets first: --config takes what follows
+    run = SlurmRun(workdir, "devices", (*targets, *args), env)  # targets first: --config takes what follows
     try:
         comments = {f"rule_train_model_wildcards_{name}": name for name in devices}
         deadline = time.monotonic() + 180

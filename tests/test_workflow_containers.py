@@ -18,13 +18,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import onnx
 import pytest
 import yaml
-from conftest import ROOT, _stop_group, copy_workflow, jobs_run
+from conftest import ROOT, Run, _stop_group, copy_workflow, image_build
 from mlflow import MlflowClient
 from onnx import numpy_helper
 from test_mlflow_hook import runs_of, sqlite_uri
@@ -90,68 +89,31 @@ def base(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def plain_started(base, podman):
     """The same config without --use-singularity, to export: container.image is set, and not used.
-    It needs no image, so it starts before the pipeline image's build and runs beside it (a fresh
-    build is mostly pip unpacking wheels and Podman writing layers) and beside the run in the image."""
+    It needs no image, so it starts before the pipeline image is ready and runs beside the rest of
+    its build (conftest.py starts it when the session begins) and beside the run in the image."""
     plain = copy_workflow(base / "plain")
     (plain / "local.yaml").write_text(yaml.safe_dump(settings(podman)))
     # The trace would show it if anything ran through the stand-in.
     tracing = {"APPTAINER_VIA_PODMAN_TRACE": str(base / "podman-runs.jsonl")}
-    started = start_snakemake(plain, "--until", "export_onnx", *DEMO, path=[BIN], env=tracing)
-    yield plain, started
-    if started[0].poll() is None:  # a test stopped before `runs` waited for it
-        _stop_group(started[0])
+    run = Run(plain, "plain", ("--until", "export_onnx", *DEMO), dict(os.environ, **tracing, PATH=path(BIN)))
+    yield plain, run
+    if run.proc.poll() is None:  # a test stopped before `runs` waited for it
+        _stop_group(run.proc)
 
 
 @pytest.fixture(scope="module")
 def pipeline_image(podman, plain_started) -> dict:
     """The CUDA variant (the one buildable here: the CPU wheels' index is not reachable), on the
     local base; the host's local wheel directories are mounted into the build (build.py)."""
-    build = subprocess.run(
-        [sys.executable, str(BUILD), "--engine", "podman", "--base-image", podman["base_image"]],
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
-    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-6000:]
+    build = image_build("pipeline_image")
     image = json.loads(build.stdout.strip().splitlines()[-1])
     print(f"pipeline image: {image}")
     assert f"localhost/{image['image']}" == pipeline_ref()  # what the runs' config names
     return {**image, "ref": f"localhost/{image['image']}"}
 
 
-def start_snakemake(workdir: Path, *args: str, path: list[Path], env: dict | None = None) -> tuple:
-    env = dict(os.environ, **(env or {}), PATH=os.pathsep.join([*map(str, path), os.environ["PATH"]]))
-    # Its output goes to files beside the workdir, not to pipes: nobody reads a run that goes on beside
-    # others, and a full pipe would stop it.
-    logs = (workdir.parent / f"{workdir.name}.stdout", workdir.parent / f"{workdir.name}.stderr")
-    with logs[0].open("w") as out, logs[1].open("w") as err:
-        popen = subprocess.Popen(
-            [str(BIN / "snakemake"), "--cores", "2", *args],
-            cwd=workdir,
-            env=env,
-            stdout=out,
-            stderr=err,
-            start_new_session=True,  # so that _stop_group reaches its jobs too
-        )
-    return popen, args, time.monotonic(), logs
-
-
-def finish(started: tuple, timeout: float = 1500) -> subprocess.CompletedProcess:
-    popen, args, start, logs = started
-    try:
-        popen.wait(timeout=max(1, timeout - (time.monotonic() - start)))
-    except subprocess.TimeoutExpired:
-        _stop_group(popen)
-        raise
-    print(f"snakemake {' '.join(args)}: {time.monotonic() - start:.0f} s")
-    stdout, stderr = (log.read_text() for log in logs)
-    proc = subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
-    assert proc.returncode == 0, f"snakemake {args} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-8000:]}"
-    return proc
-
-
-def snakemake(workdir: Path, *args: str, path: list[Path], env: dict | None = None, timeout: float = 1500):
-    return finish(start_snakemake(workdir, *args, path=path, env=env), timeout)
+def path(*first: Path) -> str:
+    return os.pathsep.join([*map(str, first), os.environ["PATH"]])
 
 
 @pytest.fixture(scope="module")
@@ -162,18 +124,16 @@ def runs(base, podman, pipeline_image, plain_started):
     trace = base / "podman-runs.jsonl"
     boxed = copy_workflow(base / "boxed")
     (boxed / "local.yaml").write_text(yaml.safe_dump(settings(podman)))
-    in_image = snakemake(
+    in_image = Run(
         boxed,
-        "--use-singularity",
-        "--apptainer-args=--nv",  # as on a GPU node (docs/hpc-and-containers.md); the stand-in ignores it
-        *DEMO,
-        path=[stand_in, BIN],
-        env={"APPTAINER_VIA_PODMAN_TRACE": str(trace)},
-    )
-    plain, started = plain_started
-    finish(started)
-    output = in_image.stdout + in_image.stderr
-    return {"boxed": boxed, "plain": plain, "output": output, "proc": in_image, "trace": trace}
+        "in-image",
+        # --nv as on a GPU node (docs/hpc-and-containers.md); the stand-in ignores it
+        ("--use-singularity", "--apptainer-args=--nv", *DEMO),
+        dict(os.environ, APPTAINER_VIA_PODMAN_TRACE=str(trace), PATH=path(stand_in, BIN)),
+    ).succeeded(1500)
+    plain, plain_run = plain_started
+    plain_run.succeeded(1500)
+    return {"boxed": boxed, "plain": plain, "output": in_image.output, "run": in_image, "trace": trace}
 
 
 def job_logs(workdir: Path, rule: str) -> list[Path]:
@@ -219,7 +179,7 @@ def test_the_image_holds_the_rules_dependencies_but_not_snakemake_or_this_projec
 
 def test_the_demo_ran_end_to_end_every_containerised_job_inside_the_image(runs, pipeline_image):
     boxed = runs["boxed"]
-    jobs = jobs_run(runs["proc"])
+    jobs = runs["run"].jobs()
     assert set(jobs) - {"all"} == DEMO_RULES, jobs
     in_image = sum(n for rule, n in jobs.items() if rule in DEMO_RULES - HOST_RULES)
     where = f"running in image {pipeline_image['image']}: Python "
