@@ -220,6 +220,10 @@ def _stop_group(popen: subprocess.Popen, grace: float = 20) -> None:
             continue
 
 
+# Processes started in their own process group (Run, image builds), stopped at the session's end
+_background: list[subprocess.Popen] = []
+
+
 @dataclass
 class Run:
     """One snakemake invocation in the background, its stdout and stderr in one file in the workdir.
@@ -246,6 +250,7 @@ class Run:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        _background.append(self.proc)
         self.started = time.monotonic()
 
     @property
@@ -310,13 +315,12 @@ IMAGE_BUILDS = {
     ],
 }  # fmt: skip
 _background_builds: dict[str, Future] = {}
-_building: list[subprocess.Popen] = []
 
 
 def _build(command: list[str]) -> subprocess.CompletedProcess:
     pipe = subprocess.PIPE
     proc = subprocess.Popen(command, stdout=pipe, stderr=pipe, text=True, start_new_session=True)
-    _building.append(proc)
+    _background.append(proc)
     stdout, stderr = proc.communicate(timeout=1500)
     return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
@@ -349,10 +353,10 @@ def pytest_collection_finish(session) -> None:
 
 
 def pytest_sessionfinish(session) -> None:
-    """A session that ends early (a failure with -x, Ctrl-C) leaves no build running."""
+    """A session that ends early (a failure with -x, Ctrl-C) leaves no build or Run going on."""
     for future in _background_builds.values():
         future.cancel()
-    for proc in _building:
+    for proc in _background:
         if proc.poll() is None:
             _stop_group(proc)
 
