@@ -2,6 +2,7 @@
 
     python bench/compare_recipes.py [--budget 600] [--threads 2]      # real CIFAR-10 (the accuracy carve)
     python bench/compare_recipes.py --synthetic --budget 2            # toy data, seconds: a smoke run
+    python bench/compare_recipes.py --budget 150 --seed 1 --recipes ours airbench94   # one seed of two
 
 - ours: the default recipe of config/config.yaml (train_model's own train()).
 - vgg11-original: the original pipeline's recipe, with its training loop fixed: the project's
@@ -64,6 +65,9 @@ VGG11_ORIGINAL = {
 }
 
 
+RECIPES = ("ours", "vgg11-original", "airbench94")
+
+
 def project_images_per_second(recipe: Recipe, data: Path, steps: int = 5) -> float:
     """train_model's training throughput for `recipe` (its steady full-size steps)."""
     meta = load_meta(data)
@@ -96,12 +100,12 @@ def run_project(
     }
 
 
-def run_airbench(data: Path, budget: float, bf16: bool, steps: int) -> dict:
+def run_airbench(data: Path, budget: float, bf16: bool, steps: int, seed: int) -> dict:
     n_train = load_meta(data)["sizes"]["train"]
     batch = min(airbench94.BATCH, n_train)
     ips = airbench94.images_per_second(bf16, steps, batch)
     epochs = min(airbench94.EPOCHS, max(1 / (n_train // batch), round(budget * ips / n_train, 2)))
-    result = airbench94.run(data, epochs, bf16, batch=batch)
+    result = airbench94.run(data, epochs, bf16, seed=seed, batch=batch)
     return {"recipe": "airbench94", **result, "precision": "bf16" if bf16 else "fp32"}
 
 
@@ -129,6 +133,8 @@ def main() -> None:
     parser.add_argument("--archive", type=Path, default=ARCHIVE, help="the CIFAR-10 training JPEGs")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/cifarflow-bench"))
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--seed", type=int, default=0, help="every recipe's seed (weights, order, crops)")
+    parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES), help="which to run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="compare-recipes-") as tmp:
@@ -139,17 +145,20 @@ def main() -> None:
             write_dataset(synthetic.generate(30, 10), data, dataset_id="synthetic-compare", settings=settings)
         else:
             data = prepare_carve("accuracy", args.cache, args.archive)
-        ours = make_recipe(default_train(), {})
+        ours = make_recipe(default_train(), {"seed": args.seed})
         bf16 = training.trains_in_bf16(ours.precision, torch.device("cpu"))
-        vgg = make_recipe(default_train(), VGG11_ORIGINAL)
+        vgg = make_recipe(default_train(), {**VGG11_ORIGINAL, "seed": args.seed})
         steps = 2 if args.synthetic else 5  # for the throughput that sizes each run
-        rows = [
-            run_project("ours", ours, data, args.budget, args.threads, tmp, steps),
-            run_project("vgg11-original", vgg, data, args.budget, args.threads, tmp, steps),
-            run_airbench(data, args.budget, bf16, steps),
-        ]
+        sizing = (data, args.budget, args.threads, tmp, steps)
+        runs = {
+            "ours": lambda: run_project("ours", ours, *sizing),
+            "vgg11-original": lambda: run_project("vgg11-original", vgg, *sizing),
+            "airbench94": lambda: run_airbench(data, args.budget, bf16, steps, args.seed),
+        }
+        # in RECIPES' order: the ratios are to the first row (ours, where it runs)
+        rows = [{**runs[name](), "seed": args.seed} for name in RECIPES if name in args.recipes]
     print(
-        f"\nbudget {args.budget:.0f} s of training each, {args.threads} threads, data: "
+        f"\nbudget {args.budget:.0f} s of training each, seed {args.seed}, {args.threads} threads, data: "
         f"{'synthetic (toy)' if args.synthetic else 'CIFAR-10 accuracy carve (40,000 train / 5,000 test)'}"
     )
     print_table(rows)
