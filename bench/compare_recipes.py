@@ -136,6 +136,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="every recipe's seed (weights, order, crops)")
     parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES), help="which to run")
     args = parser.parse_args()
+    if "ours" not in args.recipes:
+        parser.error("--recipes must name ours: the table's ratios are to it")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="compare-recipes-") as tmp:
         tmp = Path(tmp)
@@ -155,7 +157,7 @@ def main() -> None:
             "vgg11-original": lambda: run_project("vgg11-original", vgg, *sizing),
             "airbench94": lambda: run_airbench(data, args.budget, bf16, steps, args.seed),
         }
-        # in RECIPES' order: the ratios are to the first row (ours, where it runs)
+        # in RECIPES' order: ours first, the row the ratios are to
         rows = [{**runs[name](), "seed": args.seed} for name in RECIPES if name in args.recipes]
     print(
         f"\nbudget {args.budget:.0f} s of training each, seed {args.seed}, {args.threads} threads, data: "
