@@ -3,6 +3,7 @@ the system parts the tests need (skip or fail when missing), and a timing summar
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -117,28 +118,43 @@ def demo_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def slurm_profile_cluster(tmp_path_factory):
-    """One real Slurm cluster for the session, shaped like profiles/slurm (tests/slurm_cluster.py).
-    Defined here, not imported into each test module: an imported fixture is a fixture of that module,
-    and each module would start a cluster of its own."""
-    from slurm_cluster import profile_cluster
-
-    with profile_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
+    """One real Slurm cluster for the session, shaped like profiles/slurm (tests/slurm_cluster.py),
+    started in the background as the session begins (pytest_collection_finish) or else now; a start
+    that failed or skipped fails or skips here. Defined here, not imported into each test module: an
+    imported fixture is a fixture of that module, and each module would start a cluster of its own."""
+    started = _background_slurm.get("cluster")
+    stack, cluster = started.result() if started else _start_cluster(tmp_path_factory)
+    with stack:
         yield cluster
 
 
 @pytest.fixture(scope="session")
 def sweep_on_slurm(slurm_profile_cluster, tmp_path_factory):
-    """config/sweep-demo.yaml on the Slurm cluster, started and not waited for: tests/test_slurm.py
-    starts it beside its own runs and tests/test_slurm_sweep.py reads it. Most of a run on Slurm is
-    the executor waiting between status checks (2 s, then 10 s longer after each check that finds no
-    job finished), so two runs side by side take much less than one after the other."""
-    from slurm_cluster import start_sweep
-
-    run = start_sweep(slurm_profile_cluster, copy_workflow(tmp_path_factory.mktemp("sweep-on-slurm") / "wf"))
+    """config/sweep-demo.yaml on the Slurm cluster, started (as the session begins, where it can) and
+    not waited for: tests/test_slurm_sweep.py reads it, and tests/test_slurm.py's runs go beside it if
+    it still runs. Most of a run on Slurm is the executor waiting between status checks (2 s, then 10 s
+    longer after each check that finds no job finished): begun with the session, it runs in the
+    minutes that the unit tests leave the CPUs idle."""
+    started = _background_slurm.get("sweep")
+    run = started.result() if started else _start_sweep(tmp_path_factory, slurm_profile_cluster)
     yield run
     if run.proc.poll() is None:  # a test stopped early: snakemake cancels its jobs on SIGINT
         run.proc.send_signal(signal.SIGINT)
         run.wait(120)
+
+
+def _start_cluster(tmp_path_factory) -> tuple[contextlib.ExitStack, object]:
+    """A cluster shaped like profiles/slurm, entered on an ExitStack: closing it stops the cluster."""
+    from slurm_cluster import profile_cluster
+
+    stack = contextlib.ExitStack()
+    return stack, stack.enter_context(profile_cluster(tmp_path_factory.mktemp("slurm")))
+
+
+def _start_sweep(tmp_path_factory, cluster) -> Run:
+    from slurm_cluster import start_sweep
+
+    return start_sweep(cluster, copy_workflow(tmp_path_factory.mktemp("sweep-on-slurm") / "wf"))
 
 
 def jobs_run(proc: subprocess.CompletedProcess) -> dict[str, int]:
@@ -315,6 +331,7 @@ IMAGE_BUILDS = {
     ],
 }  # fmt: skip
 _background_builds: dict[str, Future] = {}
+_background_slurm: dict[str, Future] = {}  # cluster, sweep
 
 
 def _build(command: list[str]) -> subprocess.CompletedProcess:
@@ -336,13 +353,28 @@ def image_build(fixture: str) -> subprocess.CompletedProcess:
 
 
 def pytest_collection_finish(session) -> None:
-    """Start the image builds that the collected tests need, one after the other in the background:
-    a fresh pipeline image takes minutes, mostly pip unpacking wheels and Podman writing layers, and
-    the tests collected before the ones that need it run meanwhile. Without a working Podman nothing
-    starts, and the podman fixture says why."""
+    """Start what the collected tests need and what takes minutes, in the background, while the tests
+    collected before the ones that need it run: the image builds (one after the other: a fresh pipeline
+    image is mostly pip unpacking wheels and Podman writing layers), and the Slurm cluster with the
+    sweep on it. Nothing starts for --collect-only, and nothing without its system part (or, for Slurm,
+    root): the fixtures then start it themselves and say why they cannot."""
     needed = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    if session.config.option.collectonly:
+        return
+    _start_image_builds(needed)
+    if "slurm_profile_cluster" in needed and not why_missing("slurm") and os.geteuid() == 0:
+        factory = session.config._tmp_path_factory  # what the tmp_path_factory fixture returns
+        starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slurm-start")
+        cluster = _background_slurm["cluster"] = starter.submit(_start_cluster, factory)
+        if "sweep_on_slurm" in needed:
+            sweep = starter.submit(lambda: _start_sweep(factory, cluster.result()[1]))
+            _background_slurm["sweep"] = sweep
+        starter.shutdown(wait=False)
+
+
+def _start_image_builds(needed: set[str]) -> None:
     wanted = [fixture for fixture in IMAGE_BUILDS if fixture in needed]
-    if not wanted or session.config.option.collectonly or why_missing("podman"):
+    if not wanted or why_missing("podman"):
         return
     if subprocess.run(["podman", "info"], capture_output=True).returncode != 0:
         return
@@ -353,12 +385,19 @@ def pytest_collection_finish(session) -> None:
 
 
 def pytest_sessionfinish(session) -> None:
-    """A session that ends early (a failure with -x, Ctrl-C) leaves no build or Run going on."""
-    for future in _background_builds.values():
+    """A session that ends early (a failure with -x, Ctrl-C) leaves no build, Run or cluster going on
+    (a cluster whose fixture ran is stopped by it; closing its stack again does nothing)."""
+    for future in [*_background_builds.values(), *_background_slurm.values()]:
         future.cancel()
+    for future in _background_slurm.values():
+        if not future.cancelled():
+            future.exception()  # a start under way ends first: what it started is stopped below
     for proc in _background:
         if proc.poll() is None:
             _stop_group(proc)
+    cluster = _background_slurm.get("cluster")
+    if cluster and not cluster.cancelled() and cluster.exception() is None:
+        cluster.result()[0].close()
 
 
 @pytest.fixture(scope="session")

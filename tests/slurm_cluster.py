@@ -220,17 +220,21 @@ def is_ours(proc: psutil.Process, root: Path) -> bool:
 
 
 def stop_job_steps(root: Path, started: float, timeout: float = 15) -> list[int]:
-    """Wait for the job steps started since the cluster came up to exit (they do after scancel);
-    kill and return the pids of those still holding this cluster's files (another cluster's are
-    left alone)."""
+    """Wait for this cluster's job steps (those started since it came up that hold its files) to exit,
+    as they do after scancel; kill and return the pids of those still there. Another cluster's are
+    left alone and not waited for (the session's cluster runs jobs while tests start their own)."""
     deadline = time.monotonic() + timeout
-    while (steps := job_steps_since(started)) and time.monotonic() < deadline:
+
+    def ours() -> list[psutil.Process]:
+        return [proc for proc in job_steps_since(started) if is_ours(proc, root)]
+
+    while ours() and time.monotonic() < deadline:
         time.sleep(0.25)
-    ours = [proc for proc in steps if is_ours(proc, root)]
-    for proc in ours:
+    left = ours()
+    for proc in left:
         with contextlib.suppress(psutil.Error):
             proc.kill()
-    return [proc.pid for proc in ours]
+    return [proc.pid for proc in left]
 
 
 NOT_ROOT = "slurmd and slurmctld run as root here (SlurmUser=root); run the Slurm tests as root"
