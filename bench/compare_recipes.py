@@ -3,8 +3,11 @@
     python bench/compare_recipes.py [--budget 600] [--threads 2]      # real CIFAR-10 (the accuracy carve)
     python bench/compare_recipes.py --synthetic --budget 2            # toy data, seconds: a smoke run
     python bench/compare_recipes.py --budget 150 --seed 1 --recipes ours airbench94   # one seed of two
+    python bench/compare_recipes.py --budget 150 --precision fp32     # the path of CPUs without bf16
 
 - ours: the default recipe of config/config.yaml (train_model's own train()).
+- ours-fill: the same recipe given every whole epoch that fits the budget, past its configured count
+  (its schedule stretched over them): what `train.budget_s` with a large `train.epochs` does.
 - vgg11-original: the original pipeline's recipe, with its training loop fixed: the project's
   `vgg11` (the original's architecture), batch 32, plain SGD (lr 0.01, momentum 0.9, no weight
   decay, constant rate), no augmentation, no EMA or TTA, fp32. (The original ran one epoch and,
@@ -35,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "bench")]
 
 import airbench94  # noqa: E402
-from carves import ARCHIVE, prepare_carve  # noqa: E402
+from carves import ARCHIVE, cpu_name, prepare_carve  # noqa: E402
 from cifarflow import synthetic, training  # noqa: E402
 from cifarflow.config import Recipe  # noqa: E402
 from cifarflow.dataset import load_meta, write_dataset  # noqa: E402
@@ -65,7 +68,7 @@ VGG11_ORIGINAL = {
 }
 
 
-RECIPES = ("ours", "vgg11-original", "airbench94")
+RECIPES = ("ours", "ours-fill", "vgg11-original", "airbench94")
 
 
 def project_images_per_second(recipe: Recipe, data: Path, steps: int = 5) -> float:
@@ -134,10 +137,23 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/cifarflow-bench"))
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--seed", type=int, default=0, help="every recipe's seed (weights, order, crops)")
-    parser.add_argument("--recipes", nargs="+", choices=RECIPES, default=list(RECIPES), help="which to run")
+    parser.add_argument(
+        "--recipes",
+        nargs="+",
+        choices=RECIPES,
+        default=["ours", "vgg11-original", "airbench94"],
+        help="which to run (default: all but ours-fill, which equals ours below its configured epochs)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32"),
+        default="auto",
+        help="ours's precision, and airbench94's with it: fp32 measures, on a CPU with native bf16, the "
+        "path that CPUs without it take",
+    )
     args = parser.parse_args()
-    if "ours" not in args.recipes:
-        parser.error("--recipes must name ours: the table's ratios are to it")
+    if not {"ours", "ours-fill"} & set(args.recipes):
+        parser.error("--recipes must name ours or ours-fill: the table's ratios are to it")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="compare-recipes-") as tmp:
         tmp = Path(tmp)
@@ -147,18 +163,22 @@ def main() -> None:
             write_dataset(synthetic.generate(30, 10), data, dataset_id="synthetic-compare", settings=settings)
         else:
             data = prepare_carve("accuracy", args.cache, args.archive)
-        ours = make_recipe(default_train(), {"seed": args.seed})
+        ours = make_recipe(default_train(), {"seed": args.seed, "precision": args.precision})
         bf16 = training.trains_in_bf16(ours.precision, torch.device("cpu"))
         vgg = make_recipe(default_train(), {**VGG11_ORIGINAL, "seed": args.seed})
         steps = 2 if args.synthetic else 5  # for the throughput that sizes each run
         sizing = (data, args.budget, args.threads, tmp, steps)
         runs = {
             "ours": lambda: run_project("ours", ours, *sizing),
+            "ours-fill": lambda: run_project("ours-fill", ours, *sizing),
             "vgg11-original": lambda: run_project("vgg11-original", vgg, *sizing),
             "airbench94": lambda: run_airbench(data, args.budget, bf16, steps, args.seed),
         }
-        # in RECIPES' order: ours first, the row the ratios are to
+        # in RECIPES' order: ours (or ours-fill) first, the row the ratios are to
         rows = [{**runs[name](), "seed": args.seed} for name in RECIPES if name in args.recipes]
+    for row in rows:  # what bench/plot_budgets.py groups by and names
+        data_name = "synthetic" if args.synthetic else "accuracy carve"
+        row.update(budget_s=args.budget, cpu=cpu_name(), data=data_name, precision_setting=args.precision)
     print(
         f"\nbudget {args.budget:.0f} s of training each, seed {args.seed}, {args.threads} threads, data: "
         f"{'synthetic (toy)' if args.synthetic else 'CIFAR-10 accuracy carve (40,000 train / 5,000 test)'}"
