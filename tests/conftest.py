@@ -122,7 +122,7 @@ def slurm_profile_cluster(tmp_path_factory):
     started in the background as the session begins (pytest_collection_finish) or else now; a start
     that failed or skipped fails or skips here. Defined here, not imported into each test module: an
     imported fixture is a fixture of that module, and each module would start a cluster of its own."""
-    started = _background_slurm.get("cluster")
+    started = _background_slurm.get("slurm_profile_cluster")
     stack, cluster = started.result() if started else _start_cluster(tmp_path_factory)
     with stack:
         yield cluster
@@ -135,12 +135,21 @@ def sweep_on_slurm(slurm_profile_cluster, tmp_path_factory):
     it still runs. Most of a run on Slurm is the executor waiting between status checks (2 s, then 10 s
     longer after each check that finds no job finished): begun with the session, it runs in the
     minutes that the unit tests leave the CPUs idle."""
-    started = _background_slurm.get("sweep")
+    started = _background_slurm.get("sweep_on_slurm")
     run = started.result() if started else _start_sweep(tmp_path_factory, slurm_profile_cluster)
     yield run
     if run.proc.poll() is None:  # a test stopped early: snakemake cancels its jobs on SIGINT
         run.proc.send_signal(signal.SIGINT)
         run.wait(120)
+
+
+@pytest.fixture(scope="session")
+def slurm_runs(slurm_profile_cluster, tmp_path_factory):
+    """The demo on the Slurm cluster, a run that Slurm fails and its rerun (slurm_cluster.failed_and_rerun),
+    for tests/test_slurm.py: done in the background since the session began, beside the sweep (mostly
+    the executor waiting between status checks), or else now."""
+    started = _background_slurm.get("slurm_runs")
+    return started.result() if started else _failed_and_rerun(tmp_path_factory, slurm_profile_cluster)
 
 
 def _start_cluster(tmp_path_factory) -> tuple[contextlib.ExitStack, object]:
@@ -155,6 +164,12 @@ def _start_sweep(tmp_path_factory, cluster) -> Run:
     from slurm_cluster import start_sweep
 
     return start_sweep(cluster, copy_workflow(tmp_path_factory.mktemp("sweep-on-slurm") / "wf"))
+
+
+def _failed_and_rerun(tmp_path_factory, cluster):
+    from slurm_cluster import failed_and_rerun
+
+    return failed_and_rerun(cluster, copy_workflow(tmp_path_factory.mktemp("on-slurm") / "wf"))
 
 
 def jobs_run(proc: subprocess.CompletedProcess) -> dict[str, int]:
@@ -238,6 +253,7 @@ def _stop_group(popen: subprocess.Popen, grace: float = 20) -> None:
 
 # Processes started in their own process group (Run, image builds), stopped at the session's end
 _background: list[subprocess.Popen] = []
+_finishing = False
 
 
 @dataclass
@@ -255,6 +271,7 @@ class Run:
     returncode: int | None = None
 
     def __post_init__(self) -> None:
+        assert not _finishing, f"the test session is ending: snakemake ({self.name}) not started"
         self.log = self.workdir / f"snakemake-{self.name}.out"
         # a file, not a pipe: nobody reads a run that goes on beside others, and a full pipe would stop it
         with open(self.log, "w") as out:
@@ -331,7 +348,7 @@ IMAGE_BUILDS = {
     ],
 }  # fmt: skip
 _background_builds: dict[str, Future] = {}
-_background_slurm: dict[str, Future] = {}  # cluster, sweep
+_background_slurm: dict[str, Future] = {}  # by the fixture that takes its result
 
 
 def _build(command: list[str]) -> subprocess.CompletedProcess:
@@ -356,8 +373,8 @@ def pytest_collection_finish(session) -> None:
     """Start what the collected tests need and what takes minutes, in the background, while the tests
     collected before the ones that need it run: the image builds (one after the other: a fresh pipeline
     image is mostly pip unpacking wheels and Podman writing layers), and the Slurm cluster with the
-    sweep on it. Nothing starts for --collect-only, and nothing without its system part (or, for Slurm,
-    root): the fixtures then start it themselves and say why they cannot."""
+    sweep and the demo's runs on it. Nothing starts for --collect-only, and nothing without its system
+    part (or, for Slurm, root): the fixtures then start it themselves and say why they cannot."""
     needed = {name for item in session.items for name in getattr(item, "fixturenames", ())}
     if session.config.option.collectonly:
         return
@@ -365,10 +382,11 @@ def pytest_collection_finish(session) -> None:
     if "slurm_profile_cluster" in needed and not why_missing("slurm") and os.geteuid() == 0:
         factory = session.config._tmp_path_factory  # what the tmp_path_factory fixture returns
         starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slurm-start")
-        cluster = _background_slurm["cluster"] = starter.submit(_start_cluster, factory)
-        if "sweep_on_slurm" in needed:
-            sweep = starter.submit(lambda: _start_sweep(factory, cluster.result()[1]))
-            _background_slurm["sweep"] = sweep
+        cluster = _background_slurm["slurm_profile_cluster"] = starter.submit(_start_cluster, factory)
+        # the sweep first: it is started, not waited for; then the demo's two runs beside it
+        for fixture, start in (("sweep_on_slurm", _start_sweep), ("slurm_runs", _failed_and_rerun)):
+            if fixture in needed:
+                _background_slurm[fixture] = starter.submit(lambda s=start: s(factory, cluster.result()[1]))
         starter.shutdown(wait=False)
 
 
@@ -387,15 +405,18 @@ def _start_image_builds(needed: set[str]) -> None:
 def pytest_sessionfinish(session) -> None:
     """A session that ends early (a failure with -x, Ctrl-C) leaves no build, Run or cluster going on
     (a cluster whose fixture ran is stopped by it; closing its stack again does nothing)."""
+    global _finishing
+    _finishing = True  # no new Run starts from here on
     for future in [*_background_builds.values(), *_background_slurm.values()]:
         future.cancel()
-    for future in _background_slurm.values():
-        if not future.cancelled():
-            future.exception()  # a start under way ends first: what it started is stopped below
-    for proc in _background:
-        if proc.poll() is None:
-            _stop_group(proc)
-    cluster = _background_slurm.get("cluster")
+    for _ in range(2):  # again once the background starts have ended (their Runs stopped, they end soon)
+        for proc in _background:
+            if proc.poll() is None:
+                _stop_group(proc)
+        for future in _background_slurm.values():
+            if not future.cancelled():
+                future.exception()
+    cluster = _background_slurm.get("slurm_profile_cluster")
     if cluster and not cluster.cancelled() and cluster.exception() is None:
         cluster.result()[0].close()
 

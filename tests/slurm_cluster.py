@@ -74,7 +74,7 @@ class SlurmCluster:
         return subprocess.run(command, env=self.env, capture_output=True, text=True, check=check, timeout=60)
 
     def jobs(self) -> dict[str, dict[str, str]]:
-        """Every job slurmctld still knows (finished ones stay MinJobAge = 10 min): id -> fields."""
+        """Every job slurmctld still knows (finished ones stay MinJobAge = 1 h): id -> fields."""
         out = self.run("squeue", "--states=all", "--noheader", "--format=%i|%T|%j|%k|%P").stdout
         jobs = {}
         for line in out.splitlines():
@@ -158,8 +158,9 @@ def write_config(
         "MpiDefault=none",
         "MailProg=/bin/true",
         "ReturnToService=2",
-        # Finished jobs stay in squeue this long: the executor's only status source without sacct.
-        "MinJobAge=600",
+        # Finished jobs stay in squeue this long: the executor's only status source without sacct,
+        # and what the tests read of jobs that ran in the background since the session began.
+        "MinJobAge=3600",
         *(["GresTypes=gpu"] if gpu_models else []),
         node_line + " State=UNKNOWN",
         *(
@@ -413,3 +414,70 @@ def start_sweep(cluster: SlurmCluster, workdir: Path) -> SlurmRun:
     (workdir / "folds.yaml").write_text(yaml.safe_dump(FOLDS))
     args = (*slurm_args(cluster), *SWEEP, "folds.yaml", *config_overrides())
     return SlurmRun(workdir, "sweep", args, env)
+
+
+# The demo on Slurm, twice: a run whose training Slurm cancels (it fails), then the rerun, which
+# resumes and survives a cancelled export through the profile's retries (tests/test_slurm.py).
+
+DEMO = ("--configfile", "config/demo.yaml")
+
+
+def cancel_when_running(cluster: SlurmCluster, run: SlurmRun, rule: str, ready=lambda: True) -> str:
+    """scancel the Slurm job of `rule` once it runs and `ready()` holds; returns its job id. Its
+    deadline allows for the queue: the sweep's jobs may hold the node's CPUs first."""
+    deadline = time.monotonic() + 600
+    while True:
+        ended = run.proc.poll() is not None
+        assert not ended, f"snakemake ended before {rule} could be cancelled:\n{run.output[-6000:]}"
+        assert time.monotonic() < deadline, f"{rule} never ran: {cluster.jobs()}\n{run.output[-6000:]}"
+        running = [
+            job_id
+            for job_id, job in cluster.jobs().items()
+            if job["comment"].startswith(f"rule_{rule}_")
+            and job["state"] == "RUNNING"
+            and job["name"] == run.slurm_run_id()  # not a job of the sweep running beside it
+        ]
+        if running and ready():
+            cluster.run("scancel", running[0])
+            return running[0]
+        time.sleep(0.2)
+
+
+@dataclass
+class SlurmRuns:
+    workdir: Path
+    failed: SlurmRun  # train_model cancelled by Slurm, no retries: the run fails
+    rerun: SlurmRun  # the same command with the profile's retries; export_onnx cancelled once
+    cancelled_train: str
+    cancelled_export: str
+    after_failure: dict  # what the failed run left behind, looked at before the rerun
+
+
+def failed_and_rerun(cluster: SlurmCluster, workdir: Path) -> SlurmRuns:
+    """The demo through profiles/slurm: train_model cancelled by Slurm after its first epoch (no
+    retries: the run fails, and the rerun shows training resuming mid-way), then the same command
+    with the profile's retries, its export_onnx cancelled once. Both waited for."""
+    env = dict(cluster.env, PATH=f"{BIN}{os.pathsep}{cluster.env['PATH']}")
+    args = (*slurm_args(cluster), *DEMO)
+    train_log = workdir / "logs" / "train_model" / "default.log"
+
+    failed = SlurmRun(workdir, "failed", (*args, "--retries", "0", *config_overrides()), env)
+    cancelled_train = cancel_when_running(
+        cluster,
+        failed,
+        "train_model",
+        lambda: train_log.exists() and "epoch 1/4: train" in train_log.read_text(),
+    )
+    failed.wait(900)
+    metas = list((workdir / "results" / "data").glob("*/meta.json"))
+    after_failure = {
+        "meta_mtime": metas[0].stat().st_mtime_ns if metas else None,
+        "resume": (workdir / "results/train/default/resume.pt").exists(),
+        "checkpoint": (workdir / "results/train/default/model.pt").exists(),
+    }
+
+    rerun = SlurmRun(workdir, "rerun", (*args, *config_overrides()), env)
+    cancelled_export = cancel_when_running(cluster, rerun, "export_onnx")
+    rerun.wait(900)
+    print(f"on Slurm: failed run {failed.seconds:.1f} s, rerun {rerun.seconds:.1f} s")
+    return SlurmRuns(workdir, failed, rerun, cancelled_train, cancelled_export, after_failure)

@@ -17,89 +17,23 @@ import os
 import re
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 import pytest
 from conftest import copy_workflow
 from onnx import numpy_helper
-from slurm_cluster import BIN, SlurmCluster, SlurmRun, config_overrides, slurm_args
+from slurm_cluster import BIN, DEMO, SlurmRun, config_overrides, slurm_args
 from test_mlflow_hook import runs_of, sqlite_uri
 from test_training import without_timings
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
-DEMO = ("--configfile", "config/demo.yaml")
-
-
-def cancel_when_running(cluster: SlurmCluster, run: SlurmRun, rule: str, ready=lambda: True) -> str:
-    """scancel the Slurm job of `rule` once it runs and `ready()` holds; returns its job id."""
-    deadline = time.monotonic() + 240
-    while True:
-        ended = run.proc.poll() is not None
-        assert not ended, f"snakemake ended before {rule} could be cancelled:\n{run.output[-6000:]}"
-        assert time.monotonic() < deadline, f"{rule} never ran: {cluster.jobs()}\n{run.output[-6000:]}"
-        running = [
-            job_id
-            for job_id, job in cluster.jobs().items()
-            if job["comment"].startswith(f"rule_{rule}_")
-            and job["state"] == "RUNNING"
-            and job["name"] == run.slurm_run_id()  # not a job of the sweep running beside it
-        ]
-        if running and ready():
-            cluster.run("scancel", running[0])
-            return running[0]
-        time.sleep(0.2)
-
-
-@dataclass
-class SlurmRuns:
-    workdir: Path
-    failed: SlurmRun  # train_model cancelled by Slurm, no retries: the run fails
-    rerun: SlurmRun  # the same command with the profile's retries; export_onnx cancelled once
-    cancelled_train: str
-    cancelled_export: str
-    after_failure: dict  # what the failed run left behind, looked at before the rerun
 
 
 @pytest.fixture(scope="module")
 def local_run(demo_run) -> Path:
     """The demo to export, run locally: the session's run (conftest.demo_run), only read here."""
     return demo_run
-
-
-@pytest.fixture(scope="module")
-def slurm_runs(slurm_profile_cluster, tmp_path_factory, request) -> SlurmRuns:
-    cluster = slurm_profile_cluster
-    if any("sweep_on_slurm" in item.fixturenames for item in request.session.items):
-        request.getfixturevalue("sweep_on_slurm")  # runs beside the runs below
-    workdir = copy_workflow(tmp_path_factory.mktemp("on-slurm") / "wf")
-    env = dict(cluster.env, PATH=f"{BIN}{os.pathsep}{cluster.env['PATH']}")
-    args = (*slurm_args(cluster), *DEMO)
-    train_log = workdir / "logs" / "train_model" / "default.log"
-
-    failed = SlurmRun(workdir, "failed", (*args, "--retries", "0", *config_overrides()), env)
-    # cancelled after its first epoch, so that the rerun also shows training resuming mid-way
-    cancelled_train = cancel_when_running(
-        cluster,
-        failed,
-        "train_model",
-        lambda: train_log.exists() and "epoch 1/4: train" in train_log.read_text(),
-    )
-    failed.wait()
-    metas = list((workdir / "results" / "data").glob("*/meta.json"))
-    after_failure = {
-        "meta_mtime": metas[0].stat().st_mtime_ns if metas else None,
-        "resume": (workdir / "results/train/default/resume.pt").exists(),
-        "checkpoint": (workdir / "results/train/default/model.pt").exists(),
-    }
-
-    rerun = SlurmRun(workdir, "rerun", (*args, *config_overrides()), env)
-    cancelled_export = cancel_when_running(cluster, rerun, "export_onnx")
-    rerun.wait()
-    print(f"on Slurm: failed run {failed.seconds:.1f} s, rerun {rerun.seconds:.1f} s")
-    print(f"Slurm jobs: {cluster.jobs()}")
-    return SlurmRuns(workdir, failed, rerun, cancelled_train, cancelled_export, after_failure)
 
 
 def test_a_job_cancelled_by_slurm_fails_the_run_and_names_its_slurm_log(slurm_runs):

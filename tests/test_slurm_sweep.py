@@ -28,7 +28,7 @@ def test_each_trial_is_a_slurm_job_of_its_own(on_slurm):
     workdir, run, _ = on_slurm
     assert run.returncode == 0, run.output[-6000:]
     # job id -> (rule, wildcards), from each job's Slurm log: .../slurm_logs/rule_<rule>/<wildcards>/<id>.log
-    # (slurmctld forgets a finished job after 10 minutes: the logs are what lasts)
+    # (the logs outlast slurmctld, which forgets a finished job after MinJobAge)
     jobs = {
         job_id: (log.parent.parent.name.removeprefix("rule_"), log.parent.name)
         for job_id, log in run.submitted().items()
