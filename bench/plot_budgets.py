@@ -66,7 +66,9 @@ def plot(summary: dict, png: Path) -> None:
         for recipe, points in recipes.items():
             x = [p["train_seconds"] for p in points]
             y = [100 * p["accuracy"] for p in points]
-            ax.errorbar(x, y, yerr=[100 * p["sd"] for p in points], marker="o", capsize=3, label=recipe)
+            seeds = max(len(p["seeds"]) for p in points)
+            label = f"{recipe} ({seeds} seed{'s' if seeds > 1 else ''})"
+            ax.errorbar(x, y, yerr=[100 * p["sd"] for p in points], marker="o", capsize=3, label=label)
             for p, xi, yi in zip(points, x, y, strict=True):
                 label = f"{p['epochs']:.3g} ep"
                 ax.annotate(label, (xi, yi), textcoords="offset points", xytext=(4, -12), fontsize=8)
