@@ -176,9 +176,13 @@ def main() -> None:
         }
         # in RECIPES' order: ours (or ours-fill) first, the row the ratios are to
         rows = [{**runs[name](), "seed": args.seed} for name in RECIPES if name in args.recipes]
-    for row in rows:  # what bench/plot_budgets.py groups by and names
-        data_name = "synthetic" if args.synthetic else "accuracy carve"
-        row.update(budget_s=args.budget, cpu=cpu_name(), data=data_name, precision_setting=args.precision)
+    setting = {  # what bench/plot_budgets.py groups by and names
+        "budget_s": args.budget,
+        "cpu": cpu_name(),
+        "data": "synthetic" if args.synthetic else "accuracy carve",
+        "precision_setting": args.precision,
+    }
+    rows = [{**row, **setting} for row in rows]
     print(
         f"\nbudget {args.budget:.0f} s of training each, seed {args.seed}, {args.threads} threads, data: "
         f"{'synthetic (toy)' if args.synthetic else 'CIFAR-10 accuracy carve (40,000 train / 5,000 test)'}"

@@ -1,7 +1,7 @@
 """Accuracy against training time: bench/compare_recipes.py's rows (--json), over budgets and seeds,
 as a table (mean ± standard deviation per CPU, recipe and budget) and a figure.
 
-    python bench/plot_budgets.py bench/data/budgets.json --png docs/budget-accuracy.png
+    python bench/plot_budgets.py bench/data/budget_runs.json --png docs/budget-accuracy.png
 
 One panel per CPU (as bench/carves.py names it: model, cores, bf16 instructions) and --precision
 setting (auto: bf16 where the CPU has native bf16; fp32: forced); on it each recipe
@@ -70,8 +70,9 @@ def plot(summary: dict, png: Path) -> None:
             label = f"{recipe} ({seeds} seed{'s' if seeds > 1 else ''})"
             ax.errorbar(x, y, yerr=[100 * p["sd"] for p in points], marker="o", capsize=3, label=label)
             for p, xi, yi in zip(points, x, y, strict=True):
-                label = f"{p['epochs']:.3g} ep"
-                ax.annotate(label, (xi, yi), textcoords="offset points", xytext=(4, -12), fontsize=8)
+                ax.annotate(
+                    f"{p['epochs']:.3g} ep", (xi, yi), textcoords="offset points", xytext=(4, -12), fontsize=8
+                )
         ax.set(xlabel="training seconds (mean over seeds)", ylabel="test accuracy, % (accuracy carve)")
         ax.set_title(panel, fontsize=9)
         ax.grid(alpha=0.3)
