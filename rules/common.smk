@@ -102,6 +102,16 @@ def test_split_files(wildcards):
     return {name: files[name] for name in ("meta", "test_images", "test_labels")}
 
 
+def corrupted_split_files(wildcards):
+    """What evaluate_robustness reads of the dataset: the test split (the figures the report shows)
+    and the validation split (the figure the champion decision compares)."""
+    files = dataset_files(wildcards)
+    return {
+        name: files[name]
+        for name in ("test_images", "test_labels", "val_images", "val_labels")
+    }
+
+
 def experiment_recipe(name):
     """The resolved recipe of an experiment or a sweep trial."""
     return recipe({"train": config["train"], "experiments": TRAINED}, name)

@@ -1,8 +1,9 @@
-# Accuracy of the exported graph under CIFAR-10-C-style corruptions of the test split, in ONNX Runtime.
+# Accuracy of the exported graph under CIFAR-10-C-style corruptions, in ONNX Runtime: of test images
+# (the report, the model card) and of validation images (the champion decision).
 # Needs only the export: it runs while the serving image builds and the served model is evaluated.
 rule evaluate_robustness:
     input:
-        unpack(test_split_files),
+        unpack(corrupted_split_files),
         model=rules.export_onnx.output.onnx,
     output:
         metrics="results/robustness/{experiment}/metrics.json",
@@ -16,7 +17,7 @@ rule evaluate_robustness:
     container:
         PIPELINE_IMAGE
     threads: 2
-    # the test split, one corrupted copy of the drawn images at a time, ONNX Runtime at batch 256
+    # the drawn test and validation images, one corrupted copy at a time, ONNX Runtime at batch 256
     resources:
         mem_mb=by_attempt(4000),
         runtime=by_attempt(30),

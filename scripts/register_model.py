@@ -39,6 +39,9 @@ def main(args: argparse.Namespace) -> None:
         "throughput_images_per_second": str(figures["throughput_images_per_second"]),
     }
     robustness = read(args.robustness)
+    if robustness:  # test images: recorded, never compared
+        tags["mean_corruption_accuracy"] = f"{robustness_summary(robustness)['mean']:.6f}"
+    validation = robustness.get("validation") if robustness else None
     uri = tracking_uri(settings["mlflow"]["tracking_uri"])
     use_experiment(uri, settings["mlflow"]["experiment"])
     record = register(
@@ -50,7 +53,7 @@ def main(args: argparse.Namespace) -> None:
         val_accuracy=train["val_accuracy"],
         # what decides the alias: the paired test on these, and the two guards
         val_predictions=Path(args.val_predictions),
-        mean_corruption_accuracy=robustness_summary(robustness)["mean"] if robustness else None,
+        val_mean_corruption_accuracy=robustness_summary(validation)["mean"] if validation else None,
         rule=ChallengerRule.from_settings(settings["register"]["challenger"]),
         uri=uri,
         lock_file=Path(args.output).parent.parent / ".registry.lock",

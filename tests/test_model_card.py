@@ -10,7 +10,7 @@ from cifarflow import model_card as mc
 CLASSES = ["cat", "dog", "frog"]
 REASON = (
     "moves from version 2 to version 3: better on 9 images, worse on 1 (of 60), McNemar p = 0.0107 < 0.05; "
-    "validation ECE 0.0310 against 0.0240, mean corruption accuracy 0.7900 against 0.7750"
+    "validation ECE 0.0310 against 0.0240, validation mean corruption accuracy 0.7900 against 0.7750"
 )
 
 
@@ -70,8 +70,8 @@ def inputs() -> mc.CardInputs:
                 "holder_val_accuracy": 0.816667,
                 "val_ece": 0.031,
                 "holder_val_ece": 0.024,
-                "mean_corruption_accuracy": 0.79,
-                "holder_mean_corruption_accuracy": 0.775,
+                "val_mean_corruption_accuracy": 0.79,
+                "holder_val_mean_corruption_accuracy": 0.775,
                 "alpha": 0.05,
                 "max_ece_increase": 0.02,
                 "max_corruption_drop": 0.02,
@@ -293,10 +293,10 @@ def test_the_champion_decision_shows_the_paired_test_and_both_guards(inputs):
     assert "| right where the other is wrong (discordant pairs) | 9 | 1 |" in section
     assert "| validation accuracy (exported graph) | 95.00% | 81.67% |" in section
     assert "| validation ECE (15 bins, top label) | 0.0310 | 0.0240 |" in section
-    assert "| mean corruption accuracy | 79.00% | 77.50% |" in section
+    assert "| validation mean corruption accuracy | 79.00% | 77.50% |" in section
     assert "| exact McNemar p (one-sided) | 0.0107 | < 0.05 |" in section  # 11 / 1024
     assert "| validation ECE increase | 0.0070 | <= 0.02 |" in section
-    assert "| mean corruption accuracy drop | -0.0150 | <= 0.02 |" in section
+    assert "| validation mean corruption accuracy drop | -0.0150 | <= 0.02 |" in section
     assert "<h2>Champion decision</h2>" in page and "McNemar p = 0.0107" in html_text(page)[0]
 
     stayed = copy.deepcopy(inputs)

@@ -64,7 +64,7 @@ def registrar(model, tmp_path):  # noqa: F811
     def reg(tags, accuracy, val_accuracy=None, correct=None, ece=0.02, mca=0.6, val_sha=VAL_SHA):
         """`accuracy`: test, as served, recorded only; `correct`: the validation right/wrong pattern
         that the paired test compares (the first model's unless given); `ece`: its validation ECE;
-        `mca`: its mean corruption accuracy."""
+        `mca`: its mean corruption accuracy on validation images."""
         correct = correct_pattern() if correct is None else correct
         path = tmp_path / f"val-{tags['model_sha256'][:8]}.npz"
         predictions(correct, ece, val_sha).save(path)
@@ -76,7 +76,7 @@ def registrar(model, tmp_path):  # noqa: F811
             accuracy=accuracy,
             val_accuracy=float(correct.mean()) if val_accuracy is None else val_accuracy,
             val_predictions=path,
-            mean_corruption_accuracy=mca,
+            val_mean_corruption_accuracy=mca,
             uri=uri,
             lock_file=tmp_path / "lock",
         )
@@ -127,7 +127,8 @@ def test_the_champion_moves_only_to_a_challenger_better_by_the_paired_test(model
     assert (better["version"], better["champion"], better["champion_version"]) == (3, True, 3)
     assert better["champion_reason"] == (
         "moves from version 1 to version 3: better on 60 images, worse on 10 (of 400), McNemar p = "
-        "4e-10 < 0.05; validation ECE 0.0350 against 0.0200, mean corruption accuracy 0.5900 against 0.6000"
+        "4e-10 < 0.05; validation ECE 0.0350 against 0.0200, validation mean corruption accuracy "
+        "0.5900 against 0.6000"
     )
     assert client.get_model_version("clf", "3").tags["champion.decision"] == "moved"
     third = correct_pattern(first_correct, 60, 10)
@@ -143,7 +144,7 @@ def test_the_champion_moves_only_to_a_challenger_better_by_the_paired_test(model
         "0.0850 above version 3's 0.0350 (more than register.challenger.max_ece_increase 0.02)"
         in (uncalibrated["champion_reason"])
     )
-    # ... or its mean corruption accuracy 0.5 is 0.09 below the holder's 0.59
+    # ... or its validation mean corruption accuracy 0.5 is 0.09 below the holder's 0.59
     fragile = challenger("e" * 64, third, 40, 5, mca=0.5)
     assert (fragile["champion"], fragile["champion_version"]) == (False, 3)
     assert "mean corruption accuracy 0.5000 is 0.0900 below version 3's 0.5900" in fragile["champion_reason"]
@@ -173,7 +174,7 @@ def test_the_champion_moves_only_to_a_challenger_better_by_the_paired_test(model
     )
     np.testing.assert_array_equal(ValPredictions.load(Path(stored)).correct, third)
     assert client.get_model_version("clf", "3").tags["val_ece"] == "0.035000"
-    assert client.get_model_version("clf", "3").tags["mean_corruption_accuracy"] == "0.590000"
+    assert client.get_model_version("clf", "3").tags["val_mean_corruption_accuracy"] == "0.590000"
 
 
 def test_a_later_evaluation_of_a_version_goes_beside_its_tags_never_over_them(model, tmp_path):  # noqa: F811
@@ -269,7 +270,7 @@ def test_the_exact_mcnemar_p_value_matches_scipys_binomial_test(better, worse):
 
 
 # The alias's version 3 on dataset d1: right on images 0..299 of 400, validation ECE 0.03, mean
-# corruption accuracy 0.6
+# corruption accuracy on validation images 0.6
 HOLDER = Evidence(predictions(correct_pattern(), ece=0.03), 0.6)
 HELD = ("3", {"dataset_id": "d1", "val_accuracy": "0.750000", "accuracy": "0.990000"}, HOLDER)
 STAYS = "not comparable, so it stays (move it by hand if you mean to)"
@@ -301,8 +302,8 @@ def challenger_of(better: int, worse: int, ece: float = 0.03, mca: float | None 
             "moved",
             (
                 "moves from version 3 to version 7: better on 10 images, worse on 0 (of 400), "
-                "McNemar p = 0.000977 < 0.05; validation ECE 0.0300 against 0.0300, mean corruption "
-                "accuracy 0.6000 against 0.6000"
+                "McNemar p = 0.000977 < 0.05; validation ECE 0.0300 against 0.0300, validation mean "
+                "corruption accuracy 0.6000 against 0.6000"
             ),
         ),
         # 9 of 13 is not enough: p = 0.133
@@ -313,7 +314,7 @@ def challenger_of(better: int, worse: int, ece: float = 0.03, mca: float | None 
             HELD,
             True,
             "moved",
-            "validation ECE 0.0500 against 0.0300, mean corruption accuracy 0.5800 against 0.6000",
+            "validation ECE 0.0500 against 0.0300, validation mean corruption accuracy 0.5800 against 0.6000",
         ),
         # beyond them: it stays, and says which
         (
@@ -332,7 +333,7 @@ def challenger_of(better: int, worse: int, ece: float = 0.03, mca: float | None 
             False,
             "stayed",
             (
-                "but its mean corruption accuracy 0.5790 is 0.0210 below version 3's 0.6000 (more "
+                "but its validation mean corruption accuracy 0.5790 is 0.0210 below version 3's 0.6000 (more "
                 "than register.challenger.max_corruption_drop 0.02)"
             ),
         ),
@@ -341,14 +342,23 @@ def challenger_of(better: int, worse: int, ece: float = 0.03, mca: float | None 
             HELD,
             False,
             "stayed",
-            "max_ece_increase 0.02); and its mean corruption accuracy",
+            "max_ece_increase 0.02); and its validation mean corruption accuracy",
         ),
         (
             challenger_of(30, 0, mca=None),
             HELD,
             False,
             "stayed",
-            "but version 7 has no mean corruption accuracy to compare (evaluate_robustness)",
+            "but version 7 has no mean corruption accuracy on validation images to compare",
+        ),
+        # a holder registered when robustness was measured on test images only: its test figure
+        # never decides, so nothing vetoes or clears the challenger on robustness, and it stays
+        (
+            challenger_of(30, 0),
+            ("3", HELD[1], Evidence(HOLDER.predictions, None)),
+            False,
+            "stayed",
+            "but version 3 has no mean corruption accuracy on validation images to compare",
         ),
         (
             challenger_of(30, 0),
@@ -430,8 +440,8 @@ def test_alpha_and_the_tolerances_come_from_the_config():
         "champion.holder_val_accuracy": "0.75",
         "champion.val_ece": "0.2",
         "champion.holder_val_ece": "0.03",
-        "champion.mean_corruption_accuracy": "0.6",
-        "champion.holder_mean_corruption_accuracy": "0.6",
+        "champion.val_mean_corruption_accuracy": "0.6",
+        "champion.holder_val_mean_corruption_accuracy": "0.6",
         "champion.alpha": "0.05",
         "champion.max_ece_increase": "0.5",
         "champion.max_corruption_drop": "0.02",

@@ -269,6 +269,13 @@ def test_the_second_registration_is_a_challenger_judged_by_the_paired_test(two_e
     assert (decision["images"], decision["better"], decision["worse"]) == (len(ours.label), better, worse)
     assert decision["p_value"] == binomial_upper_tail(better, better + worse)
     assert (decision["val_ece"], decision["holder_val_ece"]) == (ours.ece, theirs.ece)
+    # robustness decides on validation images, never on the test split's figure
+    corrupted = {n: robustness_metrics(workdir, n)["val_mean_corruption_accuracy"] for n in (second, first)}
+    assert (decision["val_mean_corruption_accuracy"], decision["holder_val_mean_corruption_accuracy"]) == (
+        pytest.approx(corrupted[second], abs=1e-6),
+        pytest.approx(corrupted[first], abs=1e-6),
+    )
+    assert "mean_corruption_accuracy" not in decision
     assert f"'champion' {decision['reason']}" in (workdir / f"logs/register_model/{second}.log").read_text()
     client = MlflowClient(sqlite_uri(workdir))
     tags = client.get_model_version(regs[second]["name"], str(regs[second]["version"])).tags
@@ -289,6 +296,13 @@ def test_accuracy_falls_with_severity_for_the_demo_model(reported):
         assert all(a > b for a, b in zip(by_severity, by_severity[1:], strict=False)), by_severity
         assert metrics["uncorrupted_accuracy"] > metrics["mean_corruption_accuracy"] > 0.3
         assert metrics["images"] == 300  # config/demo.yaml's draw
+        # the same draw of validation images, for the champion decision
+        table = json.loads((reported / f"results/robustness/{name}/robustness.json").read_text())
+        assert (
+            table["validation"]["images"] == 300
+            and table["validation"]["corruptions"] == table["corruptions"]
+        )
+        assert metrics["val_uncorrupted_accuracy"] > metrics["val_mean_corruption_accuracy"] > 0.3
 
 
 def test_the_versions_table_lists_what_each_job_ran_with(reported):

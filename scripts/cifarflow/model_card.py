@@ -71,8 +71,8 @@ CHAMPION_RULE = (
     "it is better than the version holding it by an exact one-sided McNemar test on the two models' "
     "paired correct/incorrect predictions (p < register.challenger.alpha), its validation ECE is at "
     "most register.challenger.max_ece_increase above the holder's, and its mean corruption accuracy "
-    "at most register.challenger.max_corruption_drop below (docs/serving.md). Test accuracy never "
-    "decides."
+    "on validation images at most register.challenger.max_corruption_drop below (docs/serving.md). "
+    "Test figures never decide."
 )
 
 
@@ -408,12 +408,12 @@ def _champion_section(c: CardInputs, blocks: list[Block]) -> None:
         ["validation accuracy (exported graph)", pct(d["val_accuracy"]), pct(d["holder_val_accuracy"])],
         ["validation ECE (15 bins, top label)", number(d["val_ece"]), number(d["holder_val_ece"])],
     ]
-    if "mean_corruption_accuracy" in d:
+    if "val_mean_corruption_accuracy" in d:
         rows.append(
             [
-                "mean corruption accuracy",
-                pct(d["mean_corruption_accuracy"]),
-                pct(d["holder_mean_corruption_accuracy"]),
+                "validation mean corruption accuracy",
+                pct(d["val_mean_corruption_accuracy"]),
+                pct(d["holder_val_mean_corruption_accuracy"]),
             ]
         )
     blocks.append(("table", ["figure", "this version", holder or "holder"], rows))
@@ -431,12 +431,14 @@ def _champion_section(c: CardInputs, blocks: list[Block]) -> None:
                 *(
                     [
                         [
-                            "mean corruption accuracy drop",
-                            number(d["holder_mean_corruption_accuracy"] - d["mean_corruption_accuracy"]),
+                            "validation mean corruption accuracy drop",
+                            number(
+                                d["holder_val_mean_corruption_accuracy"] - d["val_mean_corruption_accuracy"]
+                            ),
                             f"<= {d['max_corruption_drop']:g}",
                         ]
                     ]
-                    if "mean_corruption_accuracy" in d
+                    if "val_mean_corruption_accuracy" in d
                     else []
                 ),
             ],

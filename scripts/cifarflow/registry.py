@@ -3,9 +3,10 @@
 Merit is measured on the validation split of the same dataset, the split held out for choosing: a
 challenger takes the alias only when an exact McNemar test on the two models' paired predictions
 says it is better (not just higher by noise), and its calibration (validation ECE) and robustness
-(mean corruption accuracy) are not worse beyond set tolerances (champion_decision). Test accuracy
-(as served) is recorded and reported, never compared: a model chosen among many for its test
-accuracy would carry a test figure biased upward, the winner of many draws of the same noise.
+(mean corruption accuracy on validation images) are not worse beyond set tolerances
+(champion_decision). Test figures (accuracy as served, corruption accuracy) are recorded and
+reported, never compared: a model chosen among many for its test accuracy would carry a test
+figure biased upward, the winner of many draws of the same noise.
 """
 
 from __future__ import annotations
@@ -78,10 +79,10 @@ def evaluation_tags(tags: dict[str, str]) -> dict[str, str]:
 class Evidence:
     """What a version brings to the champion rule: its predictions on the validation split
     (val_predictions.npz; None for a version registered before the paired test) and its mean
-    corruption accuracy (evaluate_robustness; None where not recorded)."""
+    corruption accuracy on validation images (evaluate_robustness; None where not recorded)."""
 
     predictions: ValPredictions | None
-    mean_corruption_accuracy: float | None
+    val_mean_corruption_accuracy: float | None
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,8 @@ def champion_decision(
     challenger takes the alias only when, on the same validation images, it is better by the exact
     one-sided McNemar test (p < rule.alpha: the discordant images it wins are too many for a coin
     toss between two equally good models), its validation ECE is at most rule.max_ece_increase above
-    the holder's, and its mean corruption accuracy at most rule.max_corruption_drop below. Test
+    the holder's, and its mean corruption accuracy on validation images at most
+    rule.max_corruption_drop below. Test
     accuracy, latency and throughput never decide. Another dataset, other validation images, or a
     holder without stored predictions: nothing comparable, the alias stays.
     """
@@ -219,17 +221,23 @@ def champion_decision(
             f"its validation ECE {ours.ece:.4f} is {increase:.4f} above version {held}'s "
             f"{theirs.ece:.4f} (more than register.challenger.max_ece_increase {rule.max_ece_increase:g})"
         )
-    ours_mca, theirs_mca = challenger.mean_corruption_accuracy, holder.mean_corruption_accuracy
+    ours_mca, theirs_mca = challenger.val_mean_corruption_accuracy, holder.val_mean_corruption_accuracy
     if ours_mca is None or theirs_mca is None:
         missing = version if ours_mca is None else held
-        guards.append(f"version {missing} has no mean corruption accuracy to compare (evaluate_robustness)")
+        guards.append(
+            f"version {missing} has no mean corruption accuracy on validation images to compare "
+            "(evaluate_robustness: an empty validation split, or registered before it measured one)"
+        )
     else:
-        figures |= {"mean_corruption_accuracy": ours_mca, "holder_mean_corruption_accuracy": theirs_mca}
+        figures |= {
+            "val_mean_corruption_accuracy": ours_mca,
+            "holder_val_mean_corruption_accuracy": theirs_mca,
+        }
         drop = round(theirs_mca - ours_mca, 9)
         if drop > rule.max_corruption_drop:
             guards.append(
-                f"its mean corruption accuracy {ours_mca:.4f} is {drop:.4f} below version {held}'s "
-                f"{theirs_mca:.4f} (more than register.challenger.max_corruption_drop "
+                f"its validation mean corruption accuracy {ours_mca:.4f} is {drop:.4f} below version "
+                f"{held}'s {theirs_mca:.4f} (more than register.challenger.max_corruption_drop "
                 f"{rule.max_corruption_drop:g})"
             )
 
@@ -247,7 +255,9 @@ def champion_decision(
             f"but {'; and '.join(guards)}",
         )
     robustness = (
-        f", mean corruption accuracy {ours_mca:.4f} against {theirs_mca:.4f}" if ours_mca is not None else ""
+        f", validation mean corruption accuracy {ours_mca:.4f} against {theirs_mca:.4f}"
+        if ours_mca is not None
+        else ""
     )
     return decided(
         True,
@@ -264,7 +274,9 @@ def _logged_model_id(client, name: str, version: str) -> str:
 
 def stored_evidence(client, uri: str, name: str, version: str, tags: dict[str, str]) -> Evidence:
     """A registered version's evidence: its val_predictions.npz (None when it has none: registered
-    before the paired test) and its mean_corruption_accuracy tag."""
+    before the paired test) and its val_mean_corruption_accuracy tag (None when it has none: an
+    empty validation split, or registered before robustness was measured on validation; its
+    test figure, `mean_corruption_accuracy`, never decides)."""
     import mlflow
 
     predictions = None
@@ -275,7 +287,7 @@ def stored_evidence(client, uri: str, name: str, version: str, tags: dict[str, s
                 artifact_uri=f"models:/{name}/{version}/{PREDICTIONS}", dst_path=folder, tracking_uri=uri
             )
             predictions = ValPredictions.load(Path(path))
-    robustness = tags.get("mean_corruption_accuracy")
+    robustness = tags.get("val_mean_corruption_accuracy")
     return Evidence(predictions, None if robustness is None else float(robustness))
 
 
@@ -290,7 +302,7 @@ def register(
     lock_file: Path,
     val_accuracy: float,
     val_predictions: Path,
-    mean_corruption_accuracy: float | None,
+    val_mean_corruption_accuracy: float | None,
     rule: ChallengerRule = ChallengerRule(),
 ) -> dict:
     """Register the model at `model_path` as a version of `name` (or find its version by sha256) and
@@ -299,7 +311,7 @@ def register(
     `tags`: the model's identity (model_sha256, dataset_id) and this evaluation's provenance and
     figures (engine, image, image_id, experiment, macro_f1, ...). A new version gets them as its
     tags, with `accuracy` (test, as served: recorded, never compared), `val_accuracy`, `val_ece`,
-    `mean_corruption_accuracy`, the decision's champion.* tags, and `val_predictions` (the graph's
+    `val_mean_corruption_accuracy`, the decision's champion.* tags, and `val_predictions` (the graph's
     predictions on the validation split) in its files, where a later challenger reads them. A
     version never has them rewritten: a later evaluation of the same model (another engine, a
     rebuilt image) is recorded beside them as eval.<engine>.* tags, its decision too.
@@ -316,8 +328,8 @@ def register(
     tags = {**tags, "accuracy": f"{accuracy:.6f}", "val_accuracy": f"{val_accuracy:.6f}"}
     if len(predictions.label):
         tags["val_ece"] = f"{predictions.ece:.6f}"
-    if mean_corruption_accuracy is not None:
-        tags["mean_corruption_accuracy"] = f"{mean_corruption_accuracy:.6f}"
+    if val_mean_corruption_accuracy is not None:
+        tags["val_mean_corruption_accuracy"] = f"{val_mean_corruption_accuracy:.6f}"
     with exclusive(lock_file):
         existing = [
             v
@@ -362,7 +374,7 @@ def register(
             alias,
             version,
             tags["dataset_id"],
-            Evidence(predictions, mean_corruption_accuracy),
+            Evidence(predictions, val_mean_corruption_accuracy),
             held,
             rule,
         )
