@@ -56,6 +56,17 @@ def test_each_trial_is_a_slurm_job_of_its_own(on_slurm):
     issues = json.loads((workdir / f"results/audit/{dataset}/label_issues/metrics.json").read_text())
     assert issues["label_issue_folds"] == 2
     assert {"train_label_issue_count", "val_label_issue_count"} <= set(issues), issues
+    for fold in range(2):  # every file a fold's training writes is an output the rule declares
+        folder = workdir / f"results/audit/{dataset}/label_issues/folds/{fold}"
+        fold_metrics = json.loads((folder / "metrics.json").read_text())
+        history = (folder / "history.csv").read_text().splitlines()
+        assert len(history) == 1 + fold_metrics["epochs"], history
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "held_out.parquet",
+            "history.csv",
+            "metrics.json",
+            "tensorboard",
+        ]
     for stage in ("export", "robustness", "evaluate", "register"):
         assert [p.name for p in (workdir / "results" / stage).glob("[!.]*")] == [best], stage
 
