@@ -161,9 +161,9 @@ def champion_decision(
     one-sided McNemar test (p < rule.alpha: the discordant images it wins are too many for a coin
     toss between two equally good models), its validation ECE is at most rule.max_ece_increase above
     the holder's, and its mean corruption accuracy on validation images at most
-    rule.max_corruption_drop below. Test
-    accuracy, latency and throughput never decide. Another dataset, other validation images, or a
-    holder without stored predictions: nothing comparable, the alias stays.
+    rule.max_corruption_drop below. Test figures (accuracy, corruption accuracy), latency and
+    throughput never decide. Another dataset, other validation images, or a holder without stored
+    predictions: nothing comparable, the alias stays.
     """
     if champion is None:
         return Decision(True, "first", f"no '{alias}' yet: version {version} takes it")
