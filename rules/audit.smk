@@ -57,7 +57,9 @@ rule label_fold:
         metrics="results/audit/{dataset}/label_issues/folds/{fold}/metrics.json",
         # the fold's learning curves, as train_model's
         history="results/audit/{dataset}/label_issues/folds/{fold}/history.csv",
-        tensorboard=directory("results/audit/{dataset}/label_issues/folds/{fold}/tensorboard"),
+        tensorboard=directory(
+            "results/audit/{dataset}/label_issues/folds/{fold}/tensorboard"
+        ),
     log:
         "logs/label_fold/{dataset}/{fold}.log",
     benchmark:
