@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from cifarflow.dataset import load_split
+from cifarflow.errors import PipelineError
 from cifarflow.robustness import Robustness, evaluate, stratified_subset
 from cifarflow.runtime import run_cli, write_json, write_metrics
 from cifarflow.serving.inference import Runner, load_session, ort_runner
@@ -52,15 +53,14 @@ def main(args: argparse.Namespace) -> None:
     run = ort_runner(load_session(Path(args.model), args.threads))
     test = measure(run, args.data, "test", settings)
     if test is None:
-        raise ValueError(f"{args.data} has no test images to corrupt: prepare the dataset with a test split")
+        raise PipelineError(f"{args.data} has no test images to corrupt: prepare it with a test split")
     table, metrics = test.to_json(), test.metrics()
     val = measure(run, args.data, "val", settings)
     if val is not None:
         table["validation"] = val.to_json()
-        metrics |= {
-            "val_uncorrupted_accuracy": round(val.uncorrupted_accuracy, 6),
-            "val_mean_corruption_accuracy": round(val.mean_corruption_accuracy, 6),
-        }
+        figures = val.metrics()
+        for key in ("uncorrupted_accuracy", "mean_corruption_accuracy"):
+            metrics[f"val_{key}"] = figures[key]
     write_json(args.table, table)
     write_metrics(args.metrics, metrics)
 
